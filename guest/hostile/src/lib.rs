@@ -1,0 +1,96 @@
+//! A deliberately misbehaving filter guest, for the host's sandbox tests.
+//!
+//! Never deploy it: it exists so that tests can check that the host survives a guest that spins
+//! forever, eats memory, traps, or rejects its configuration, and that guest logs reach the host.
+//!
+//! - `configure` fails with "rejected by configuration" when the settings hold `("reject", "yes")`.
+//! - `handle`, for a `message-publish` to
+//!   - `hostile/loop`: loops forever;
+//!   - `hostile/alloc`: allocates and touches memory, 1 MiB at a time, until allocation fails;
+//!   - `hostile/trap`: panics, which traps the instance;
+//!   - `hostile/log`: logs "hello from guest" at warn level, then delivers as below.
+//! - Any other event is delivered with, as its body, its topic for message events and its action
+//!   name (such as `client_connack`) for all others; no headers, no path.
+
+wit_bindgen::generate!({ path: "../../wit", world: "filter" });
+
+use mqhook::filter::log::{log, Level};
+use mqhook::filter::types::Message;
+
+struct HostileGuest;
+
+impl Guest for HostileGuest {
+    fn configure(config: FilterConfig) -> Result<(), String> {
+        if config
+            .settings
+            .iter()
+            .any(|(key, value)| key == "reject" && value == "yes")
+        {
+            return Err("rejected by configuration".to_owned());
+        }
+        Ok(())
+    }
+
+    fn handle(event: Event) -> Option<Delivery> {
+        if let Event::MessagePublish(Message { topic, .. }) = &event {
+            match topic.as_str() {
+                "hostile/loop" => spin_forever(),
+                "hostile/alloc" => exhaust_memory(),
+                "hostile/trap" => panic!("hostile guest traps on purpose"),
+                "hostile/log" => log(Level::Warn, "hello from guest"),
+                _ => {}
+            }
+        }
+        Some(Delivery {
+            body: body_of(&event).into_bytes(),
+            headers: Vec::new(),
+            path: None,
+        })
+    }
+}
+
+/// Never returns; `black_box` keeps the optimizer from proving the loop useless.
+fn spin_forever() -> ! {
+    let mut spins: u64 = 0;
+    loop {
+        spins = core::hint::black_box(spins.wrapping_add(1));
+    }
+}
+
+/// Grows memory 1 MiB at a time, writing every page so it is really committed, until the
+/// allocator gives up (which aborts, trapping the instance) or the host's limit stops it.
+fn exhaust_memory() -> ! {
+    const CHUNK: usize = 1 << 20;
+    const PAGE: usize = 4096;
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let mut chunk = vec![0u8; CHUNK];
+        for page in chunk.iter_mut().step_by(PAGE) {
+            *page = 0xA5;
+        }
+        hoard.push(core::hint::black_box(chunk));
+    }
+}
+
+/// The topic of message events, else the action name.
+fn body_of(event: &Event) -> String {
+    let action = match event {
+        Event::MessagePublish(message)
+        | Event::MessageDelivered(message)
+        | Event::MessageAcked(message) => {
+            return message.topic.clone();
+        }
+        Event::ClientConnect(_) => "client_connect",
+        Event::ClientConnack(_) => "client_connack",
+        Event::ClientConnected(_) => "client_connected",
+        Event::ClientDisconnected(_) => "client_disconnected",
+        Event::ClientSubscribe(_) => "client_subscribe",
+        Event::ClientUnsubscribe(_) => "client_unsubscribe",
+        Event::SessionSubscribed(_) => "session_subscribed",
+        Event::SessionUnsubscribed(_) => "session_unsubscribed",
+        Event::SessionTerminated(_) => "session_terminated",
+    };
+    action.to_owned()
+}
+
+export!(HostileGuest);

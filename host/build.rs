@@ -1,0 +1,58 @@
+//! Builds the guest components with the ordinary cargo, for `wasm32-wasip2`, so that `cargo build`
+//! of the host is all a newcomer runs. The default guest is embedded in the binary; the test guest's
+//! path is handed to the tests.
+//!
+//! The nested cargo uses its own target directory under `target/` so it never waits on the lock of
+//! the outer build.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const GUESTS: &[&str] = &["mqhook-guest-nanomq", "mqhook-guest-hostile"];
+
+fn main() {
+    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let workspace = manifest_dir.parent().unwrap().to_path_buf();
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    for watched in ["guest", "wit", "Cargo.lock"] {
+        println!("cargo:rerun-if-changed={}", workspace.join(watched).display());
+    }
+    let target_dir = guest_target_dir(&workspace, &out_dir);
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(&workspace)
+        .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"])
+        .arg(&target_dir);
+    for guest in GUESTS {
+        command.args(["-p", guest]);
+    }
+    // Debug info would triple the components' size and their compile time at start-up; function
+    // names stay, so guest backtraces remain readable.
+    command.env("CARGO_PROFILE_RELEASE_DEBUG", "false").env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo");
+    // Flags meant for the host build must not leak into the guest build.
+    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET", "RUSTC_WORKSPACE_WRAPPER"] {
+        command.env_remove(var);
+    }
+    let status = command.status().expect("running cargo to build the guest components");
+    assert!(status.success(), "building the guest components for wasm32-wasip2 failed");
+    for guest in GUESTS {
+        let file = format!("{}.wasm", guest.replace('-', "_"));
+        let built = target_dir.join("wasm32-wasip2/release").join(&file);
+        let copied = out_dir.join(&file);
+        std::fs::copy(&built, &copied).unwrap_or_else(|e| panic!("copying {}: {e}", built.display()));
+        let var = format!("MQHOOK_GUEST_{}", guest.trim_start_matches("mqhook-guest-").to_uppercase());
+        println!("cargo:rustc-env={var}={}", copied.display());
+    }
+}
+
+/// `<target>/guest-build`, next to the outer build's own profile directories.
+fn guest_target_dir(workspace: &Path, out_dir: &Path) -> PathBuf {
+    // OUT_DIR is <target>/<profile>/build/<pkg>/out (or with a target triple in between).
+    out_dir
+        .ancestors()
+        .find(|dir| dir.join("CACHEDIR.TAG").exists())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| workspace.join("target"))
+        .join("guest-build")
+}

@@ -1,0 +1,159 @@
+//! The HTTP sink: POSTs over pooled HTTP/1.1 keep-alive connections (hyper-util's client).
+//!
+//! Headers go out in NanoMQ's order: `Host`, the configured headers in config order, the guest's
+//! headers, then `Content-Length`. The response status is read: 2xx is delivered, anything else is
+//! a failure; the response body is read (up to a cap) so the connection can be reused.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, HOST};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use super::Request;
+use crate::config::Config;
+
+/// Response bodies are read up to this size, then the connection is dropped instead of reused.
+const MAX_RESPONSE_BODY: usize = 1 << 20;
+
+/// Why a request was not delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// The URL's scheme is not supported by this build.
+    #[error("`{0}` URLs are not supported yet; use http://")]
+    UnsupportedScheme(String),
+    /// The endpoint answered with a status other than 2xx.
+    #[error("endpoint answered {0}")]
+    Status(StatusCode),
+    /// No answer within `cancel_timeout`.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// Connecting or talking to the endpoint failed.
+    #[error("request failed: {0}")]
+    Transport(String),
+}
+
+/// The parts of every request fixed by the config: URL and headers.
+#[derive(Clone, Debug)]
+pub struct RequestTemplate {
+    scheme_authority: String,
+    base_path: String,
+    query: Option<String>,
+    headers: HeaderMap,
+}
+
+impl RequestTemplate {
+    /// Takes URL and headers from a checked config.
+    pub fn new(config: &Config) -> Self {
+        let url = &config.url;
+        let authority = url.authority().map_or("", |a| a.as_str());
+        let mut headers = HeaderMap::new();
+        if let Ok(host) = HeaderValue::from_str(authority) {
+            headers.insert(HOST, host);
+        }
+        for header in &config.headers {
+            // Both were validated when the config was loaded.
+            if let (Ok(name), Ok(value)) =
+                (HeaderName::from_bytes(header.name.as_bytes()), HeaderValue::from_str(&header.value))
+            {
+                headers.append(name, value);
+            }
+        }
+        RequestTemplate {
+            scheme_authority: format!("{}://{}", url.scheme_str().unwrap_or("http"), authority),
+            base_path: url.path().to_string(),
+            query: url.query().map(str::to_string),
+            headers,
+        }
+    }
+
+    /// The full request for one delivery.
+    pub fn build(&self, request: &Request) -> http::Request<Full<Bytes>> {
+        let path = match &request.path {
+            Some(suffix) => format!("{}{}", self.base_path.trim_end_matches('/'), suffix),
+            None if self.base_path.is_empty() => "/".to_string(),
+            None => self.base_path.clone(),
+        };
+        let uri = match &self.query {
+            Some(query) => format!("{}{}?{}", self.scheme_authority, path, query),
+            None => format!("{}{}", self.scheme_authority, path),
+        };
+        let mut headers = self.headers.clone();
+        for (name, value) in &request.headers {
+            headers.append(name.clone(), value.clone());
+        }
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(request.body.len()));
+        let mut http_request = http::Request::new(Full::new(request.body.clone()));
+        *http_request.method_mut() = Method::POST;
+        // Both parts were validated (config URL, guest path), so the URI parses.
+        *http_request.uri_mut() = uri.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/"));
+        *http_request.headers_mut() = headers;
+        http_request
+    }
+}
+
+/// Sends requests to the configured endpoint over a keep-alive pool.
+#[derive(Clone)]
+pub struct HttpSink {
+    client: Client<HttpConnector, Full<Bytes>>,
+    template: RequestTemplate,
+    timeout: Duration,
+}
+
+impl HttpSink {
+    /// A client for the config's URL with up to `pool_size` idle connections kept alive.
+    pub fn new(config: &Config) -> Result<Self, DeliveryError> {
+        match config.url.scheme_str() {
+            Some("http") => {}
+            other => return Err(DeliveryError::UnsupportedScheme(other.unwrap_or("").to_string())),
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(config.pool_size.get())
+            .build(connector);
+        Ok(HttpSink { client, template: RequestTemplate::new(config), timeout: config.cancel_timeout })
+    }
+
+    /// Sends one request; `Ok` only for a 2xx answer. Failures are logged here, once.
+    pub async fn send(&self, request: Request) -> Result<(), DeliveryError> {
+        let result = tokio::time::timeout(self.timeout, self.exchange(&request))
+            .await
+            .unwrap_or(Err(DeliveryError::Timeout(self.timeout)));
+        if let Err(error) = &result {
+            tracing::warn!(action = request.kind.action(), "Delivery failed: {error}.");
+        }
+        result
+    }
+
+    async fn exchange(&self, request: &Request) -> Result<(), DeliveryError> {
+        let response = self
+            .client
+            .request(self.template.build(request))
+            .await
+            .map_err(|e| DeliveryError::Transport(error_chain(&e)))?;
+        let status = response.status();
+        // Reading the body to its end returns the connection to the pool.
+        let _ = Limited::new(response.into_body(), MAX_RESPONSE_BODY).collect().await;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(DeliveryError::Status(status))
+        }
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

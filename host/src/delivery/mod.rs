@@ -1,0 +1,74 @@
+//! Delivery: takes the requests guests produced and sends them, at most `pool_size` at a time.
+//!
+//! Receives batches of [`Request`]s from the guest workers over a bounded channel; hands each to a
+//! [`Sink`]: HTTP ([`http::HttpSink`], pooled keep-alive connections) or standard output
+//! ([`print::PrintSink`], for `--dry-run`). A semaphore of `pool_size` permits bounds the requests
+//! in flight; draining waits until every permit is back, so no accepted request is abandoned.
+
+pub mod http;
+pub mod print;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::event::EventKind;
+use crate::metrics::Metrics;
+
+/// One request to send: what a guest returned for one event.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The event it came from.
+    pub kind: EventKind,
+    /// The body, sent as it is.
+    pub body: Bytes,
+    /// Headers the guest added, sent after the configured ones.
+    pub headers: Vec<(::http::HeaderName, ::http::HeaderValue)>,
+    /// Path appended to the configured URL's path.
+    pub path: Option<String>,
+}
+
+/// Where requests go.
+#[derive(Clone)]
+pub enum Sink {
+    /// POST to the configured endpoint.
+    Http(http::HttpSink),
+    /// Print each request instead of sending it.
+    Print(print::PrintSink),
+}
+
+/// Sends every request received until the channel closes, then waits for those in flight.
+pub(crate) async fn run(
+    mut requests: mpsc::Receiver<Vec<Request>>,
+    sink: Sink,
+    pool_size: usize,
+    metrics: Arc<Metrics>,
+) {
+    let permits = Arc::new(Semaphore::new(pool_size));
+    while let Some(batch) = requests.recv().await {
+        for request in batch {
+            match &sink {
+                Sink::Print(printer) => {
+                    printer.print(&request);
+                    metrics.record_delivered();
+                }
+                Sink::Http(client) => {
+                    // The semaphore is never closed, so acquiring cannot fail.
+                    let permit = permits.clone().acquire_owned().await.expect("the semaphore is never closed");
+                    let client = client.clone();
+                    let metrics = metrics.clone();
+                    tokio::spawn(async move {
+                        match client.send(request).await {
+                            Ok(()) => metrics.record_delivered(),
+                            Err(_) => metrics.record_failed(),
+                        }
+                        drop(permit);
+                    });
+                }
+            }
+        }
+    }
+    let all = u32::try_from(pool_size).unwrap_or(u32::MAX);
+    let _drained = permits.acquire_many(all).await.expect("the semaphore is never closed");
+}

@@ -1,0 +1,9 @@
+//! The WIT bindings, kept private to the guest runtime: generated types never leave `guest/`.
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "filter",
+});
+
+pub(crate) use mqhook::filter::log;
+pub(crate) use mqhook::filter::types as wit;

@@ -1,0 +1,46 @@
+//! mqhook: NanoMQ's WebHook rebuilt as a WebAssembly-component filter runtime.
+//!
+//! On broker events mqhook POSTs a JSON body to a configured URL. Which events, and what body, is
+//! decided by a filter guest (a wasm component, sandboxed); how it is sent is the host's job.
+//!
+//! # Layout
+//! One module per stage of an event's trip, ingest → runtime queue → guest → delivery → endpoint:
+//! - [`event`]: mqhook's own event type, the border type every ingest converts into;
+//! - [`config`]: one typed [`Config`] from NanoMQ HOCON, NanoMQ's old format, or HCL;
+//! - [`ingest`]: event sources (NDJSON; a broker embeds through [`Submitter`]);
+//! - [`runtime`]: the bounded queue, guest worker threads, drain on shutdown;
+//! - [`guest`]: compiling and running the filter component in a capped sandbox;
+//! - [`delivery`]: pooled HTTP (or printing, for dry runs);
+//! - [`metrics`]: the counters every stage records into.
+//!
+//! # Embedding
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use mqhook::{Config, GuestModule, Runtime, delivery::{Sink, http::HttpSink}};
+//! let config = Config::load("nanomq.conf".as_ref())?;
+//! let guest = GuestModule::load(config.guest.path.as_deref(), &config)?;
+//! let runtime = Runtime::start(&config, guest, Sink::Http(HttpSink::new(&config)?))?;
+//! let submitter = runtime.submitter();
+//! // … submitter.try_submit(event) from broker hooks; never blocks …
+//! drop(submitter);
+//! let totals = runtime.shutdown().await; // drains every accepted event
+//! println!("{totals}");
+//! # Ok(()) }
+//! ```
+
+#![deny(missing_docs)]
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod delivery;
+pub mod event;
+pub mod guest;
+pub mod ingest;
+pub mod metrics;
+pub mod runtime;
+
+pub use config::Config;
+pub use event::{Event, EventKind};
+pub use guest::{GuestError, GuestModule};
+pub use metrics::MetricsSnapshot;
+pub use runtime::{Runtime, SubmitError, Submitter};

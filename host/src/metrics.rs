@@ -1,0 +1,108 @@
+//! Counters of the pipeline: what came in, what was filtered, delivered or failed, and why.
+//!
+//! Every stage records into one shared [`Metrics`] (relaxed atomics: counts, not synchronisation);
+//! [`Metrics::snapshot`] reads them for the end-of-run summary.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Live counters, shared by every stage.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    received: AtomicU64,
+    filtered: AtomicU64,
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    guest_traps: AtomicU64,
+    guest_timeouts: AtomicU64,
+    rejected: AtomicU64,
+    malformed: AtomicU64,
+}
+
+/// A point-in-time copy of the counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MetricsSnapshot {
+    /// Events accepted into the pipeline.
+    pub received: u64,
+    /// Events no rule selected.
+    pub filtered: u64,
+    /// Requests the endpoint answered with 2xx (or printed, in dry-run).
+    pub delivered: u64,
+    /// Events that were accepted but not delivered: non-2xx, transport errors, guest failures.
+    pub failed: u64,
+    /// Guest calls that trapped (a subset of `failed`).
+    pub guest_traps: u64,
+    /// Guest calls that ran out of time (a subset of `failed`).
+    pub guest_timeouts: u64,
+    /// Events refused because the runtime queue was full (never accepted).
+    pub rejected: u64,
+    /// Input lines that were not valid events (never accepted).
+    pub malformed: u64,
+}
+
+macro_rules! recorders {
+    ($($name:ident => $field:ident),* $(,)?) => {
+        $(
+            #[doc = concat!("Counts one more `", stringify!($field), "`.")]
+            pub fn $name(&self) {
+                self.$field.fetch_add(1, Ordering::Relaxed);
+            }
+        )*
+    };
+}
+
+impl Metrics {
+    recorders! {
+        record_received => received,
+        record_filtered => filtered,
+        record_delivered => delivered,
+        record_failed => failed,
+        record_rejected => rejected,
+        record_malformed => malformed,
+    }
+
+    /// Counts a trapped guest call; the event counts as failed.
+    pub fn record_guest_trap(&self) {
+        self.guest_traps.fetch_add(1, Ordering::Relaxed);
+        self.record_failed();
+    }
+
+    /// Counts a timed-out guest call; the event counts as failed.
+    pub fn record_guest_timeout(&self) {
+        self.guest_timeouts.fetch_add(1, Ordering::Relaxed);
+        self.record_failed();
+    }
+
+    /// Reads every counter.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        MetricsSnapshot {
+            received: get(&self.received),
+            filtered: get(&self.filtered),
+            delivered: get(&self.delivered),
+            failed: get(&self.failed),
+            guest_traps: get(&self.guest_traps),
+            guest_timeouts: get(&self.guest_timeouts),
+            rejected: get(&self.rejected),
+            malformed: get(&self.malformed),
+        }
+    }
+}
+
+impl fmt::Display for MetricsSnapshot {
+    /// The one-line summary: `received=… filtered=… delivered=… failed=…` and the details.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "received={} filtered={} delivered={} failed={} guest_traps={} guest_timeouts={} rejected={} malformed={}",
+            self.received,
+            self.filtered,
+            self.delivered,
+            self.failed,
+            self.guest_traps,
+            self.guest_timeouts,
+            self.rejected,
+            self.malformed
+        )
+    }
+}

@@ -1,0 +1,239 @@
+//! The runtime: wires ingest → runtime queue → guest workers → delivery, and drains on shutdown.
+//!
+//! - [`Submitter`]s put events on the runtime queue (bounded). Event kinds no rule selects are
+//!   counted as filtered right there, without a trip through the sandbox.
+//! - Guest workers (OS threads, one guest instance each) take events off the queue in batches, so
+//!   a worker that is busy never sleeps between events, and pass each batch of requests to delivery.
+//! - Delivery runs on the tokio runtime that started the [`Runtime`].
+//!
+//! Shutdown is a drain: once every `Submitter` is dropped, workers empty the queue and exit,
+//! delivery sends what is left and waits for requests in flight, and only then does
+//! [`Runtime::shutdown`] return.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::delivery::{self, Request, Sink};
+use crate::event::Event;
+use crate::guest::{GuestError, GuestInstance, GuestModule};
+use crate::metrics::{Metrics, MetricsSnapshot};
+
+/// Most events a worker takes off the queue at once.
+const BATCH: usize = 256;
+/// Batches of requests that may wait for delivery before workers pause.
+const DELIVERY_QUEUE: usize = 64;
+
+/// Why an event was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The runtime queue is full; the event is handed back so the caller can decide.
+    #[error("the runtime queue is full")]
+    Full(Box<Event>),
+    /// The runtime is shutting down.
+    #[error("the runtime has shut down")]
+    Closed(Box<Event>),
+}
+
+/// Hands events to a running [`Runtime`]. Cheap to clone; one per ingest thread or broker hook.
+#[derive(Clone)]
+pub struct Submitter {
+    queue: Sender<Event>,
+    wanted: [bool; 12],
+    metrics: Arc<Metrics>,
+}
+
+impl Submitter {
+    /// Accepts an event if the queue has room; never blocks. A full queue hands the event back and
+    /// counts it as `rejected`.
+    pub fn try_submit(&self, event: Event) -> Result<(), SubmitError> {
+        if !self.admit(&event) {
+            return Ok(());
+        }
+        match self.queue.try_send(event) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(event)) => {
+                self.metrics.record_rejected();
+                Err(SubmitError::Full(Box::new(event)))
+            }
+            Err(TrySendError::Disconnected(event)) => Err(SubmitError::Closed(Box::new(event))),
+        }
+    }
+
+    /// Accepts an event, waiting for room in the queue. For ingest threads that may wait (a file
+    /// or a pipe), never for a broker's own threads.
+    pub fn submit_blocking(&self, event: Event) -> Result<(), SubmitError> {
+        if !self.admit(&event) {
+            return Ok(());
+        }
+        self.queue.send(event).map_err(|e| SubmitError::Closed(Box::new(e.into_inner())))
+    }
+
+    /// Counts an input record that was not a valid event (it never enters the pipeline).
+    pub fn record_malformed(&self) {
+        self.metrics.record_malformed();
+    }
+
+    /// Counts the event and says whether it needs the guest: kinds no rule asks for stop here.
+    fn admit(&self, event: &Event) -> bool {
+        self.metrics.record_received();
+        let wanted = self.wanted[event.kind().index()];
+        if !wanted {
+            self.metrics.record_filtered();
+        }
+        wanted
+    }
+}
+
+/// A running webhook pipeline.
+pub struct Runtime {
+    submitter: Submitter,
+    workers: Vec<JoinHandle<()>>,
+    delivery: tokio::task::JoinHandle<()>,
+    metrics: Arc<Metrics>,
+}
+
+/// Why the runtime could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The guest failed to load or rejected the configuration.
+    #[error(transparent)]
+    Guest(#[from] GuestError),
+    /// The delivery sink could not be built.
+    #[error(transparent)]
+    Delivery(#[from] delivery::http::DeliveryError),
+}
+
+impl Runtime {
+    /// Starts guest workers and delivery. Must be called inside a tokio runtime, which runs delivery.
+    pub fn start(config: &Config, guest: GuestModule, sink: Sink) -> Result<Runtime, StartError> {
+        let metrics = Arc::new(Metrics::default());
+        let (queue, events) = crossbeam_channel::bounded(config.queue_size.get());
+        let (requests_tx, requests_rx) = mpsc::channel(DELIVERY_QUEUE);
+        let guest = Arc::new(guest);
+        let workers = (0..config.guest.workers.get())
+            .map(|index| {
+                let worker = Worker {
+                    guest: guest.clone(),
+                    events: events.clone(),
+                    requests: requests_tx.clone(),
+                    metrics: metrics.clone(),
+                };
+                std::thread::Builder::new()
+                    .name(format!("mqhook-guest-{index}"))
+                    .spawn(move || worker.run())
+                    .expect("spawning a guest worker thread")
+            })
+            .collect();
+        let delivery = tokio::spawn(delivery::run(requests_rx, sink, config.pool_size.get(), metrics.clone()));
+        let wanted = if config.enabled { config.wanted_kinds() } else { [false; 12] };
+        Ok(Runtime { submitter: Submitter { queue, wanted, metrics: metrics.clone() }, workers, delivery, metrics })
+    }
+
+    /// A handle for submitting events.
+    pub fn submitter(&self) -> Submitter {
+        self.submitter.clone()
+    }
+
+    /// The counters so far.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.metrics.snapshot()
+    }
+
+    /// Stops accepting events and waits until every accepted event is delivered, failed or
+    /// filtered. Returns once every `Submitter` clone has been dropped too.
+    pub async fn shutdown(self) -> MetricsSnapshot {
+        let Runtime { submitter, workers, delivery, metrics } = self;
+        drop(submitter);
+        // Workers exit once the queue is empty and closed; joining them blocks, so off the executor.
+        let joined = tokio::task::spawn_blocking(move || {
+            for worker in workers {
+                if worker.join().is_err() {
+                    tracing::error!("A guest worker thread panicked.");
+                }
+            }
+        })
+        .await;
+        if joined.is_err() {
+            tracing::error!("Joining the guest workers failed.");
+        }
+        if delivery.await.is_err() {
+            tracing::error!("The delivery task panicked.");
+        }
+        metrics.snapshot()
+    }
+}
+
+/// One guest worker: its own instance, fed from the shared queue.
+struct Worker {
+    guest: Arc<GuestModule>,
+    events: Receiver<Event>,
+    requests: mpsc::Sender<Vec<Request>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Worker {
+    fn run(self) {
+        let mut instance: Option<GuestInstance> = None;
+        while let Ok(first) = self.events.recv() {
+            let mut batch = Vec::new();
+            for event in std::iter::once(first).chain(self.events.try_iter().take(BATCH - 1)) {
+                if let Some(request) = self.handle(&mut instance, event) {
+                    batch.push(request);
+                }
+            }
+            if !batch.is_empty() {
+                let count = batch.len();
+                if self.requests.blocking_send(batch).is_err() {
+                    // Delivery only stops after every worker has; this is a bug guard, counted.
+                    tracing::error!("Delivery stopped early; {count} requests are lost.");
+                    (0..count).for_each(|_| self.metrics.record_failed());
+                }
+            }
+        }
+    }
+
+    /// Runs one event through the guest, rebuilding the instance after a failure.
+    fn handle(&self, instance: &mut Option<GuestInstance>, event: Event) -> Option<Request> {
+        let live = match instance {
+            Some(live) => live,
+            None => match self.guest.instance() {
+                Ok(fresh) => instance.insert(fresh),
+                Err(error) => {
+                    tracing::error!(guest = self.guest.name(), "Cannot start a guest instance: {error}.");
+                    self.record_error(&error);
+                    return None;
+                }
+            },
+        };
+        match live.handle(event) {
+            Ok(Some(request)) => Some(request),
+            Ok(None) => {
+                self.metrics.record_filtered();
+                None
+            }
+            Err(error @ GuestError::InvalidDelivery(_)) => {
+                // The call itself succeeded, so the instance is still sound.
+                tracing::warn!(guest = self.guest.name(), "Event dropped: {error}.");
+                self.record_error(&error);
+                None
+            }
+            Err(error) => {
+                *instance = None;
+                self.record_error(&error);
+                None
+            }
+        }
+    }
+
+    fn record_error(&self, error: &GuestError) {
+        match error {
+            GuestError::Timeout(_) => self.metrics.record_guest_timeout(),
+            GuestError::Trap(_) => self.metrics.record_guest_trap(),
+            _ => self.metrics.record_failed(),
+        }
+    }
+}

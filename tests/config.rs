@@ -1,0 +1,214 @@
+//! Config loading: NanoMQ's own files parse, and every malformed config names its line and key.
+
+use std::num::NonZeroUsize;
+
+use mqhook::config::{Config, Header, PayloadEncoding, Rule};
+use mqhook::EventKind;
+
+use crate::support::{fixtures_dir, mqhook, Scratch};
+
+const SEED: &str = r#"webhook = {
+  url = "http://127.0.0.1:80"        # URL where webhooks will send HTTP requests to
+  headers.content-type = "application/json" # HTTP header specifying request content type
+  body.encoding = "plain"            # Encoding format of the payload field in HTTP body
+  pool_size = 32                     # Connection process pool size
+  events = [
+    {
+      event = "on_message_publish"   # Event type
+      topic = "a/b/c"                # The specific topic that this event applies to
+    }
+    {
+      event = "on_client_connack"
+    }
+  ]
+}
+"#;
+
+fn load(name: &str, text: &str) -> Result<Config, mqhook::config::ConfigError> {
+    let scratch = Scratch::new();
+    Config::load(&scratch.file(name, text))
+}
+
+fn seed_rules() -> Vec<Rule> {
+    vec![
+        Rule { event: EventKind::MessagePublish, topic: Some("a/b/c".into()) },
+        Rule { event: EventKind::ClientConnack, topic: None },
+    ]
+}
+
+#[test]
+fn seed_block_parses_verbatim() {
+    let config = load("nanomq.conf", SEED).unwrap();
+    assert!(config.enabled);
+    assert_eq!(config.url.to_string(), "http://127.0.0.1:80/");
+    assert_eq!(config.headers, vec![Header { name: "content-type".into(), value: "application/json".into() }]);
+    assert_eq!(config.encoding, PayloadEncoding::Plain);
+    assert_eq!(config.pool_size, NonZeroUsize::new(32).unwrap());
+    assert_eq!(config.cancel_timeout.as_millis(), 5000);
+    assert_eq!(config.rules, seed_rules());
+}
+
+#[test]
+fn every_nanomq_fixture_parses() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir(fixtures_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        let config = Config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        match name.as_str() {
+            // HOCON files with the documented example block.
+            "etc_nanomq_example.conf" | "nanonng_nmq_test.conf" => {
+                assert!(config.enabled, "{name}");
+                assert_eq!(config.rules, seed_rules(), "{name}");
+                assert_eq!(config.headers[0].value, "application/json");
+            }
+            "github_scripts_nanomq.conf" => {
+                assert_eq!(config.url.to_string(), "http://127.0.0.1:8888/");
+                assert_eq!(config.rules, vec![Rule { event: EventKind::MessagePublish, topic: Some("poc/asan".into()) }]);
+            }
+            // Old format, enabled, one rule per event, event taken from the key.
+            "nanonng_nmq_old_test.conf" => {
+                assert!(config.enabled);
+                assert_eq!(config.rules.iter().map(|r| r.event).collect::<Vec<_>>(), EventKind::ALL.to_vec());
+                assert_eq!(config.pool_size.get(), 32);
+                assert_eq!(config.headers[0].name, "content-type");
+            }
+            // Old format with `web.hook.enable=false`, and a HOCON file with no webhook section.
+            "etc_nanomq_old.conf" | "etc_nanomq.conf" => assert!(!config.enabled, "{name}"),
+            other => panic!("a fixture this test does not know: {other}"),
+        }
+        seen += 1;
+    }
+    assert_eq!(seen, 6);
+}
+
+#[test]
+fn hcl_and_old_format_reach_the_same_config() {
+    let hcl = load(
+        "mqhook.hcl",
+        r#"
+webhook {
+  url = "http://127.0.0.1:80"
+  headers = { "content-type" = "application/json" }
+  body { encoding = "plain" }
+  pool_size = 32
+  events = [
+    { event = "on_message_publish", topic = "a/b/c" },
+    { event = "on_client_connack" },
+  ]
+}
+"#,
+    )
+    .unwrap();
+    let legacy = load(
+        "old.conf",
+        "web.hook.enable=true\nweb.hook.url=http://127.0.0.1:80\nweb.hook.headers.content-type=application/json\n\
+         web.hook.body.encoding_of_payload_field=plain\nweb.hook.pool_size=32\n\
+         web.hook.rule.message.publish.1={\"action\": \"on_message_publish\", \"topic\": \"a/b/c\"}\n\
+         web.hook.rule.client.connack.1={\"action\": \"on_client_connack\"}\n",
+    )
+    .unwrap();
+    let hocon = load("nanomq.conf", SEED).unwrap();
+    for config in [&hcl, &legacy] {
+        assert_eq!(
+            serde_json::to_value(config).unwrap(),
+            serde_json::to_value(&hocon).unwrap(),
+            "HCL and the old format must give the seed block's config"
+        );
+    }
+}
+
+#[test]
+fn mqhook_extensions_parse() {
+    let config = load(
+        "mqhook.hcl",
+        r#"webhook {
+  url = "http://127.0.0.1:9/base?x=1"
+  cancel_timeout = "2s"
+  tls { cacertfile = "ca.pem" }
+  guest {
+    memory_limit = "16MiB"
+    timeout = 250
+    workers = 3
+    settings = { field = "temp", min = "10" }
+  }
+}"#,
+    )
+    .unwrap();
+    assert_eq!(config.cancel_timeout.as_millis(), 2000);
+    assert_eq!(config.guest.memory_limit, 16 << 20);
+    assert_eq!(config.guest.timeout.as_millis(), 250);
+    assert_eq!(config.guest.workers.get(), 3);
+    assert_eq!(config.guest.settings, vec![("field".into(), "temp".into()), ("min".into(), "10".into())]);
+    assert!(config.tls.unwrap().cacertfile.unwrap().ends_with("ca.pem"));
+}
+
+/// Each malformed config: file name, text, the line and the key the error must name, and a piece
+/// of the message (usually the accepted values).
+const MALFORMED: &[(&str, &str, usize, &str, &str)] = &[
+    ("unknown-event.conf", "webhook {\n url = \"http://h\"\n events = [\n  { event = \"on_message_publishd\" }\n ]\n}\n", 4, "webhook.events[0].event", "on_message_publish, on_message_delivered"),
+    ("unknown-encoding.conf", "webhook {\n url = \"http://h\"\n body.encoding = base63\n}\n", 3, "webhook.body.encoding", "plain, base64, base62"),
+    ("bad-url.conf", "webhook {\n url = \"ftp://h/x\"\n}\n", 2, "webhook.url", "http://"),
+    ("url-garbage.conf", "webhook {\n\n url = \"http://\"\n}\n", 3, "webhook.url", "URL"),
+    ("pool-zero.conf", "webhook {\n url = \"http://h\"\n pool_size = 0\n}\n", 3, "webhook.pool_size", "at least 1"),
+    ("pool-type.conf", "webhook {\n url = \"http://h\"\n pool_size = [1]\n}\n", 3, "webhook.pool_size", "positive integer"),
+    ("pool-word.conf", "webhook {\n url = \"http://h\"\n pool_size = many\n}\n", 3, "webhook.pool_size", "positive integer"),
+    ("events-type.conf", "webhook {\n url = \"http://h\"\n events = \"on_client_connack\"\n}\n", 3, "webhook.events", "list"),
+    ("event-missing.conf", "webhook {\n url = \"http://h\"\n events = [\n  { topic = \"a\" }\n ]\n}\n", 4, "webhook.events[0].event", "required"),
+    ("typo-key.conf", "webhook {\n url = \"http://h\"\n pool_sise = 3\n}\n", 3, "webhook.pool_sise", "accepted keys"),
+    ("timeout.conf", "webhook {\n url = \"http://h\"\n cancel_timeout = soon\n}\n", 3, "webhook.cancel_timeout", "duration"),
+    ("header-name.conf", "webhook {\n url = \"http://h\"\n headers { \"bad header\" = \"x\" }\n}\n", 3, "webhook.headers.bad header", "header name"),
+    ("url-missing.conf", "\nwebhook {\n pool_size = 3\n}\n", 2, "webhook.url", "required"),
+    ("enable-type.conf", "webhook {\n enable = maybe\n url = \"http://h\"\n}\n", 2, "webhook.enable", "true or false"),
+    ("old-pool.conf", "web.hook.url=http://h\n\nweb.hook.pool_size=0\n", 3, "web.hook.pool_size", "at least 1"),
+    ("old-encoding.conf", "web.hook.url=http://h\nweb.hook.body.encoding_of_payload_field=hex\n", 2, "web.hook.body.encoding_of_payload_field", "plain, base64, base62"),
+    ("old-rule.conf", "web.hook.url=http://h\nweb.hook.rule.message.publishd.1={\"action\": \"x\"}\n", 2, "web.hook.rule.message.publishd.1", "message.publish"),
+    ("wrong-type.hcl", "webhook {\n  url = \"http://h\"\n  pool_size = \"many\"\n}\n", 3, "webhook.pool_size", "positive integer"),
+    ("memory.hcl", "webhook {\n  url = \"http://h\"\n  guest {\n    memory_limit = \"lots\"\n  }\n}\n", 4, "webhook.guest.memory_limit", "64MiB"),
+];
+
+#[test]
+fn malformed_configs_name_line_and_key() {
+    for &(name, text, line, key, hint) in MALFORMED {
+        let error = load(name, text).expect_err(name);
+        let message = error.to_string();
+        assert_eq!(error.line(), Some(line), "{name}: {message}");
+        assert!(message.contains(&format!("{name}:{line}:")), "{name}: no file:line in {message}");
+        assert!(message.contains(&format!("`{key}`")), "{name}: key `{key}` not named in {message}");
+        assert!(message.contains(hint), "{name}: `{hint}` missing from {message}");
+    }
+}
+
+#[test]
+fn syntax_errors_name_line_and_column() {
+    let cases = [
+        ("unterminated.conf", "webhook {\n  url = \"http://h\n}\n", 2),
+        ("unclosed.conf", "webhook {\n  url = \"http://h\"\n  events = [\n", 4),
+        ("broken.hcl", "webhook {\n  url = \"http://h\"\n  pool_size = = 3\n}\n", 3),
+    ];
+    for (name, text, line) in cases {
+        let error = load(name, text).expect_err(name);
+        assert_eq!(error.line(), Some(line), "{name}: {error}");
+        assert!(error.to_string().contains("syntax error"), "{error}");
+    }
+}
+
+#[tokio::test]
+async fn check_prints_the_effective_config() {
+    let scratch = Scratch::new();
+    let path = scratch.file("nanomq.conf", SEED);
+    let run = mqhook(&["check", "--config", path.to_str().unwrap()], "").await;
+    assert!(run.status.success(), "{}", run.stderr);
+    let printed: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(printed["url"], "http://127.0.0.1:80/");
+    assert_eq!(printed["pool_size"], 32);
+    assert_eq!(printed["encoding"], "plain");
+    assert_eq!(printed["rules"][0]["event"], "on_message_publish");
+    assert_eq!(printed["rules"][0]["topic"], "a/b/c");
+    assert_eq!(printed["headers"][0]["name"], "content-type");
+
+    let bad = scratch.file("bad.conf", "webhook {\n url = \"http://h\"\n pool_size = 0\n}\n");
+    let run = mqhook(&["check", "--config", bad.to_str().unwrap()], "").await;
+    assert!(!run.status.success());
+    assert!(run.stderr.contains("bad.conf:3: `webhook.pool_size`"), "{}", run.stderr);
+}

@@ -1,0 +1,237 @@
+//! End to end: the `mqhook` binary reads NDJSON and POSTs to a real HTTP server on 127.0.0.1.
+
+use std::time::Duration;
+
+use hyper::StatusCode;
+
+use crate::support::endpoint::{Behaviour, Endpoint};
+use crate::support::{mqhook, Scratch};
+
+/// Every event once, with `ts`/`connected_at` given so bodies are deterministic; and the exact
+/// body each must produce under the all-events config below.
+const EVENTS: &[(&str, &str)] = &[
+    (
+        r#"{"event":"client_connect","clientid":"c1","username":"u1","ipaddress":"127.0.0.1:5000","keepalive":60,"proto_ver":4}"#,
+        r#"{"clientid":"c1","username":"u1","ipaddress":"127.0.0.1:5000","keepalive":60,"proto_ver":4,"action":"client_connect"}"#,
+    ),
+    (
+        r#"{"event":"client_connack","clientid":"wbhk_clientid","username":"wbhk_test","keepalive":60,"proto_ver":4,"reason_code":0}"#,
+        r#"{"proto_ver":4,"keepalive":60,"conn_ack":"success","username":"wbhk_test","clientid":"wbhk_clientid","action":"client_connack"}"#,
+    ),
+    (
+        r#"{"event":"client_connected","clientid":"c1","username":null,"ipaddress":"127.0.0.1:5000","keepalive":30,"proto_ver":5,"connected_at":1706703724000}"#,
+        r#"{"clientid":"c1","username":"undefined","ipaddress":"127.0.0.1:5000","keepalive":30,"proto_ver":5,"connected_at":1706703724000,"action":"client_connected"}"#,
+    ),
+    (
+        r#"{"event":"client_disconnected","clientid":"wbhk_clientid","username":"wbhk_test","reason":"normal"}"#,
+        r#"{"reason":"normal","username":"wbhk_test","clientid":"wbhk_clientid","action":"client_disconnected"}"#,
+    ),
+    (
+        r#"{"event":"client_subscribe","clientid":"c1","username":"u1","topic":"a/#","opts":{"qos":1}}"#,
+        r#"{"clientid":"c1","username":"u1","topic":"a/#","opts":{"qos":1},"action":"client_subscribe"}"#,
+    ),
+    (
+        r#"{"event":"client_unsubscribe","clientid":"c1","username":"u1","topic":"a/#","opts":{"qos":1}}"#,
+        r#"{"clientid":"c1","username":"u1","topic":"a/#","opts":{"qos":1},"action":"client_unsubscribe"}"#,
+    ),
+    (
+        r#"{"event":"session_subscribed","clientid":"c1","username":"u1","topic":"a/+","opts":{"qos":2,"nl":0,"rap":1,"rh":0}}"#,
+        r#"{"clientid":"c1","username":"u1","topic":"a/+","opts":{"qos":2,"nl":0,"rap":1,"rh":0},"action":"session_subscribed"}"#,
+    ),
+    (
+        r#"{"event":"session_unsubscribed","clientid":"c1","username":"u1","topic":"a/+"}"#,
+        r#"{"clientid":"c1","username":"u1","topic":"a/+","action":"session_unsubscribed"}"#,
+    ),
+    (
+        r#"{"event":"session_terminated","clientid":"c1","username":"u1","reason":"normal"}"#,
+        r#"{"clientid":"c1","username":"u1","reason":"normal","action":"session_terminated"}"#,
+    ),
+    (
+        r#"{"event":"message_publish","from_client_id":"wbhk_clientid","from_username":"wbhk_test","topic":"nmq/pub","qos":1,"retain":true,"payload":"Hello World!","ts":1706703724960}"#,
+        r#"{"ts":1706703724960,"topic":"nmq/pub","retain":true,"qos":1,"action":"message_publish","from_username":"wbhk_test","from_client_id":"wbhk_clientid","payload":"Hello World!"}"#,
+    ),
+    (
+        r#"{"event":"message_delivered","clientid":"c2","username":"u2","from_client_id":"c1","from_username":null,"topic":"nmq/pub","qos":0,"retain":false,"payload_base64":"//4A","ts":1706703724961}"#,
+        r#"{"ts":1706703724961,"clientid":"c2","username":"u2","from_client_id":"c1","from_username":"undefined","topic":"nmq/pub","qos":0,"retain":false,"action":"message_delivered","payload":"//4A","payload_encoding":"base64"}"#,
+    ),
+    (
+        r#"{"event":"message_acked","clientid":"c2","username":"u2","from_client_id":"c1","from_username":"u1","topic":"nmq/pub","qos":2,"retain":false,"payload":"","ts":1706703724962}"#,
+        r#"{"ts":1706703724962,"clientid":"c2","username":"u2","from_client_id":"c1","from_username":"u1","topic":"nmq/pub","qos":2,"retain":false,"action":"message_acked"}"#,
+    ),
+];
+
+fn all_events_config(url: &str, extra: &str) -> String {
+    let rules: Vec<String> =
+        mqhook::EventKind::ALL.iter().map(|k| format!("    {{ event = \"{}\" }}", k.config_name())).collect();
+    format!(
+        "webhook {{\n  url = \"{url}\"\n  headers.content-type = \"application/json\"\n  headers.x-api-key = \"secret\"\n  \
+         headers.accept = \"*/*\"\n{extra}\n  events = [\n{}\n  ]\n}}\n",
+        rules.join("\n")
+    )
+}
+
+fn ndjson(lines: &[&str]) -> String {
+    lines.iter().map(|l| format!("{l}\n")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_posts_its_exact_body_and_headers() {
+    let endpoint = Endpoint::start(Behaviour::default()).await;
+    let scratch = Scratch::new();
+    let config = scratch.file("nanomq.conf", &all_events_config(&format!("{}/hook", endpoint.url()), ""));
+    let input = ndjson(&EVENTS.iter().map(|(line, _)| *line).collect::<Vec<_>>());
+    let run = mqhook(&["run", "--config", config.to_str().unwrap(), "--ingest", "ndjson:-"], &input).await;
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!(
+        (run.summary("received"), run.summary("delivered"), run.summary("failed"), run.summary("filtered")),
+        (12, 12, 0, 0)
+    );
+    let recorded = endpoint.recorded();
+    let mut bodies: Vec<String> = recorded.iter().map(|r| r.body_text()).collect();
+    let mut expected: Vec<String> = EVENTS.iter().map(|(_, body)| body.to_string()).collect();
+    bodies.sort();
+    expected.sort();
+    assert_eq!(bodies, expected);
+    for request in &recorded {
+        assert_eq!(request.method, "POST");
+        assert_eq!(request.path, "/hook");
+        let names: Vec<&str> = request.headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["host", "content-type", "x-api-key", "accept", "content-length"]);
+        assert_eq!(request.header("host"), Some(endpoint.addr.to_string().as_str()));
+        assert_eq!(request.header("content-type"), Some("application/json"));
+        assert_eq!(request.header("content-length"), Some(request.body.len().to_string().as_str()));
+    }
+    assert!(!run.stderr.contains("secret"), "header values are never logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_by_event_and_topic_and_posts_to_root_without_a_path() {
+    let endpoint = Endpoint::start(Behaviour::default()).await;
+    let scratch = Scratch::new();
+    let config = scratch.file(
+        "nanomq.conf",
+        &format!(
+            "webhook {{\n url = \"{}\"\n body.encoding = base62\n events = [\n {{ event = \"on_message_publish\", topic = \"a/+/c\" }}\n ]\n}}\n",
+            endpoint.url()
+        ),
+    );
+    let input = ndjson(&[
+        r#"{"event":"message_publish","from_client_id":"c1","topic":"a/b/c","qos":0,"retain":false,"payload":"hello","ts":1}"#,
+        r#"{"event":"message_publish","from_client_id":"c1","topic":"a/b/d","qos":0,"retain":false,"payload":"hello","ts":2}"#,
+        r#"{"event":"client_connack","clientid":"c1","keepalive":60,"proto_ver":4,"reason_code":0}"#,
+    ]);
+    let run = mqhook(&["run", "--config", config.to_str().unwrap()], &input).await;
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!((run.summary("received"), run.summary("filtered"), run.summary("delivered")), (3, 2, 1));
+    let recorded = endpoint.recorded();
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].path, "/");
+    assert_eq!(
+        recorded[0].body_text(),
+        r#"{"ts":1,"topic":"a/b/c","retain":false,"qos":0,"action":"message_publish","from_username":"undefined","from_client_id":"c1","payload":"7tQLFHz"}"#
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_size_bounds_concurrent_requests() {
+    let endpoint = Endpoint::start(Behaviour { delay: Duration::from_millis(150), ..Behaviour::default() }).await;
+    let scratch = Scratch::new();
+    let config = scratch.file("nanomq.conf", &all_events_config(&endpoint.url(), "  pool_size = 3"));
+    let lines: Vec<String> = (0..24)
+        .map(|i| format!(r#"{{"event":"message_publish","from_client_id":"c","topic":"t/{i}","qos":0,"retain":false,"payload":"{i}","ts":{i}}}"#))
+        .collect();
+    let run = mqhook(&["run", "--config", config.to_str().unwrap()], &ndjson(&lines.iter().map(String::as_str).collect::<Vec<_>>())).await;
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!(run.summary("delivered"), 24);
+    assert_eq!(endpoint.recorded().len(), 24);
+    let peak = endpoint.max_in_flight();
+    assert!(peak <= 3, "{peak} requests were in flight with pool_size = 3");
+    assert!(peak > 1, "requests were never concurrent (peak {peak})");
+    assert!(endpoint.connections() <= 3, "keep-alive: at most pool_size connections, saw {}", endpoint.connections());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_2xx_answers_count_as_failed() {
+    let endpoint = Endpoint::start(Behaviour { status: StatusCode::SERVICE_UNAVAILABLE, ..Behaviour::default() }).await;
+    let scratch = Scratch::new();
+    let config = scratch.file("nanomq.conf", &all_events_config(&endpoint.url(), ""));
+    let input = ndjson(&EVENTS.iter().take(3).map(|(line, _)| *line).collect::<Vec<_>>());
+    let run = mqhook(&["run", "--config", config.to_str().unwrap()], &input).await;
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!((run.summary("delivered"), run.summary("failed")), (0, 3));
+    assert_eq!(endpoint.recorded().len(), 3, "each was really sent");
+    assert!(run.stderr.contains("503"), "the status is logged: {}", run.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_endpoint_fails_every_event_and_still_exits() {
+    // Bind then drop a listener: nothing listens on that port any more.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let scratch = Scratch::new();
+    let config = scratch.file("nanomq.conf", &all_events_config(&format!("http://127.0.0.1:{port}"), "  cancel_timeout = 1000"));
+    let input = ndjson(&EVENTS.iter().take(4).map(|(line, _)| *line).collect::<Vec<_>>());
+    let run = mqhook(&["run", "--config", config.to_str().unwrap()], &input).await;
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!((run.summary("received"), run.summary("delivered"), run.summary("failed")), (4, 0, 4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_lines_are_reported_and_skipped() {
+    let endpoint = Endpoint::start(Behaviour::default()).await;
+    let scratch = Scratch::new();
+    let config = scratch.file("nanomq.conf", &all_events_config(&endpoint.url(), ""));
+    let events = scratch.file(
+        "events.ndjson",
+        &ndjson(&[
+            EVENTS[1].0,
+            "{not json",
+            r#"{"event":"on_fire","clientid":"c"}"#,
+            "",
+            r#"{"event":"message_publish","topic":"t","qos":7}"#,
+            EVENTS[3].0,
+        ]),
+    );
+    let ingest = format!("ndjson:{}", events.display());
+    let run = mqhook(&["run", "--config", config.to_str().unwrap(), "--ingest", &ingest], "").await;
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!((run.summary("received"), run.summary("delivered"), run.summary("malformed")), (2, 2, 3));
+    for line in [2, 3, 5] {
+        assert!(run.stderr.contains(&format!("events.ndjson:{line}:")), "line {line} not reported:\n{}", run.stderr);
+    }
+    assert!(run.stderr.contains("unknown event `on_fire`"), "{}", run.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_prints_requests_without_an_endpoint() {
+    let scratch = Scratch::new();
+    let config = scratch.file("nanomq.conf", &all_events_config("http://127.0.0.1:9/hook", ""));
+    let run = mqhook(&["run", "--config", config.to_str().unwrap(), "--dry-run"], &ndjson(&[EVENTS[9].0])).await;
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(run.stdout.starts_with("POST /hook HTTP/1.1\nhost: 127.0.0.1:9\ncontent-type: application/json\n"), "{}", run.stdout);
+    assert!(run.stdout.contains(&format!("\n\n{}\n", EVENTS[9].1)), "{}", run.stdout);
+    assert_eq!(run.summary("delivered"), 1);
+}
+
+#[tokio::test]
+async fn bad_invocations_fail_with_clear_errors() {
+    let scratch = Scratch::new();
+    let missing = scratch.0.path().join("absent.conf");
+    let run = mqhook(&["run", "--config", missing.to_str().unwrap()], "").await;
+    assert!(!run.status.success());
+    assert!(run.stderr.contains("absent.conf: cannot read the config"), "{}", run.stderr);
+
+    let config = scratch.file("nanomq.conf", &all_events_config("http://127.0.0.1:9", ""));
+    let run = mqhook(&["run", "--config", config.to_str().unwrap(), "--ingest", "kafka:x"], "").await;
+    assert!(!run.status.success());
+    assert!(run.stderr.contains("ndjson:PATH"), "{}", run.stderr);
+
+    let not_wasm = scratch.file("guest.wasm", "not a component");
+    let run = mqhook(&["run", "--config", config.to_str().unwrap(), "--guest", not_wasm.to_str().unwrap()], "").await;
+    assert!(!run.status.success());
+    assert!(run.stderr.contains("is not a valid mqhook filter component"), "{}", run.stderr);
+
+    for command in [&["--help"][..], &["run", "--help"], &["check", "--help"]] {
+        let run = mqhook(command, "").await;
+        assert!(run.status.success() && run.stdout.contains("Usage: mqhook"), "{command:?}: {}", run.stdout);
+    }
+}

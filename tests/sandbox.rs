@@ -1,0 +1,86 @@
+//! The sandbox: a guest that loops forever, allocates past its cap, or traps costs only the event
+//! that set it off; the host keeps running and delivers the events after it.
+
+use std::path::Path;
+
+use mqhook::config::{Config, Syntax};
+use mqhook::event::Message;
+use mqhook::{Event, GuestError, GuestModule};
+
+use crate::support::endpoint::{Behaviour, Endpoint};
+use crate::support::{mqhook, Scratch, HOSTILE_GUEST};
+
+fn publish_line(topic: &str, ts: u64) -> String {
+    format!(r#"{{"event":"message_publish","from_client_id":"c","topic":"{topic}","qos":0,"retain":false,"payload":"p","ts":{ts}}}"#)
+}
+
+fn hostile_config(url: &str, settings: &str) -> String {
+    format!(
+        "webhook {{\n  url = \"{url}\"\n  events = [{{ event = \"on_message_publish\" }}]\n  \
+         guest {{\n    timeout = \"200ms\"\n    memory_limit = \"16MiB\"\n    workers = 1\n    settings = {{ {settings} }}\n  }}\n}}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_calls_are_contained_and_later_events_delivered() {
+    let endpoint = Endpoint::start(Behaviour::default()).await;
+    let scratch = Scratch::new();
+    let config = scratch.file("hostile.hcl", &hostile_config(&endpoint.url(), ""));
+    let topics = ["ok/1", "hostile/loop", "ok/2", "hostile/alloc", "ok/3", "hostile/trap", "ok/4", "hostile/log", "ok/5"];
+    let input: String = topics.iter().enumerate().map(|(i, t)| publish_line(t, i as u64) + "\n").collect();
+    let run = mqhook(&["run", "--config", config.to_str().unwrap(), "--guest", HOSTILE_GUEST], &input).await;
+    assert!(run.status.success(), "{}", run.stderr);
+    let mut delivered: Vec<String> = endpoint.recorded().iter().map(|r| r.body_text()).collect();
+    delivered.sort();
+    assert_eq!(delivered, ["hostile/log", "ok/1", "ok/2", "ok/3", "ok/4", "ok/5"]);
+    assert_eq!(run.summary("guest_timeouts"), 1, "{}", run.stderr);
+    assert_eq!(run.summary("guest_traps"), 2, "{}", run.stderr);
+    assert_eq!((run.summary("delivered"), run.summary("failed")), (6, 3));
+    // Each failure is logged with the action and topic that caused it; guest output reaches the log.
+    for topic in ["hostile/loop", "hostile/alloc", "hostile/trap"] {
+        assert!(
+            run.stderr.lines().any(|l| l.contains("Guest call failed") && l.contains(topic) && l.contains("message_publish")),
+            "no failure logged for {topic}:\n{}",
+            run.stderr
+        );
+    }
+    assert!(run.stderr.contains("hello from guest"), "the guest's log import reaches the host log");
+    assert!(run.stderr.contains("guest stderr"), "the guest's panic message reaches the host log via stderr");
+}
+
+#[test]
+fn a_guest_that_rejects_its_configuration_does_not_start() {
+    let config = Config::parse(&hostile_config("http://127.0.0.1:9", "reject = \"yes\""), Path::new("h.hcl"), Syntax::Hcl).unwrap();
+    match GuestModule::load(Some(Path::new(HOSTILE_GUEST)), &config) {
+        Err(GuestError::Rejected { message, .. }) => assert_eq!(message, "rejected by configuration"),
+        Err(other) => panic!("expected a rejection, got {other}"),
+        Ok(_) => panic!("expected a rejection, the guest started"),
+    }
+}
+
+#[test]
+fn the_memory_cap_is_what_stops_the_allocating_guest() {
+    let config = Config::parse(&hostile_config("http://127.0.0.1:9", ""), Path::new("h.hcl"), Syntax::Hcl).unwrap();
+    let module = GuestModule::load(Some(Path::new(HOSTILE_GUEST)), &config).unwrap();
+    let event = |topic: &str| {
+        Event::MessagePublish(Message {
+            ts: 0,
+            topic: topic.into(),
+            qos: 0,
+            retain: false,
+            from_clientid: None,
+            from_username: None,
+            receiver: None,
+            payload: Vec::new(),
+        })
+    };
+    let mut instance = module.instance().unwrap();
+    // A trap, not a timeout: the memory cap stopped it before the deadline could.
+    match instance.handle(event("hostile/alloc")) {
+        Err(GuestError::Trap(_)) => {}
+        other => panic!("expected a trap, got {other:?}"),
+    }
+    // A fresh instance works again.
+    let mut fresh = module.instance().unwrap();
+    assert!(fresh.handle(event("ok")).unwrap().is_some());
+}

@@ -1,0 +1,144 @@
+//! A real HTTP/1.1 server on 127.0.0.1 that records every request it receives.
+//!
+//! It answers each request with a configurable status after a configurable delay, and tracks how
+//! many requests were in flight at once, so tests can check `pool_size` from the outside.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// One request as the server saw it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    /// Header names (lower case, as hyper normalises them) and values, in wire order.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Recorded {
+    pub fn body_text(&self) -> String {
+        String::from_utf8(self.body.clone()).expect("a UTF-8 body")
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// How the server answers.
+#[derive(Clone)]
+pub struct Behaviour {
+    pub status: StatusCode,
+    pub delay: Duration,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Behaviour { status: StatusCode::OK, delay: Duration::ZERO }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    recorded: Mutex<Vec<Recorded>>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    connections: AtomicUsize,
+}
+
+/// The running server; stopped when dropped.
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    stop: watch::Sender<bool>,
+}
+
+impl Endpoint {
+    /// Starts a server on a free loopback port.
+    pub async fn start(behaviour: Behaviour) -> Endpoint {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding 127.0.0.1:0");
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(State::default());
+        let (stop, mut stopped) = watch::channel(false);
+        let server_state = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
+                    _ = stopped.changed() => return,
+                };
+                server_state.connections.fetch_add(1, Ordering::SeqCst);
+                let state = server_state.clone();
+                let behaviour = behaviour.clone();
+                let mut stop_conn = stopped.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| handle(request, state.clone(), behaviour.clone()));
+                    let connection = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = connection => {}
+                        _ = stop_conn.changed() => {}
+                    }
+                });
+            }
+        });
+        Endpoint { addr, state, stop }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn recorded(&self) -> Vec<Recorded> {
+        self.state.recorded.lock().unwrap().clone()
+    }
+
+    pub fn max_in_flight(&self) -> usize {
+        self.state.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+async fn handle(
+    request: Request<Incoming>,
+    state: Arc<State>,
+    behaviour: Behaviour,
+) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    let method = request.method().to_string();
+    let path = request.uri().path_and_query().map_or("/".to_string(), |p| p.to_string());
+    let headers = request
+        .headers()
+        .iter()
+        .map(|(name, value)| (name.to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+        .collect();
+    let body = request.into_body().collect().await?.to_bytes().to_vec();
+    tokio::time::sleep(behaviour.delay).await;
+    state.recorded.lock().unwrap().push(Recorded { method, path, headers, body });
+    state.in_flight.fetch_sub(1, Ordering::SeqCst);
+    let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
+    *response.status_mut() = behaviour.status;
+    Ok(response)
+}

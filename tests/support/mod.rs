@@ -1,0 +1,90 @@
+//! Shared test parts: a real HTTP endpoint, the real `mqhook` binary, config files on disk.
+
+pub mod endpoint;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+
+/// Longest any single run of the binary may take before the test fails.
+const RUN_LIMIT: Duration = Duration::from_secs(60);
+
+/// The misbehaving test guest (guest/hostile).
+pub const HOSTILE_GUEST: &str = env!("MQHOOK_GUEST_HOSTILE");
+
+/// A fresh directory for one test's files, removed when dropped.
+pub struct Scratch(pub tempfile::TempDir);
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch(tempfile::tempdir().expect("creating a temp dir"))
+    }
+
+    /// Writes `name` with `text` and returns its path.
+    pub fn file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.path().join(name);
+        std::fs::write(&path, text).expect("writing a test file");
+        path
+    }
+}
+
+/// What one run of the binary produced.
+#[derive(Debug)]
+pub struct Run {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// The `summary:` line's `key=value` pairs.
+    pub fn summary(&self, key: &str) -> u64 {
+        let line = self
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("summary:"))
+            .unwrap_or_else(|| panic!("no summary line in stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr));
+        line.split_whitespace()
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(k, _)| *k == key)
+            .unwrap_or_else(|| panic!("no `{key}` in {line}"))
+            .1
+            .parse()
+            .expect("a number")
+    }
+}
+
+/// Runs `mqhook ARGS` with `stdin` as standard input, bounded in time.
+pub async fn mqhook(args: &[&str], stdin: &str) -> Run {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mqhook"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting mqhook");
+    let mut input = child.stdin.take().unwrap();
+    let text = stdin.to_string();
+    let writer = tokio::spawn(async move {
+        let _ = input.write_all(text.as_bytes()).await;
+    });
+    let output = tokio::time::timeout(RUN_LIMIT, child.wait_with_output())
+        .await
+        .expect("mqhook did not finish in time")
+        .expect("waiting for mqhook");
+    writer.await.unwrap();
+    Run {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// The NanoMQ fixture files shipped with the tests.
+pub fn fixtures_dir() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/nanomq"))
+}
