@@ -164,6 +164,7 @@ const MALFORMED: &[(&str, &str, usize, &str, &str)] = &[
     ("old-encoding.conf", "web.hook.url=http://h\nweb.hook.body.encoding_of_payload_field=hex\n", 2, "web.hook.body.encoding_of_payload_field", "plain, base64, base62"),
     ("old-rule.conf", "web.hook.url=http://h\nweb.hook.rule.message.publishd.1={\"action\": \"x\"}\n", 2, "web.hook.rule.message.publishd.1", "message.publish"),
     ("wrong-type.hcl", "webhook {\n  url = \"http://h\"\n  pool_size = \"many\"\n}\n", 3, "webhook.pool_size", "positive integer"),
+    ("topic.conf", "webhook {\n url = \"http://h\"\n events = [\n  { event = \"on_message_publish\"\n    topic = \"a/#/b\" }\n ]\n}\n", 5, "webhook.events[0].topic", "last level"),
     ("memory.hcl", "webhook {\n  url = \"http://h\"\n  guest {\n    memory_limit = \"lots\"\n  }\n}\n", 4, "webhook.guest.memory_limit", "64MiB"),
 ];
 

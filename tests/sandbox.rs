@@ -14,6 +14,19 @@ fn publish_line(topic: &str, ts: u64) -> String {
     format!(r#"{{"event":"message_publish","from_client_id":"c","topic":"{topic}","qos":0,"retain":false,"payload":"p","ts":{ts}}}"#)
 }
 
+fn publish_event(topic: &str) -> Event {
+    Event::MessagePublish(Message {
+        ts: 0,
+        topic: topic.into(),
+        qos: 0,
+        retain: false,
+        from_clientid: None,
+        from_username: None,
+        receiver: None,
+        payload: Vec::new(),
+    })
+}
+
 fn hostile_config(url: &str, settings: &str) -> String {
     format!(
         "webhook {{\n  url = \"{url}\"\n  events = [{{ event = \"on_message_publish\" }}]\n  \
@@ -62,18 +75,7 @@ fn a_guest_that_rejects_its_configuration_does_not_start() {
 fn the_memory_cap_is_what_stops_the_allocating_guest() {
     let config = Config::parse(&hostile_config("http://127.0.0.1:9", ""), Path::new("h.hcl"), Syntax::Hcl).unwrap();
     let module = GuestModule::load(Some(Path::new(HOSTILE_GUEST)), &config).unwrap();
-    let event = |topic: &str| {
-        Event::MessagePublish(Message {
-            ts: 0,
-            topic: topic.into(),
-            qos: 0,
-            retain: false,
-            from_clientid: None,
-            from_username: None,
-            receiver: None,
-            payload: Vec::new(),
-        })
-    };
+    let event = publish_event;
     let mut instance = module.instance().unwrap();
     // A trap, not a timeout: the memory cap stopped it before the deadline could.
     match instance.handle(event("hostile/alloc")) {
@@ -83,4 +85,13 @@ fn the_memory_cap_is_what_stops_the_allocating_guest() {
     // A fresh instance works again.
     let mut fresh = module.instance().unwrap();
     assert!(fresh.handle(event("ok")).unwrap().is_some());
+}
+
+#[test]
+fn guests_see_no_clock_environment_arguments_or_files() {
+    // The test process has an environment, arguments and a clock; none of it may reach the guest.
+    let config = Config::parse(&hostile_config("http://127.0.0.1:9", ""), Path::new("h.hcl"), Syntax::Hcl).unwrap();
+    let module = GuestModule::load(Some(Path::new(HOSTILE_GUEST)), &config).unwrap();
+    let request = module.instance().unwrap().handle(publish_event("hostile/ambient")).unwrap().unwrap();
+    assert_eq!(String::from_utf8_lossy(&request.body), "clock=0 env=0 args=0 fs=false");
 }

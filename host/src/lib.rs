@@ -19,7 +19,7 @@
 //! use mqhook::{Config, GuestModule, Runtime, delivery::{Sink, http::HttpSink}};
 //! let config = Config::load("nanomq.conf".as_ref())?;
 //! let guest = GuestModule::load(config.guest.path.as_deref(), &config)?;
-//! let runtime = Runtime::start(&config, guest, Sink::Http(HttpSink::new(&config)?))?;
+//! let runtime = Runtime::start(&config, guest, Sink::Http(HttpSink::new(&config)?));
 //! let submitter = runtime.submitter();
 //! // … submitter.try_submit(event) from broker hooks; never blocks …
 //! drop(submitter);

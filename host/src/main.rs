@@ -94,7 +94,7 @@ fn run(args: RunArgs) -> Result<()> {
         } else {
             Sink::Http(HttpSink::new(&config).with_context(|| format!("webhook.url in {}", args.config.display()))?)
         };
-        let pipeline = Runtime::start(&config, guest, sink)?;
+        let pipeline = Runtime::start(&config, guest, sink);
         let submitter = pipeline.submitter();
         // Reading may block on a pipe, so it runs on its own thread and waits for queue room.
         let reader = tokio::task::spawn_blocking(move || input.read_into(&submitter));

@@ -96,20 +96,9 @@ pub struct Runtime {
     metrics: Arc<Metrics>,
 }
 
-/// Why the runtime could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// The guest failed to load or rejected the configuration.
-    #[error(transparent)]
-    Guest(#[from] GuestError),
-    /// The delivery sink could not be built.
-    #[error(transparent)]
-    Delivery(#[from] delivery::http::DeliveryError),
-}
-
 impl Runtime {
     /// Starts guest workers and delivery. Must be called inside a tokio runtime, which runs delivery.
-    pub fn start(config: &Config, guest: GuestModule, sink: Sink) -> Result<Runtime, StartError> {
+    pub fn start(config: &Config, guest: GuestModule, sink: Sink) -> Runtime {
         let metrics = Arc::new(Metrics::default());
         let (queue, events) = crossbeam_channel::bounded(config.queue_size.get());
         let (requests_tx, requests_rx) = mpsc::channel(DELIVERY_QUEUE);
@@ -130,7 +119,7 @@ impl Runtime {
             .collect();
         let delivery = tokio::spawn(delivery::run(requests_rx, sink, config.pool_size.get(), metrics.clone()));
         let wanted = if config.enabled { config.wanted_kinds() } else { [false; 12] };
-        Ok(Runtime { submitter: Submitter { queue, wanted, metrics: metrics.clone() }, workers, delivery, metrics })
+        Runtime { submitter: Submitter { queue, wanted, metrics: metrics.clone() }, workers, delivery, metrics }
     }
 
     /// A handle for submitting events.

@@ -8,7 +8,9 @@
 //!   - `hostile/loop`: loops forever;
 //!   - `hostile/alloc`: allocates and touches memory, 1 MiB at a time, until allocation fails;
 //!   - `hostile/trap`: panics, which traps the instance;
-//!   - `hostile/log`: logs "hello from guest" at warn level, then delivers as below.
+//!   - `hostile/log`: logs "hello from guest" at warn level, then delivers as below;
+//!   - `hostile/ambient`: delivers what it can see of the world (clock, environment, arguments,
+//!     files), so tests can check the sandbox grants none of it.
 //! - Any other event is delivered with, as its body, its topic for message events and its action
 //!   name (such as `client_connack`) for all others; no headers, no path.
 
@@ -38,6 +40,9 @@ impl Guest for HostileGuest {
                 "hostile/alloc" => exhaust_memory(),
                 "hostile/trap" => panic!("hostile guest traps on purpose"),
                 "hostile/log" => log(Level::Warn, "hello from guest"),
+                "hostile/ambient" => {
+                    return Some(Delivery { body: ambient_authority().into_bytes(), headers: Vec::new(), path: None })
+                }
                 _ => {}
             }
         }
@@ -70,6 +75,20 @@ fn exhaust_memory() -> ! {
         }
         hoard.push(core::hint::black_box(chunk));
     }
+}
+
+/// What the sandbox lets a guest see of the world: the wall clock (seconds since the epoch),
+/// environment variables, arguments, and whether the root directory can be listed.
+fn ambient_authority() -> String {
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(u64::MAX, |elapsed| elapsed.as_secs());
+    format!(
+        "clock={clock} env={} args={} fs={}",
+        std::env::vars().count(),
+        std::env::args().count(),
+        std::fs::read_dir("/").is_ok()
+    )
 }
 
 /// The topic of message events, else the action name.

@@ -346,18 +346,6 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "timing report, run with --ignored --nocapture"]
-    fn base62_64_kib_timing() {
-        let payload = pseudo_random_bytes(64 * 1024, 11);
-        let runs = 20;
-        let started = std::time::Instant::now();
-        for _ in 0..runs {
-            std::hint::black_box(base62(std::hint::black_box(&payload)));
-        }
-        println!("base62 of 64 KiB: {:?} per run", started.elapsed() / runs);
-    }
-
-    #[test]
     fn plain_payload_field() {
         assert_eq!(
             payload_field(PayloadEncoding::Plain, b""),

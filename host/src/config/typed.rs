@@ -303,7 +303,11 @@ impl Ctx<'_> {
             })?;
             let topic = match item.get("topic") {
                 Some(topic_node) => {
-                    let topic = self.string(topic_node, &format!("{prefix}.topic"))?;
+                    let key = format!("{prefix}.topic");
+                    let topic = self.string(topic_node, &key)?;
+                    if let Some(problem) = topic_filter_problem(&topic) {
+                        return Err(self.invalid(topic_node, &key, problem));
+                    }
                     (!topic.is_empty()).then_some(topic)
                 }
                 None => None,
@@ -337,6 +341,20 @@ impl Ctx<'_> {
         }
         Ok(guest)
     }
+}
+
+/// What makes `filter` unusable as an MQTT topic filter, if anything. The guest matches topics;
+/// this only catches, at load time and with a line number, what no guest could make sense of.
+/// A `+` or `#` inside a level (`a+`) is an ordinary character, as in NanoMQ.
+fn topic_filter_problem(filter: &str) -> Option<String> {
+    if filter.contains('\0') {
+        return Some("a topic filter must not contain NUL".into());
+    }
+    let mut levels = filter.split('/');
+    levels.next_back();
+    levels
+        .any(|level| level == "#")
+        .then(|| format!("`#` must be the last level of a topic filter, as in \"a/#\"; found \"{filter}\""))
 }
 
 fn describe(value: &Value) -> String {

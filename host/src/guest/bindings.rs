@@ -5,5 +5,5 @@ wasmtime::component::bindgen!({
     world: "filter",
 });
 
-pub(crate) use mqhook::filter::log;
-pub(crate) use mqhook::filter::types as wit;
+pub(crate) use self::mqhook::filter::log;
+pub(crate) use self::mqhook::filter::types as wit;

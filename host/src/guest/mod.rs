@@ -4,14 +4,14 @@
 //! Following wasmtime's own hosting pattern: one [`Engine`], the component compiled once, an
 //! `InstancePre` linked once, then a fresh `Store` + instance per worker ([`GuestModule::instance`]).
 //!
-//! The sandbox: WASI with no capabilities (no preopened directories, no network, no environment,
-//! no arguments; stderr goes to the host log), linear memory capped by a [`StoreLimits`], and every
+//! The sandbox: WASI with no capabilities ([`wasi`]: no files, network, environment or clock;
+//! stderr goes to the host log), linear memory capped by a [`StoreLimits`], and every
 //! call time-capped by an epoch deadline driven by one ticker thread. A trap or timeout costs only
 //! the event that caused it: the instance is dropped and the next event gets a fresh one.
 
 mod bindings;
 mod convert;
-mod stderr;
+mod wasi;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use self::bindings::{log, wit, Filter, FilterPre};
 use crate::config::Config;
@@ -144,7 +144,7 @@ impl GuestModule {
     /// A fresh instance in its own store, configured and ready for events.
     pub fn instance(&self) -> Result<GuestInstance, GuestError> {
         let name = self.compiled.name.clone();
-        let wasi = WasiCtxBuilder::new().stderr(stderr::GuestStderr { guest: name.clone() }).build();
+        let wasi = wasi::capability_free(name.clone());
         let limits = StoreLimitsBuilder::new().memory_size(self.memory_limit).instances(16).build();
         let state = HostState { guest: name.clone(), wasi, table: ResourceTable::new(), limits };
         let mut store = Store::new(&self.compiled.engine, state);

@@ -1,19 +1,61 @@
-//! Guest stderr, routed into the host's log one line at a time.
+//! The WASI context every guest instance gets: no capabilities at all.
 //!
-//! WASI gives the guest a stderr stream; ours writes nowhere but `tracing`, tagged with the guest's
-//! name, so a guest's `eprintln!` and panic messages show up in the host log and nowhere else.
+//! No preopened directories, no environment, no arguments, no network (TCP, UDP and name lookup
+//! off, every address refused), stdin closed, stdout discarded, and clocks frozen at zero: the host
+//! stamps every time a guest needs into the event itself. Stderr is routed into the host's log one
+//! line at a time, tagged with the guest's name, so a guest's `eprintln!` and panic messages show up
+//! there and nowhere else.
 
 use bytes::Bytes;
+use std::sync::Arc;
+use std::time::Duration;
+
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder};
+
+/// A WASI context granting nothing; stderr goes to the log under `guest`.
+pub(crate) fn capability_free(guest: Arc<str>) -> WasiCtx {
+    WasiCtxBuilder::new()
+        .stderr(GuestStderr { guest })
+        .wall_clock(FrozenClock)
+        .monotonic_clock(FrozenClock)
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .build()
+}
+
+/// A clock that always reads zero: guests get no time source of their own.
+struct FrozenClock;
+
+impl HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+
+    fn now(&self) -> u64 {
+        0
+    }
+}
 
 /// Longest line kept from a guest; the rest is cut so a hostile guest cannot flood the log.
 const MAX_LINE: usize = 4096;
 
 /// The stderr handed to every guest instance.
 #[derive(Clone)]
-pub(crate) struct GuestStderr {
-    pub guest: std::sync::Arc<str>,
+struct GuestStderr {
+    guest: Arc<str>,
 }
 
 impl IsTerminal for GuestStderr {
@@ -34,7 +76,7 @@ impl StdoutStream for GuestStderr {
 }
 
 struct LineLogger {
-    guest: std::sync::Arc<str>,
+    guest: Arc<str>,
     pending: Vec<u8>,
 }
 

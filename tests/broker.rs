@@ -1,0 +1,615 @@
+//! End to end through the embedded broker: real MQTT clients talk to a broker started in-process on
+//! a free loopback port, the runtime runs the built-in guest and POSTs to a real HTTP server, and
+//! each test checks every body that arrives, exactly.
+//!
+//! Clients: Debian's `mosquitto_pub`/`mosquitto_sub` (package mosquitto-clients) for ordinary
+//! traffic, and [`wire`], a minimal client written here, for what those cannot do: exact MQTT 5
+//! subscription options, going away without DISCONNECT, never sending PINGREQ, a CONNECT the
+//! broker refuses.
+//!
+//! Requests arrive concurrently, so bodies are compared sorted. `ts` and `connected_at` are checked
+//! to lie within the test's run and then written as `NOW`.
+
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::process::Stdio;
+use std::time::Duration;
+
+use mqhook::delivery::http::HttpSink;
+use mqhook::delivery::Sink;
+use mqhook::event::now_millis;
+use mqhook::ingest::broker::{Broker, BrokerConfig, BrokerError};
+use mqhook::{Config, EventKind, GuestModule, Runtime};
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::{sleep, timeout, Instant};
+
+use crate::support::endpoint::{Behaviour, Endpoint};
+use crate::support::Scratch;
+
+/// Longest wait for requests to reach the endpoint.
+const WAIT_LIMIT: Duration = Duration::from_secs(20);
+/// Longest run of one mosquitto client.
+const CLIENT_LIMIT: Duration = Duration::from_secs(20);
+/// Longest wait for the broker to stop and the runtime to drain.
+const STOP_LIMIT: Duration = Duration::from_secs(10);
+/// How long to keep listening after the expected requests arrived, to catch unexpected ones.
+const SETTLE: Duration = Duration::from_millis(300);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_311_retained_qos1_message_reaches_a_late_subscriber() {
+    let broker = Running::start().await;
+    let publisher = Who { clientid: "pub311", username: Some("alice"), keepalive: 60, proto_ver: 4 };
+    let subscriber = Who { clientid: "sub311", username: None, keepalive: 60, proto_ver: 4 };
+
+    mosquitto(
+        "mosquitto_pub",
+        broker.addr,
+        &["-V", "mqttv311", "-i", "pub311", "-u", "alice", "-t", "t/311", "-q", "1", "-r", "-m", "hello"],
+    )
+    .await;
+    broker.wait_until("the publisher to leave", |bodies| has(bodies, r#""clientid":"pub311","action":"client_disconnected""#)).await;
+    // Subscribes after the publisher is gone: only the retained copy can reach it.
+    let received = mosquitto(
+        "mosquitto_sub",
+        broker.addr,
+        &["-V", "mqttv311", "-i", "sub311", "-t", "t/311", "-q", "2", "-C", "1", "-W", "10"],
+    )
+    .await;
+    assert_eq!(received, "hello\n");
+
+    let hello = r#""payload":"hello""#;
+    let mut expected = publisher.session("normal");
+    expected.push(publisher.publishes("t/311", 1, true, hello));
+    expected.extend(subscriber.session("normal"));
+    for action in ["client_subscribe", "session_subscribed"] {
+        expected.push(subscriber.subscription(action, "t/311", r#"{"qos":2}"#));
+    }
+    // Retained and QoS 1 as published (the subscription allows 2); acked by PUBACK.
+    for action in ["message_delivered", "message_acked"] {
+        expected.push(subscriber.receives(action, &publisher, "t/311", 1, true, hello));
+    }
+    broker.finish(expected).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_5_qos2_message_reaches_a_live_subscriber() {
+    let broker = Running::start().await;
+    let subscriber = Who { clientid: "sub5", username: Some("carol"), keepalive: 60, proto_ver: 5 };
+    let publisher = Who { clientid: "pub5", username: None, keepalive: 60, proto_ver: 5 };
+
+    let listening = spawn_mosquitto(
+        "mosquitto_sub",
+        broker.addr,
+        &["-V", "mqttv5", "-i", "sub5", "-u", "carol", "-t", "t/5/+", "-q", "2", "-C", "1", "-W", "10"],
+    );
+    broker
+        .wait_until("the subscription", |bodies| has(bodies, r#""clientid":"sub5","username":"carol","topic":"t/5/+","opts":{"qos":2,"nl":0,"rap":0,"rh":0},"action":"session_subscribed""#))
+        .await;
+    mosquitto("mosquitto_pub", broker.addr, &["-V", "mqttv5", "-i", "pub5", "-t", "t/5/x", "-q", "2", "-m", "hi there"]).await;
+    assert_eq!(finish_mosquitto("mosquitto_sub", listening).await, "hi there\n");
+
+    let payload = r#""payload":"hi there""#;
+    let opts = r#"{"qos":2,"nl":0,"rap":0,"rh":0}"#;
+    let mut expected = subscriber.session("normal");
+    expected.push(subscriber.subscription("client_subscribe", "t/5/+", opts));
+    expected.push(subscriber.subscription("session_subscribed", "t/5/+", opts));
+    expected.extend(publisher.session("normal"));
+    expected.push(publisher.publishes("t/5/x", 2, false, payload));
+    // Acked by PUBCOMP.
+    for action in ["message_delivered", "message_acked"] {
+        expected.push(subscriber.receives(action, &publisher, "t/5/x", 2, false, payload));
+    }
+    broker.finish(expected).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_5_subscription_options_unsubscribe_and_a_qos0_binary_message() {
+    let broker = Running::start().await;
+    let subscriber = Who { clientid: "raw5", username: Some("dave"), keepalive: 30, proto_ver: 5 };
+    let publisher = Who { clientid: "raw311", username: None, keepalive: 30, proto_ver: 4 };
+
+    let mut raw5 = subscriber.connect_wire(&broker).await;
+    // a/+: QoS 1, no local, retain as published, retain handling 2. b/#: QoS 0, no flags.
+    raw5.subscribe(1, &[("a/+", 0x01 | 0x04 | 0x08 | 0x20), ("b/#", 0x00)]).await;
+    let mut raw311 = publisher.connect_wire(&broker).await;
+    let binary = [0xff, 0xfe, 0x00];
+    raw311.publish("b/x", false, &binary).await;
+    assert_eq!(raw5.next_publish().await, ("b/x".to_string(), binary.to_vec()));
+    raw5.unsubscribe(2, &["a/+", "b/#"]).await;
+    raw5.disconnect().await;
+    raw311.disconnect().await;
+
+    let mut expected = subscriber.session("normal");
+    expected.extend(publisher.session("normal"));
+    for (topic, opts) in [("a/+", r#"{"qos":1,"nl":1,"rap":1,"rh":2}"#), ("b/#", r#"{"qos":0,"nl":0,"rap":0,"rh":0}"#)] {
+        // client_unsubscribe carries the options of the subscription it removes.
+        for action in ["client_subscribe", "session_subscribed", "client_unsubscribe"] {
+            expected.push(subscriber.subscription(action, topic, opts));
+        }
+        expected.push(subscriber.unsubscribed(topic));
+    }
+    // Not UTF-8: the built-in guest falls back to base64 and says so.
+    let payload = r#""payload":"//4A","payload_encoding":"base64""#;
+    expected.push(publisher.publishes("b/x", 0, false, payload));
+    expected.push(subscriber.receives("message_delivered", &publisher, "b/x", 0, false, payload));
+    broker.finish(expected).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_connection_and_a_keepalive_timeout_are_abnormal() {
+    let broker = Running::start().await;
+    let dropper = Who { clientid: "dropper", username: Some("erin"), keepalive: 60, proto_ver: 4 };
+    let sleeper = Who { clientid: "sleeper", username: None, keepalive: 1, proto_ver: 5 };
+
+    // Closes TCP without DISCONNECT.
+    drop(dropper.connect_wire(&broker).await);
+    // Never sends PINGREQ: rmqtt gives up after keepalive + 3 s (its rule below 6 s).
+    let idle = sleeper.connect_wire(&broker).await;
+    broker
+        .wait_until("the keepalive timeout", |bodies| has(bodies, r#""clientid":"sleeper","action":"client_disconnected""#))
+        .await;
+    drop(idle);
+
+    let mut expected = dropper.session("abnormal");
+    expected.extend(sleeper.session("abnormal"));
+    broker.finish(expected).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "rmqtt 0.24.0 runs the client_connack hook only for accepted connections (v5::process → refused_ack(.., None, ..))"]
+async fn a_refused_connect_reports_a_failed_connack() {
+    let broker = Running::start().await;
+    let refused = Who { clientid: "refused5", username: None, keepalive: 30, proto_ver: 5 };
+
+    // rmqtt does not support MQTT 5 enhanced authentication.
+    let (_connection, code) = wire::Client::connect(broker.addr, &refused.wire_connect(Some("SCRAM-SHA-1"))).await;
+    assert_eq!(code, 0x8C, "CONNACK: Bad authentication method");
+
+    broker.finish(vec![refused.connect_body(), refused.connack_body("fail")]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_in_use_is_a_clear_error() {
+    let occupied = std::net::TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
+    let addr = occupied.local_addr().expect("the bound address");
+    let endpoint = Endpoint::start(Behaviour::default()).await;
+    let runtime = start_runtime(&endpoint);
+
+    let error = Broker::bind(BrokerConfig { listen: addr }, runtime.submitter())
+        .await
+        .err()
+        .expect("a second listener on a port in use fails");
+    assert!(matches!(&error, BrokerError::Listen { addr: reported, .. } if *reported == addr), "{error:?}");
+    assert!(error.to_string().starts_with(&format!("cannot listen for MQTT on {addr}: ")), "{error}");
+    // The failed bind let go of its Submitter: the runtime drains at once.
+    let totals = timeout(STOP_LIMIT, runtime.shutdown()).await.expect("the runtime drains in time");
+    assert_eq!(totals.received, 0);
+}
+
+/// A broker, a runtime and an endpoint, running for one test.
+struct Running {
+    addr: SocketAddr,
+    endpoint: Endpoint,
+    runtime: Runtime,
+    stop: oneshot::Sender<()>,
+    serving: JoinHandle<Result<(), BrokerError>>,
+    started_at: u64,
+}
+
+impl Running {
+    async fn start() -> Running {
+        let endpoint = Endpoint::start(Behaviour::default()).await;
+        let runtime = start_runtime(&endpoint);
+        let loopback = BrokerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)) };
+        let broker = Broker::bind(loopback, runtime.submitter()).await.expect("the broker binds a free loopback port");
+        let addr = broker.local_addr();
+        assert_ne!(addr.port(), 0, "local_addr reports the port actually bound");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let serving = tokio::spawn(broker.serve(async move {
+            // A dropped sender stops the broker too.
+            let _ = stopped.await;
+        }));
+        Running { addr, endpoint, runtime, stop, serving, started_at: now_millis() }
+    }
+
+    fn bodies(&self) -> Vec<String> {
+        self.endpoint.recorded().iter().map(|request| request.body_text()).collect()
+    }
+
+    /// Waits, bounded, until the bodies received so far satisfy `done`.
+    async fn wait_until(&self, what: &str, done: impl Fn(&[String]) -> bool) {
+        let deadline = Instant::now() + WAIT_LIMIT;
+        loop {
+            let bodies = self.bodies();
+            if done(&bodies) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; received:\n{}", bodies.join("\n"));
+            sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits for as many requests as `expected` has, stops the broker, drains the runtime, and
+    /// checks the bodies and the counters.
+    async fn finish(self, expected: Vec<String>) {
+        let count = expected.len();
+        self.wait_until(&format!("{count} requests"), |bodies| bodies.len() >= count).await;
+        sleep(SETTLE).await;
+        let Running { endpoint, runtime, stop, serving, started_at, .. } = self;
+        // The receiver only goes away once the broker has stopped.
+        let _ = stop.send(());
+        let served = timeout(STOP_LIMIT, serving).await.expect("the broker stops in time");
+        served.expect("the broker task does not panic").expect("the broker serves until told to stop");
+        let totals = timeout(STOP_LIMIT, runtime.shutdown()).await.expect("the runtime drains in time");
+
+        let window = started_at..=now_millis();
+        let mut bodies: Vec<String> =
+            endpoint.recorded().iter().map(|request| without_times(&request.body_text(), &window)).collect();
+        let mut expected = expected;
+        bodies.sort();
+        expected.sort();
+        assert_eq!(bodies, expected);
+        let n = count as u64;
+        assert_eq!(
+            (totals.received, totals.filtered, totals.delivered, totals.failed, totals.rejected),
+            (n, 0, n, 0, 0),
+            "{totals}"
+        );
+    }
+}
+
+/// The pipeline with every event kind selected, posting to `endpoint`.
+fn start_runtime(endpoint: &Endpoint) -> Runtime {
+    let rules: String = EventKind::ALL
+        .iter()
+        .map(|kind| format!("    {{ event = \"{}\" }}\n", kind.config_name()))
+        .collect();
+    let text = format!("webhook {{\n  url = \"{}\"\n  events = [\n{rules}  ]\n}}\n", endpoint.url());
+    let scratch = Scratch::new();
+    let config = Config::load(&scratch.file("nanomq.conf", &text)).expect("the test config loads");
+    let guest = GuestModule::load(None, &config).expect("the built-in guest loads");
+    let sink = Sink::Http(HttpSink::new(&config).expect("an HTTP sink for the endpoint"));
+    Runtime::start(&config, guest, sink).expect("the runtime starts")
+}
+
+/// Whether any body contains `part`.
+fn has(bodies: &[String], part: &str) -> bool {
+    bodies.iter().any(|body| body.contains(part))
+}
+
+/// `body` with its `ts` and `connected_at` checked to lie in `window` and written as `NOW`.
+fn without_times(body: &str, window: &RangeInclusive<u64>) -> String {
+    let mut body = body.to_string();
+    for key in ["\"ts\":", "\"connected_at\":"] {
+        let Some(at) = body.find(key) else { continue };
+        let start = at + key.len();
+        let end = start + body[start..].bytes().take_while(u8::is_ascii_digit).count();
+        let millis: u64 = body[start..end].parse().unwrap_or_else(|_| panic!("{key} is not a number in {body}"));
+        assert!(window.contains(&millis), "{key}{millis} is outside the test's run {window:?}: {body}");
+        body.replace_range(start..end, "NOW");
+    }
+    body
+}
+
+/// A client as the bodies show it.
+#[derive(Clone, Copy)]
+struct Who {
+    clientid: &'static str,
+    username: Option<&'static str>,
+    keepalive: u16,
+    proto_ver: u8,
+}
+
+impl Who {
+    fn username(&self) -> &'static str {
+        self.username.unwrap_or("undefined")
+    }
+
+    fn connect_body(&self) -> String {
+        let Who { clientid, keepalive, proto_ver, .. } = *self;
+        let username = self.username();
+        format!(
+            r#"{{"clientid":"{clientid}","username":"{username}","ipaddress":"127.0.0.1","keepalive":{keepalive},"proto_ver":{proto_ver},"action":"client_connect"}}"#
+        )
+    }
+
+    fn connack_body(&self, outcome: &str) -> String {
+        let Who { clientid, keepalive, proto_ver, .. } = *self;
+        let username = self.username();
+        format!(
+            r#"{{"proto_ver":{proto_ver},"keepalive":{keepalive},"conn_ack":"{outcome}","username":"{username}","clientid":"{clientid}","action":"client_connack"}}"#
+        )
+    }
+
+    /// The five bodies of an accepted connection's life: connect, connack, connected,
+    /// disconnected and session_terminated, the last two with `reason`.
+    fn session(&self, reason: &str) -> Vec<String> {
+        let Who { clientid, keepalive, proto_ver, .. } = *self;
+        let username = self.username();
+        vec![
+            self.connect_body(),
+            self.connack_body("success"),
+            format!(
+                r#"{{"clientid":"{clientid}","username":"{username}","ipaddress":"127.0.0.1","keepalive":{keepalive},"proto_ver":{proto_ver},"connected_at":NOW,"action":"client_connected"}}"#
+            ),
+            format!(r#"{{"reason":"{reason}","username":"{username}","clientid":"{clientid}","action":"client_disconnected"}}"#),
+            format!(r#"{{"clientid":"{clientid}","username":"{username}","reason":"{reason}","action":"session_terminated"}}"#),
+        ]
+    }
+
+    /// client_subscribe, client_unsubscribe or session_subscribed.
+    fn subscription(&self, action: &str, topic: &str, opts: &str) -> String {
+        let (clientid, username) = (self.clientid, self.username());
+        format!(r#"{{"clientid":"{clientid}","username":"{username}","topic":"{topic}","opts":{opts},"action":"{action}"}}"#)
+    }
+
+    fn unsubscribed(&self, topic: &str) -> String {
+        let (clientid, username) = (self.clientid, self.username());
+        format!(r#"{{"clientid":"{clientid}","username":"{username}","topic":"{topic}","action":"session_unsubscribed"}}"#)
+    }
+
+    /// message_publish by this client; `payload` is the body's payload member(s).
+    fn publishes(&self, topic: &str, qos: u8, retain: bool, payload: &str) -> String {
+        let (clientid, username) = (self.clientid, self.username());
+        format!(
+            r#"{{"ts":NOW,"topic":"{topic}","retain":{retain},"qos":{qos},"action":"message_publish","from_username":"{username}","from_client_id":"{clientid}",{payload}}}"#
+        )
+    }
+
+    /// message_delivered or message_acked of `from`'s message to this client.
+    fn receives(&self, action: &str, from: &Who, topic: &str, qos: u8, retain: bool, payload: &str) -> String {
+        let (clientid, username) = (self.clientid, self.username());
+        let (from_clientid, from_username) = (from.clientid, from.username());
+        format!(
+            r#"{{"ts":NOW,"clientid":"{clientid}","username":"{username}","from_client_id":"{from_clientid}","from_username":"{from_username}","topic":"{topic}","qos":{qos},"retain":{retain},"action":"{action}",{payload}}}"#
+        )
+    }
+
+    fn wire_connect(&self, authentication_method: Option<&'static str>) -> wire::Connect<'static> {
+        wire::Connect {
+            version: self.proto_ver,
+            clientid: self.clientid,
+            username: self.username,
+            keepalive: self.keepalive,
+            authentication_method,
+        }
+    }
+
+    /// Connects with [`wire`], expecting the broker to accept.
+    async fn connect_wire(&self, broker: &Running) -> wire::Client {
+        let (client, code) = wire::Client::connect(broker.addr, &self.wire_connect(None)).await;
+        assert_eq!(code, 0, "{} was refused", self.clientid);
+        client
+    }
+}
+
+/// Runs a mosquitto client against `broker` to completion; returns its standard output.
+async fn mosquitto(program: &str, broker: SocketAddr, args: &[&str]) -> String {
+    finish_mosquitto(program, spawn_mosquitto(program, broker, args)).await
+}
+
+fn spawn_mosquitto(program: &str, broker: SocketAddr, args: &[&str]) -> Child {
+    Command::new(program)
+        .arg("-h")
+        .arg(broker.ip().to_string())
+        .arg("-p")
+        .arg(broker.port().to_string())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|error| panic!("cannot start {program} (Debian package mosquitto-clients): {error}"))
+}
+
+/// Waits, bounded, for a mosquitto client to exit successfully; returns its standard output.
+async fn finish_mosquitto(program: &str, child: Child) -> String {
+    let output = timeout(CLIENT_LIMIT, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{program} did not finish in time"))
+        .unwrap_or_else(|error| panic!("waiting for {program}: {error}"));
+    assert!(
+        output.status.success(),
+        "{program} failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A minimal MQTT 3.1.1 / 5 client: clean sessions, QoS 0 publishing, every read bounded.
+mod wire {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    use tokio::time::timeout;
+
+    const READ_LIMIT: Duration = Duration::from_secs(10);
+    const MQTT_5: u8 = 5;
+
+    /// What goes into CONNECT.
+    pub struct Connect<'a> {
+        /// Protocol level: 4 (MQTT 3.1.1) or 5.
+        pub version: u8,
+        pub clientid: &'a str,
+        pub username: Option<&'a str>,
+        pub keepalive: u16,
+        /// MQTT 5 Authentication Method property (enhanced authentication).
+        pub authentication_method: Option<&'a str>,
+    }
+
+    pub struct Client {
+        stream: TcpStream,
+        version: u8,
+    }
+
+    impl Client {
+        /// Connects and reads CONNACK; returns the client and the CONNACK return/reason code.
+        pub async fn connect(broker: SocketAddr, connect: &Connect<'_>) -> (Client, u8) {
+            let stream = TcpStream::connect(broker).await.expect("connecting to the broker");
+            let mut client = Client { stream, version: connect.version };
+            client.send(&connect_packet(connect)).await;
+            let (header, body) = client.read().await;
+            assert_eq!(header, 0x20, "expected CONNACK, got {header:#04x}");
+            (client, body[1])
+        }
+
+        /// SUBSCRIBE with `(topic filter, options byte)` pairs; waits for SUBACK.
+        pub async fn subscribe(&mut self, packet_id: u16, filters: &[(&str, u8)]) {
+            let mut body = packet_id.to_be_bytes().to_vec();
+            self.no_properties(&mut body);
+            for (filter, options) in filters {
+                string(&mut body, filter);
+                body.push(*options);
+            }
+            self.send(&packet(0x82, &body)).await;
+            self.expect(0x90, "SUBACK").await;
+        }
+
+        /// UNSUBSCRIBE; waits for UNSUBACK.
+        pub async fn unsubscribe(&mut self, packet_id: u16, filters: &[&str]) {
+            let mut body = packet_id.to_be_bytes().to_vec();
+            self.no_properties(&mut body);
+            for filter in filters {
+                string(&mut body, filter);
+            }
+            self.send(&packet(0xA2, &body)).await;
+            self.expect(0xB0, "UNSUBACK").await;
+        }
+
+        /// PUBLISH at QoS 0.
+        pub async fn publish(&mut self, topic: &str, retain: bool, payload: &[u8]) {
+            let mut body = Vec::new();
+            string(&mut body, topic);
+            self.no_properties(&mut body);
+            body.extend_from_slice(payload);
+            self.send(&packet(0x30 | u8::from(retain), &body)).await;
+        }
+
+        /// Reads the next packet, which must be a PUBLISH; returns its topic and payload.
+        pub async fn next_publish(&mut self) -> (String, Vec<u8>) {
+            let (header, body) = self.read().await;
+            assert_eq!(header & 0xF0, 0x30, "expected PUBLISH, got {header:#04x}");
+            let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+            let topic = String::from_utf8(body[2..2 + topic_len].to_vec()).expect("a UTF-8 topic");
+            let mut at = 2 + topic_len;
+            if header & 0x06 != 0 {
+                at += 2; // packet identifier
+            }
+            if self.version == MQTT_5 {
+                let (length, used) = varint(&body[at..]);
+                at += used + length;
+            }
+            (topic, body[at..].to_vec())
+        }
+
+        /// DISCONNECT (MQTT 5: reason 0, normal), then closes the connection.
+        pub async fn disconnect(mut self) {
+            self.send(&[0xE0, 0x00]).await;
+        }
+
+        fn no_properties(&self, body: &mut Vec<u8>) {
+            if self.version == MQTT_5 {
+                body.push(0);
+            }
+        }
+
+        async fn send(&mut self, bytes: &[u8]) {
+            self.stream.write_all(bytes).await.expect("writing to the broker");
+        }
+
+        async fn expect(&mut self, header: u8, name: &str) {
+            let (got, _) = self.read().await;
+            assert_eq!(got, header, "expected {name}, got {got:#04x}");
+        }
+
+        /// One packet: its first byte and its body.
+        async fn read(&mut self) -> (u8, Vec<u8>) {
+            let stream = &mut self.stream;
+            timeout(READ_LIMIT, async move {
+                let header = stream.read_u8().await.expect("reading a packet");
+                let mut length = 0usize;
+                for shift in (0..28).step_by(7) {
+                    let byte = stream.read_u8().await.expect("reading a packet length");
+                    length |= usize::from(byte & 0x7F) << shift;
+                    if byte & 0x80 == 0 {
+                        break;
+                    }
+                }
+                let mut body = vec![0; length];
+                stream.read_exact(&mut body).await.expect("reading a packet body");
+                (header, body)
+            })
+            .await
+            .expect("the broker answers in time")
+        }
+    }
+
+    fn connect_packet(connect: &Connect<'_>) -> Vec<u8> {
+        let mut body = Vec::new();
+        string(&mut body, "MQTT");
+        body.push(connect.version);
+        let clean_session = 0x02;
+        let username = if connect.username.is_some() { 0x80 } else { 0 };
+        body.push(clean_session | username);
+        body.extend_from_slice(&connect.keepalive.to_be_bytes());
+        if connect.version == MQTT_5 {
+            let mut properties = Vec::new();
+            if let Some(method) = connect.authentication_method {
+                properties.push(0x15);
+                string(&mut properties, method);
+            }
+            put_varint(&mut body, properties.len());
+            body.extend_from_slice(&properties);
+        }
+        string(&mut body, connect.clientid);
+        if let Some(username) = connect.username {
+            string(&mut body, username);
+        }
+        packet(0x10, &body)
+    }
+
+    fn packet(header: u8, body: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![header];
+        put_varint(&mut bytes, body.len());
+        bytes.extend_from_slice(body);
+        bytes
+    }
+
+    fn put_varint(bytes: &mut Vec<u8>, mut value: usize) {
+        loop {
+            let mut byte = (value % 128) as u8;
+            value /= 128;
+            if value > 0 {
+                byte |= 0x80;
+            }
+            bytes.push(byte);
+            if value == 0 {
+                return;
+            }
+        }
+    }
+
+    /// A variable byte integer at the start of `bytes`: its value and how many bytes it took.
+    fn varint(bytes: &[u8]) -> (usize, usize) {
+        let mut value = 0;
+        for (index, byte) in bytes.iter().take(4).enumerate() {
+            value |= usize::from(byte & 0x7F) << (7 * index);
+            if byte & 0x80 == 0 {
+                return (value, index + 1);
+            }
+        }
+        panic!("a malformed variable byte integer");
+    }
+
+    fn string(bytes: &mut Vec<u8>, text: &str) {
+        let length = u16::try_from(text.len()).expect("an MQTT string is at most 65535 bytes");
+        bytes.extend_from_slice(&length.to_be_bytes());
+        bytes.extend_from_slice(text.as_bytes());
+    }
+}
