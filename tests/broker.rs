@@ -158,7 +158,6 @@ async fn a_dropped_connection_and_a_keepalive_timeout_are_abnormal() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "rmqtt 0.24.0 runs the client_connack hook only for accepted connections (v5::process → refused_ack(.., None, ..))"]
 async fn a_refused_connect_reports_a_failed_connack() {
     let broker = Running::start().await;
     let refused = Who { clientid: "refused5", username: None, keepalive: 30, proto_ver: 5 };
@@ -186,6 +185,48 @@ async fn a_port_in_use_is_a_clear_error() {
     // The failed bind let go of its Submitter: the runtime drains at once.
     let totals = timeout(STOP_LIMIT, runtime.shutdown()).await.expect("the runtime drains in time");
     assert_eq!(totals.received, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_runs_the_broker_by_default_and_drains_on_sigterm() {
+    let endpoint = Endpoint::start(Behaviour::default()).await;
+    let scratch = Scratch::new();
+    let config = scratch.file(
+        "nanomq.conf",
+        &format!("webhook {{\n url = \"{}\"\n events = [{{ event = \"on_message_publish\", topic = \"bin/#\" }}]\n}}\n", endpoint.url()),
+    );
+    // A free port: bound, then released for mqhook to take.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let child = Command::new(env!("CARGO_BIN_EXE_mqhook"))
+        .args(["run", "--config", config.to_str().unwrap(), "--listen", &listen])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting mqhook");
+    let broker: SocketAddr = listen.parse().unwrap();
+    let deadline = Instant::now() + WAIT_LIMIT;
+    while tokio::net::TcpStream::connect(broker).await.is_err() {
+        assert!(Instant::now() < deadline, "the broker never listened on {listen}");
+        sleep(Duration::from_millis(50)).await;
+    }
+    mosquitto("mosquitto_pub", broker, &["-i", "binpub", "-t", "bin/x", "-q", "1", "-m", "via the binary"]).await;
+    let deadline = Instant::now() + WAIT_LIMIT;
+    while endpoint.recorded().is_empty() {
+        assert!(Instant::now() < deadline, "no webhook arrived");
+        sleep(Duration::from_millis(50)).await;
+    }
+    let pid = child.id().expect("mqhook is running").to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().await.expect("running kill");
+    assert!(killed.success());
+    let output = timeout(STOP_LIMIT, child.wait_with_output()).await.expect("mqhook stops on SIGTERM").unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("delivered=1 failed=0"), "{stdout}");
+    let body = endpoint.recorded()[0].body_text();
+    assert!(body.contains(r#""topic":"bin/x","retain":false,"qos":1,"action":"message_publish","from_username":"undefined","from_client_id":"binpub","payload":"via the binary"}"#), "{body}");
 }
 
 /// A broker, a runtime and an endpoint, running for one test.
@@ -271,7 +312,7 @@ fn start_runtime(endpoint: &Endpoint) -> Runtime {
     let config = Config::load(&scratch.file("nanomq.conf", &text)).expect("the test config loads");
     let guest = GuestModule::load(None, &config).expect("the built-in guest loads");
     let sink = Sink::Http(HttpSink::new(&config).expect("an HTTP sink for the endpoint"));
-    Runtime::start(&config, guest, sink).expect("the runtime starts")
+    Runtime::start(&config, guest, sink)
 }
 
 /// Whether any body contains `part`.

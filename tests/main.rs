@@ -1,6 +1,8 @@
 //! mqhook's end-to-end tests: one test binary (so the host is linked once), against real parts —
 //! the real wasm guests, the real `mqhook` binary, a real HTTP server on 127.0.0.1, real files.
 
+#[cfg(feature = "broker")]
+mod broker;
 mod config;
 mod golden;
 mod pipeline;

@@ -120,7 +120,7 @@ async fn filters_by_event_and_topic_and_posts_to_root_without_a_path() {
         r#"{"event":"message_publish","from_client_id":"c1","topic":"a/b/d","qos":0,"retain":false,"payload":"hello","ts":2}"#,
         r#"{"event":"client_connack","clientid":"c1","keepalive":60,"proto_ver":4,"reason_code":0}"#,
     ]);
-    let run = mqhook(&["run", "--config", config.to_str().unwrap()], &input).await;
+    let run = mqhook(&["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap()], &input).await;
     assert!(run.status.success(), "{}", run.stderr);
     assert_eq!((run.summary("received"), run.summary("filtered"), run.summary("delivered")), (3, 2, 1));
     let recorded = endpoint.recorded();
@@ -140,7 +140,7 @@ async fn pool_size_bounds_concurrent_requests() {
     let lines: Vec<String> = (0..24)
         .map(|i| format!(r#"{{"event":"message_publish","from_client_id":"c","topic":"t/{i}","qos":0,"retain":false,"payload":"{i}","ts":{i}}}"#))
         .collect();
-    let run = mqhook(&["run", "--config", config.to_str().unwrap()], &ndjson(&lines.iter().map(String::as_str).collect::<Vec<_>>())).await;
+    let run = mqhook(&["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap()], &ndjson(&lines.iter().map(String::as_str).collect::<Vec<_>>())).await;
     assert!(run.status.success(), "{}", run.stderr);
     assert_eq!(run.summary("delivered"), 24);
     assert_eq!(endpoint.recorded().len(), 24);
@@ -156,7 +156,7 @@ async fn non_2xx_answers_count_as_failed() {
     let scratch = Scratch::new();
     let config = scratch.file("nanomq.conf", &all_events_config(&endpoint.url(), ""));
     let input = ndjson(&EVENTS.iter().take(3).map(|(line, _)| *line).collect::<Vec<_>>());
-    let run = mqhook(&["run", "--config", config.to_str().unwrap()], &input).await;
+    let run = mqhook(&["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap()], &input).await;
     assert!(run.status.success(), "{}", run.stderr);
     assert_eq!((run.summary("delivered"), run.summary("failed")), (0, 3));
     assert_eq!(endpoint.recorded().len(), 3, "each was really sent");
@@ -170,7 +170,7 @@ async fn a_dead_endpoint_fails_every_event_and_still_exits() {
     let scratch = Scratch::new();
     let config = scratch.file("nanomq.conf", &all_events_config(&format!("http://127.0.0.1:{port}"), "  cancel_timeout = 1000"));
     let input = ndjson(&EVENTS.iter().take(4).map(|(line, _)| *line).collect::<Vec<_>>());
-    let run = mqhook(&["run", "--config", config.to_str().unwrap()], &input).await;
+    let run = mqhook(&["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap()], &input).await;
     assert!(run.status.success(), "{}", run.stderr);
     assert_eq!((run.summary("received"), run.summary("delivered"), run.summary("failed")), (4, 0, 4));
 }
@@ -205,7 +205,7 @@ async fn malformed_lines_are_reported_and_skipped() {
 async fn dry_run_prints_requests_without_an_endpoint() {
     let scratch = Scratch::new();
     let config = scratch.file("nanomq.conf", &all_events_config("http://127.0.0.1:9/hook", ""));
-    let run = mqhook(&["run", "--config", config.to_str().unwrap(), "--dry-run"], &ndjson(&[EVENTS[9].0])).await;
+    let run = mqhook(&["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap(), "--dry-run"], &ndjson(&[EVENTS[9].0])).await;
     assert!(run.status.success(), "{}", run.stderr);
     assert!(run.stdout.starts_with("POST /hook HTTP/1.1\nhost: 127.0.0.1:9\ncontent-type: application/json\n"), "{}", run.stdout);
     assert!(run.stdout.contains(&format!("\n\n{}\n", EVENTS[9].1)), "{}", run.stdout);
@@ -226,7 +226,7 @@ async fn bad_invocations_fail_with_clear_errors() {
     assert!(run.stderr.contains("ndjson:PATH"), "{}", run.stderr);
 
     let not_wasm = scratch.file("guest.wasm", "not a component");
-    let run = mqhook(&["run", "--config", config.to_str().unwrap(), "--guest", not_wasm.to_str().unwrap()], "").await;
+    let run = mqhook(&["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap(), "--guest", not_wasm.to_str().unwrap()], "").await;
     assert!(!run.status.success());
     assert!(run.stderr.contains("is not a valid mqhook filter component"), "{}", run.stderr);
 

@@ -41,7 +41,7 @@ async fn hostile_calls_are_contained_and_later_events_delivered() {
     let config = scratch.file("hostile.hcl", &hostile_config(&endpoint.url(), ""));
     let topics = ["ok/1", "hostile/loop", "ok/2", "hostile/alloc", "ok/3", "hostile/trap", "ok/4", "hostile/log", "ok/5"];
     let input: String = topics.iter().enumerate().map(|(i, t)| publish_line(t, i as u64) + "\n").collect();
-    let run = mqhook(&["run", "--config", config.to_str().unwrap(), "--guest", HOSTILE_GUEST], &input).await;
+    let run = mqhook(&["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap(), "--guest", HOSTILE_GUEST], &input).await;
     assert!(run.status.success(), "{}", run.stderr);
     let mut delivered: Vec<String> = endpoint.recorded().iter().map(|r| r.body_text()).collect();
     delivered.sort();

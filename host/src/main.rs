@@ -11,6 +11,12 @@ use mqhook::delivery::print::PrintSink;
 use mqhook::delivery::Sink;
 use mqhook::{Config, GuestModule, Runtime};
 
+/// The embedded broker when it is built in, else standard input.
+#[cfg(feature = "broker")]
+const DEFAULT_INGEST: &str = "broker";
+#[cfg(not(feature = "broker"))]
+const DEFAULT_INGEST: &str = "ndjson:-";
+
 /// NanoMQ-compatible MQTT webhooks, with the filter logic in a WebAssembly component.
 #[derive(Parser)]
 #[command(name = "mqhook", version, about, propagate_version = true)]
@@ -36,9 +42,13 @@ struct RunArgs {
     /// Config file: NanoMQ HOCON (`nanomq.conf`), NanoMQ's old `web.hook.*` format, or `.hcl`.
     #[arg(long, short)]
     config: PathBuf,
-    /// Where events come from: `ndjson:-` (standard input) or `ndjson:PATH`.
-    #[arg(long, default_value = "ndjson:-")]
+    /// Where events come from: `broker` (an embedded MQTT broker, see --listen), `ndjson:-`
+    /// (standard input) or `ndjson:PATH`.
+    #[arg(long, default_value = DEFAULT_INGEST)]
     ingest: String,
+    /// Address the embedded MQTT broker listens on, with `--ingest broker`.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    listen: std::net::SocketAddr,
     /// A filter component to run instead of the built-in NanoMQ guest (overrides `guest.path`).
     #[arg(long)]
     guest: Option<PathBuf>,
@@ -51,9 +61,10 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmqtt=warn,rmqtt_net=warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -96,17 +107,59 @@ fn run(args: RunArgs) -> Result<()> {
         };
         let pipeline = Runtime::start(&config, guest, sink);
         let submitter = pipeline.submitter();
-        // Reading may block on a pipe, so it runs on its own thread and waits for queue room.
-        let reader = tokio::task::spawn_blocking(move || input.read_into(&submitter));
-        reader.await.context("the input reader panicked")??;
+        match input {
+            #[cfg(feature = "broker")]
+            Ingest::Broker => serve_broker(args.listen, submitter).await?,
+            Ingest::Ndjson(source) => {
+                // Reading may block on a pipe, so it runs on its own thread and waits for queue room.
+                let reader = tokio::task::spawn_blocking(move || source.read_into(&submitter));
+                reader.await.context("the input reader panicked")??;
+            }
+        }
         let totals = pipeline.shutdown().await;
         println!("summary: {totals}");
         Ok(())
     })
 }
 
+/// Runs the embedded broker until SIGINT or SIGTERM.
+#[cfg(feature = "broker")]
+async fn serve_broker(listen: std::net::SocketAddr, submitter: mqhook::Submitter) -> Result<()> {
+    use mqhook::ingest::broker::{Broker, BrokerConfig};
+    let broker = Broker::bind(BrokerConfig { listen }, submitter).await?;
+    tracing::info!(listen = %broker.local_addr(), "MQTT broker listening; SIGINT or SIGTERM stops it.");
+    broker.serve(stop_signal()).await?;
+    Ok(())
+}
+
+/// Completes on the first SIGINT (Ctrl-C) or SIGTERM.
+#[cfg(feature = "broker")]
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        Err(error) => {
+            tracing::warn!("Cannot listen for SIGTERM ({error}); only SIGINT stops the broker.");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("Stopping: no new events; draining what was accepted.");
+}
+
 /// The `--ingest` source.
 enum Ingest {
+    #[cfg(feature = "broker")]
+    Broker,
+    Ndjson(NdjsonSource),
+}
+
+/// Where NDJSON events are read from.
+enum NdjsonSource {
     Stdin,
     File(PathBuf),
 }
@@ -114,17 +167,21 @@ enum Ingest {
 impl Ingest {
     fn parse(spec: &str) -> Result<Ingest> {
         match spec.split_once(':') {
-            Some(("ndjson", "-")) => Ok(Ingest::Stdin),
-            Some(("ndjson", path)) if !path.is_empty() => Ok(Ingest::File(PathBuf::from(path))),
-            _ => bail!("--ingest {spec:?}: expected `ndjson:-` (standard input) or `ndjson:PATH`"),
+            Some(("ndjson", "-")) => Ok(Ingest::Ndjson(NdjsonSource::Stdin)),
+            Some(("ndjson", path)) if !path.is_empty() => Ok(Ingest::Ndjson(NdjsonSource::File(PathBuf::from(path)))),
+            #[cfg(feature = "broker")]
+            None if spec == "broker" => Ok(Ingest::Broker),
+            _ => bail!("--ingest {spec:?}: expected `broker`, `ndjson:-` (standard input) or `ndjson:PATH`"),
         }
     }
+}
 
+impl NdjsonSource {
     fn read_into(self, submitter: &mqhook::Submitter) -> Result<()> {
         use mqhook::ingest::ndjson::ingest;
         match self {
-            Ingest::Stdin => ingest(std::io::stdin().lock(), "stdin", submitter).context("reading standard input")?,
-            Ingest::File(path) => {
+            NdjsonSource::Stdin => ingest(std::io::stdin().lock(), "stdin", submitter).context("reading standard input")?,
+            NdjsonSource::File(path) => {
                 let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
                 ingest(BufReader::new(file), &path.display().to_string(), submitter)
                     .with_context(|| format!("reading {}", path.display()))?

@@ -45,11 +45,12 @@
 //! retain handling says; an MQTT 5 Message Expiry Interval is honoured, rmqtt's 5-minute listener
 //! default for queued messages is not applied to retained ones. Nothing is persisted.
 //!
-//! # A limit of rmqtt 0.24
-//! rmqtt runs the `ClientConnack` hook only for accepted connections: a refused CONNECT is answered
-//! by `v3::process`/`v5::process` through `refused_ack(.., None, ..)`, which skips the hook. A
-//! refused client therefore shows up as `client_connect` without a `client_connack` (`client_connect`
-//! runs before rmqtt's checks).
+//! # Refused connections
+//! Upstream rmqtt 0.24 runs the `ClientConnack` hook only for accepted connections; the vendored
+//! copy (`vendor/rmqtt`, see its README) also reports every CONNECT refused after it was parsed, so
+//! a refusal arrives here as `client_connack` with a non-zero code (`"conn_ack":"fail"`). A
+//! CONNECT that rmqtt's codec itself rejects (malformed, or MQTT 3.1.1's empty client id without a
+//! clean session) has no parsed client to report and yields no event.
 //!
 //! # Stopping
 //! [`Broker::serve`] returns once `shutdown` completes: the listener closes and the hooks stop

@@ -1,7 +1,11 @@
 //! Ingest: where broker events enter mqhook, each source converting to [`Event`](crate::Event) at
 //! its border and handing events to a [`Submitter`](crate::Submitter).
 //!
+//! - `broker` (feature `broker`, on by default): an embedded rmqtt MQTT broker whose hooks submit
+//!   events;
 //! - [`ndjson`]: one JSON object per line, from standard input or a file (spec §7).
 //! - The library API itself: a broker embedding mqhook builds `Event`s and calls `try_submit`.
 
+#[cfg(feature = "broker")]
+pub mod broker;
 pub mod ndjson;
