@@ -125,6 +125,12 @@ fn mqhook_extensions_parse() {
         r#"webhook {
   url = "http://127.0.0.1:9/base?x=1"
   cancel_timeout = "2s"
+  retry {
+    max_attempts = 7
+    base = "50ms"
+    cap = "5s"
+    max_age = "1m"
+  }
   tls { cacertfile = "ca.pem" }
   guest {
     memory_limit = "16MiB"
@@ -136,6 +142,9 @@ fn mqhook_extensions_parse() {
     )
     .unwrap();
     assert_eq!(config.cancel_timeout.as_millis(), 2000);
+    assert_eq!(config.retry.max_attempts.get(), 7);
+    assert_eq!((config.retry.base.as_millis(), config.retry.cap.as_millis()), (50, 5000));
+    assert_eq!(config.retry.max_age, Some(std::time::Duration::from_secs(60)));
     assert_eq!(config.guest.memory_limit, 16 << 20);
     assert_eq!(config.guest.timeout.as_millis(), 250);
     assert_eq!(config.guest.workers.get(), 3);
@@ -165,6 +174,8 @@ const MALFORMED: &[(&str, &str, usize, &str, &str)] = &[
     ("old-rule.conf", "web.hook.url=http://h\nweb.hook.rule.message.publishd.1={\"action\": \"x\"}\n", 2, "web.hook.rule.message.publishd.1", "message.publish"),
     ("wrong-type.hcl", "webhook {\n  url = \"http://h\"\n  pool_size = \"many\"\n}\n", 3, "webhook.pool_size", "positive integer"),
     ("topic.conf", "webhook {\n url = \"http://h\"\n events = [\n  { event = \"on_message_publish\"\n    topic = \"a/#/b\" }\n ]\n}\n", 5, "webhook.events[0].topic", "last level"),
+    ("retry.conf", "webhook {\n url = \"http://h\"\n retry { base = 1s, cap = 10ms }\n}\n", 3, "webhook.retry.cap", "shorter"),
+    ("retry-key.conf", "webhook {\n url = \"http://h\"\n retry {\n  attempts = 3\n }\n}\n", 4, "webhook.retry.attempts", "max_attempts"),
     ("memory.hcl", "webhook {\n  url = \"http://h\"\n  guest {\n    memory_limit = \"lots\"\n  }\n}\n", 4, "webhook.guest.memory_limit", "64MiB"),
 ];
 

@@ -151,16 +151,53 @@ async fn pool_size_bounds_concurrent_requests() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn non_2xx_answers_count_as_failed() {
+async fn non_2xx_answers_count_as_failed_after_their_retries() {
     let endpoint = Endpoint::start(Behaviour { status: StatusCode::SERVICE_UNAVAILABLE, ..Behaviour::default() }).await;
     let scratch = Scratch::new();
-    let config = scratch.file("nanomq.conf", &all_events_config(&endpoint.url(), ""));
+    let config = scratch.file("nanomq.conf", &all_events_config(&endpoint.url(), "  retry { max_attempts = 3, base = 10ms }"));
     let input = ndjson(&EVENTS.iter().take(3).map(|(line, _)| *line).collect::<Vec<_>>());
     let run = mqhook(&["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap()], &input).await;
     assert!(run.status.success(), "{}", run.stderr);
-    assert_eq!((run.summary("delivered"), run.summary("failed")), (0, 3));
-    assert_eq!(endpoint.recorded().len(), 3, "each was really sent");
+    assert_eq!((run.summary("delivered"), run.summary("failed"), run.summary("retries")), (0, 3, 6));
+    assert_eq!(endpoint.recorded().len(), 9, "3 events, 3 attempts each");
     assert!(run.stderr.contains("503"), "the status is logged: {}", run.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_4xx_answer_is_permanent_and_not_retried() {
+    let endpoint = Endpoint::start(Behaviour { status: StatusCode::NOT_FOUND, ..Behaviour::default() }).await;
+    let scratch = Scratch::new();
+    let config = scratch.file("nanomq.conf", &all_events_config(&endpoint.url(), "  retry { base = 10ms }"));
+    let input = ndjson(&EVENTS.iter().take(2).map(|(line, _)| *line).collect::<Vec<_>>());
+    let run = mqhook(&["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap()], &input).await;
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!((run.summary("delivered"), run.summary("failed"), run.summary("retries")), (0, 2, 0));
+    assert_eq!(endpoint.recorded().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_are_retried_until_delivered() {
+    // The first 4 requests get 503 with Retry-After: 1, every later one 200.
+    let behaviour = Behaviour {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        fail_first: Some(4),
+        retry_after: Some(1),
+        ..Behaviour::default()
+    };
+    let endpoint = Endpoint::start(behaviour).await;
+    let scratch = Scratch::new();
+    let config = scratch.file("nanomq.conf", &all_events_config(&endpoint.url(), "  retry { base = 10ms }"));
+    let input = ndjson(&EVENTS.iter().take(4).map(|(line, _)| *line).collect::<Vec<_>>());
+    let run = mqhook(&["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap()], &input).await;
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!((run.summary("delivered"), run.summary("failed"), run.summary("retries")), (4, 0, 4));
+    let recorded = endpoint.recorded();
+    assert_eq!(recorded.len(), 8);
+    // Each body was sent twice, unchanged.
+    let mut bodies: Vec<String> = recorded.iter().map(|r| r.body_text()).collect();
+    bodies.sort();
+    bodies.dedup();
+    assert_eq!(bodies.len(), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,7 +205,7 @@ async fn a_dead_endpoint_fails_every_event_and_still_exits() {
     // Bind then drop a listener: nothing listens on that port any more.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let scratch = Scratch::new();
-    let config = scratch.file("nanomq.conf", &all_events_config(&format!("http://127.0.0.1:{port}"), "  cancel_timeout = 1000"));
+    let config = scratch.file("nanomq.conf", &all_events_config(&format!("http://127.0.0.1:{port}"), "  cancel_timeout = 1000\n  retry { max_attempts = 2, base = 10ms }"));
     let input = ndjson(&EVENTS.iter().take(4).map(|(line, _)| *line).collect::<Vec<_>>());
     let run = mqhook(&["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap()], &input).await;
     assert!(run.status.success(), "{}", run.stderr);

@@ -17,6 +17,7 @@ pub struct Metrics {
     guest_timeouts: AtomicU64,
     rejected: AtomicU64,
     malformed: AtomicU64,
+    retries: AtomicU64,
 }
 
 /// A point-in-time copy of the counters.
@@ -38,6 +39,8 @@ pub struct MetricsSnapshot {
     pub rejected: u64,
     /// Input lines that were not valid events (never accepted).
     pub malformed: u64,
+    /// Delivery attempts after the first (each counted once).
+    pub retries: u64,
 }
 
 macro_rules! recorders {
@@ -59,6 +62,7 @@ impl Metrics {
         record_failed => failed,
         record_rejected => rejected,
         record_malformed => malformed,
+        record_retry => retries,
     }
 
     /// Counts a trapped guest call; the event counts as failed.
@@ -85,6 +89,7 @@ impl Metrics {
             guest_timeouts: get(&self.guest_timeouts),
             rejected: get(&self.rejected),
             malformed: get(&self.malformed),
+            retries: get(&self.retries),
         }
     }
 }
@@ -94,7 +99,7 @@ impl fmt::Display for MetricsSnapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "received={} filtered={} delivered={} failed={} guest_traps={} guest_timeouts={} rejected={} malformed={}",
+            "received={} filtered={} delivered={} failed={} guest_traps={} guest_timeouts={} rejected={} malformed={} retries={}",
             self.received,
             self.filtered,
             self.delivered,
@@ -102,7 +107,8 @@ impl fmt::Display for MetricsSnapshot {
             self.guest_traps,
             self.guest_timeouts,
             self.rejected,
-            self.malformed
+            self.malformed,
+            self.retries
         )
     }
 }

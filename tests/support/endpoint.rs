@@ -40,19 +40,25 @@ impl Recorded {
 /// How the server answers.
 #[derive(Clone)]
 pub struct Behaviour {
+    /// The status of every answer (after the first `fail_first`, which get it instead of 200).
     pub status: StatusCode,
     pub delay: Duration,
+    /// When set, only this many first requests get `status`; every later one gets 200.
+    pub fail_first: Option<usize>,
+    /// A `Retry-After` (seconds) sent with non-2xx answers.
+    pub retry_after: Option<u64>,
 }
 
 impl Default for Behaviour {
     fn default() -> Self {
-        Behaviour { status: StatusCode::OK, delay: Duration::ZERO }
+        Behaviour { status: StatusCode::OK, delay: Duration::ZERO, fail_first: None, retry_after: None }
     }
 }
 
 #[derive(Default)]
 struct State {
     recorded: Mutex<Vec<Recorded>>,
+    answered: AtomicUsize,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     connections: AtomicUsize,
@@ -138,7 +144,15 @@ async fn handle(
     tokio::time::sleep(behaviour.delay).await;
     state.recorded.lock().unwrap().push(Recorded { method, path, headers, body });
     state.in_flight.fetch_sub(1, Ordering::SeqCst);
+    let answered = state.answered.fetch_add(1, Ordering::SeqCst);
+    let status = match behaviour.fail_first {
+        Some(failures) if answered >= failures => StatusCode::OK,
+        _ => behaviour.status,
+    };
     let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
-    *response.status_mut() = behaviour.status;
+    *response.status_mut() = status;
+    if let (false, Some(seconds)) = (status.is_success(), behaviour.retry_after) {
+        response.headers_mut().insert(hyper::header::RETRY_AFTER, seconds.into());
+    }
     Ok(response)
 }

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::delivery::retry::RetryPolicy;
 use crate::event::EventKind;
 
 /// The webhook configuration the runtime runs with.
@@ -39,6 +40,8 @@ pub struct Config {
     pub cancel_timeout: Duration,
     /// Certificate files for `https://` URLs.
     pub tls: Option<TlsFiles>,
+    /// How failed requests are retried.
+    pub retry: RetryPolicy,
     /// Which events are delivered (OR-ed).
     pub rules: Vec<Rule>,
     /// The filter guest and its sandbox.
@@ -236,8 +239,15 @@ fn serialize_display<S: serde::Serializer, T: std::fmt::Display>(value: &T, s: S
     s.collect_str(value)
 }
 
-fn serialize_millis<S: serde::Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn serialize_millis<S: serde::Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(value.as_millis() as u64)
+}
+
+pub(crate) fn serialize_optional_millis<S: serde::Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(duration) => serialize_millis(duration, s),
+        None => s.serialize_none(),
+    }
 }
 
 fn serialize_config_name<S: serde::Serializer>(value: &EventKind, s: S) -> Result<S::Ok, S::Error> {

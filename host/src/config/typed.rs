@@ -13,11 +13,14 @@ use super::{
     Config, ConfigError, GuestConfig, Header, PayloadEncoding, Rule, TlsFiles, DEFAULT_CANCEL_TIMEOUT,
     DEFAULT_GUEST_MEMORY, DEFAULT_GUEST_TIMEOUT, DEFAULT_POOL_SIZE, DEFAULT_QUEUE_SIZE,
 };
+use crate::delivery::retry::RetryPolicy;
 use crate::event::EventKind;
 
 const WEBHOOK_KEYS: &[&str] = &[
     "enable", "url", "headers", "body", "pool_size", "cancel_timeout", "tls", "ssl", "events", "guest", "queue_size",
+    "retry",
 ];
+const RETRY_KEYS: &[&str] = &["max_attempts", "base", "cap", "max_age"];
 const TLS_KEYS: &[&str] = &["enable", "keyfile", "certfile", "cacertfile", "verify", "server_name_indication"];
 const GUEST_KEYS: &[&str] = &["path", "memory_limit", "timeout", "workers", "settings"];
 const DEFAULT_URL: &str = "http://127.0.0.1:80/";
@@ -78,11 +81,15 @@ pub(crate) fn config_from_tree(root: &Node, file: &Path) -> Result<Config, Confi
         Some(node) => ctx.guest(node)?,
         None => default_guest(),
     };
+    let retry = match get("retry") {
+        Some(node) => ctx.retry(node)?,
+        None => RetryPolicy::default(),
+    };
     let queue_size = match get("queue_size") {
         Some(node) => ctx.positive(node, "webhook.queue_size")?,
         None => NonZeroUsize::new(DEFAULT_QUEUE_SIZE).expect("non-zero"),
     };
-    Ok(Config { enabled, url, headers, encoding, pool_size, cancel_timeout, tls, rules, guest, queue_size })
+    Ok(Config { enabled, url, headers, encoding, pool_size, cancel_timeout, tls, retry, rules, guest, queue_size })
 }
 
 fn disabled_default() -> Config {
@@ -94,6 +101,7 @@ fn disabled_default() -> Config {
         pool_size: NonZeroUsize::new(DEFAULT_POOL_SIZE).expect("non-zero"),
         cancel_timeout: DEFAULT_CANCEL_TIMEOUT,
         tls: None,
+        retry: RetryPolicy::default(),
         rules: Vec::new(),
         guest: default_guest(),
         queue_size: NonZeroUsize::new(DEFAULT_QUEUE_SIZE).expect("non-zero"),
@@ -315,6 +323,33 @@ impl Ctx<'_> {
             rules.push(Rule { event, topic });
         }
         Ok(rules)
+    }
+
+    fn retry(&self, node: &Node) -> Result<RetryPolicy, ConfigError> {
+        let fields = self.object(node, "webhook.retry")?;
+        self.reject_unknown(fields, "webhook.retry", RETRY_KEYS)?;
+        let mut retry = RetryPolicy::default();
+        if let Some(n) = node.get("max_attempts") {
+            let attempts = self.positive(n, "webhook.retry.max_attempts")?;
+            retry.max_attempts = u32::try_from(attempts.get())
+                .ok()
+                .and_then(std::num::NonZeroU32::new)
+                .ok_or_else(|| self.invalid(n, "webhook.retry.max_attempts", "is too large"))?;
+        }
+        if let Some(n) = node.get("base") {
+            retry.base = self.duration(n, "webhook.retry.base")?;
+        }
+        if let Some(n) = node.get("cap") {
+            retry.cap = self.duration(n, "webhook.retry.cap")?;
+        }
+        if let Some(n) = node.get("max_age") {
+            retry.max_age = Some(self.duration(n, "webhook.retry.max_age")?);
+        }
+        if retry.cap < retry.base {
+            let line_node = node.get("cap").unwrap_or(node);
+            return Err(self.invalid(line_node, "webhook.retry.cap", "must not be shorter than `retry.base`"));
+        }
+        Ok(retry)
     }
 
     fn guest(&self, node: &Node) -> Result<GuestConfig, ConfigError> {

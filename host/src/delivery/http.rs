@@ -2,7 +2,8 @@
 //!
 //! Headers go out in NanoMQ's order: `Host`, the configured headers in config order, the guest's
 //! headers, then `Content-Length`. The response status is read: 2xx is delivered, anything else is
-//! a failure; the response body is read (up to a cap) so the connection can be reused.
+//! a failure; the response body is read (up to a cap) so the connection can be reused. A failed
+//! attempt is tried again as [`RetryPolicy`] says.
 
 use std::time::Duration;
 
@@ -14,8 +15,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use super::retry::{RetryPolicy, Verdict};
 use super::Request;
 use crate::config::Config;
+use crate::metrics::Metrics;
 
 /// Response bodies are read up to this size, then the connection is dropped instead of reused.
 const MAX_RESPONSE_BODY: usize = 1 << 20;
@@ -27,8 +30,13 @@ pub enum DeliveryError {
     #[error("`{0}` URLs are not supported yet; use http://")]
     UnsupportedScheme(String),
     /// The endpoint answered with a status other than 2xx.
-    #[error("endpoint answered {0}")]
-    Status(StatusCode),
+    #[error("endpoint answered {status}")]
+    Status {
+        /// The status.
+        status: StatusCode,
+        /// The `Retry-After` it sent, in seconds form.
+        retry_after: Option<Duration>,
+    },
     /// No answer within `cancel_timeout`.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
@@ -102,6 +110,7 @@ pub struct HttpSink {
     client: Client<HttpConnector, Full<Bytes>>,
     template: RequestTemplate,
     timeout: Duration,
+    retry: RetryPolicy,
 }
 
 impl HttpSink {
@@ -116,18 +125,38 @@ impl HttpSink {
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(config.pool_size.get())
             .build(connector);
-        Ok(HttpSink { client, template: RequestTemplate::new(config), timeout: config.cancel_timeout })
+        Ok(HttpSink {
+            client,
+            template: RequestTemplate::new(config),
+            timeout: config.cancel_timeout,
+            retry: config.retry,
+        })
     }
 
-    /// Sends one request; `Ok` only for a 2xx answer. Failures are logged here, once.
-    pub async fn send(&self, request: Request) -> Result<(), DeliveryError> {
-        let result = tokio::time::timeout(self.timeout, self.exchange(&request))
-            .await
-            .unwrap_or(Err(DeliveryError::Timeout(self.timeout)));
-        if let Err(error) = &result {
-            tracing::warn!(action = request.kind.action(), "Delivery failed: {error}.");
+    /// Sends one request, retrying as the policy says; `Ok` only for a 2xx answer. Each retry is
+    /// counted; the final failure is logged here, once.
+    pub async fn send(&self, request: Request, metrics: &Metrics) -> Result<(), DeliveryError> {
+        let first_attempt = tokio::time::Instant::now();
+        let mut attempt = 1;
+        loop {
+            let error = match tokio::time::timeout(self.timeout, self.exchange(&request)).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(error)) => error,
+                Err(_elapsed) => DeliveryError::Timeout(self.timeout),
+            };
+            match self.retry.after_failure(&error, attempt, first_attempt.elapsed()) {
+                Verdict::RetryAfter(wait) => {
+                    tracing::debug!(action = request.kind.action(), attempt, "Delivery failed ({error}); retrying in {wait:?}.");
+                    metrics.record_retry();
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                Verdict::GiveUp => {
+                    tracing::warn!(action = request.kind.action(), attempts = attempt, "Delivery failed: {error}.");
+                    return Err(error);
+                }
+            }
         }
-        result
     }
 
     async fn exchange(&self, request: &Request) -> Result<(), DeliveryError> {
@@ -137,12 +166,18 @@ impl HttpSink {
             .await
             .map_err(|e| DeliveryError::Transport(error_chain(&e)))?;
         let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|seconds| seconds.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
         // Reading the body to its end returns the connection to the pool.
         let _ = Limited::new(response.into_body(), MAX_RESPONSE_BODY).collect().await;
         if status.is_success() {
             Ok(())
         } else {
-            Err(DeliveryError::Status(status))
+            Err(DeliveryError::Status { status, retry_after })
         }
     }
 }

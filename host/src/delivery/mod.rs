@@ -4,9 +4,11 @@
 //! [`Sink`]: HTTP ([`http::HttpSink`], pooled keep-alive connections) or standard output
 //! ([`print::PrintSink`], for `--dry-run`). A semaphore of `pool_size` permits bounds the requests
 //! in flight; draining waits until every permit is back, so no accepted request is abandoned.
+//! Failed attempts are retried as [`retry::RetryPolicy`] says, holding their permit meanwhile.
 
 pub mod http;
 pub mod print;
+pub mod retry;
 
 use std::sync::Arc;
 
@@ -59,7 +61,7 @@ pub(crate) async fn run(
                     let client = client.clone();
                     let metrics = metrics.clone();
                     tokio::spawn(async move {
-                        match client.send(request).await {
+                        match client.send(request, &metrics).await {
                             Ok(()) => metrics.record_delivered(),
                             Err(_) => metrics.record_failed(),
                         }
