@@ -6,5 +6,6 @@ mod broker;
 mod config;
 mod golden;
 mod pipeline;
+mod reload;
 mod sandbox;
 mod support;

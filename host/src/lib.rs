@@ -11,7 +11,8 @@
 //! - [`runtime`]: the bounded queue, guest worker threads, drain on shutdown;
 //! - [`guest`]: compiling and running the filter component in a capped sandbox;
 //! - [`delivery`]: pooled HTTP (or printing, for dry runs);
-//! - [`metrics`]: the counters every stage records into.
+//! - [`metrics`]: the counters every stage records into;
+//! - [`reload`]: swapping a changed guest or config in while events flow.
 //!
 //! # Embedding
 //! ```no_run
@@ -37,10 +38,11 @@ pub mod event;
 pub mod guest;
 pub mod ingest;
 pub mod metrics;
+pub mod reload;
 pub mod runtime;
 
 pub use config::Config;
 pub use event::{Event, EventKind};
 pub use guest::{GuestError, GuestModule};
 pub use metrics::MetricsSnapshot;
-pub use runtime::{Runtime, SubmitError, Submitter};
+pub use runtime::{GuestControl, Runtime, SubmitError, Submitter};

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use mqhook::delivery::http::{HttpSink, RequestTemplate};
 use mqhook::delivery::print::PrintSink;
 use mqhook::delivery::Sink;
+use mqhook::reload::Reloader;
 use mqhook::{Config, GuestModule, Runtime};
 
 /// The embedded broker when it is built in, else standard input.
@@ -107,6 +108,9 @@ fn run(args: RunArgs) -> Result<()> {
         };
         let pipeline = Runtime::start(&config, guest, sink);
         let submitter = pipeline.submitter();
+        // Dropped (and so stopped) when the input ends, before the drain.
+        let reloader = Reloader::new(&args.config, args.guest.as_deref(), pipeline.guest_control(), config.clone());
+        let watching = AbortOnDrop(tokio::spawn(reloader.watch()));
         match input {
             #[cfg(feature = "broker")]
             Ingest::Broker => serve_broker(args.listen, submitter).await?,
@@ -116,10 +120,20 @@ fn run(args: RunArgs) -> Result<()> {
                 reader.await.context("the input reader panicked")??;
             }
         }
+        drop(watching);
         let totals = pipeline.shutdown().await;
         println!("summary: {totals}");
         Ok(())
     })
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Runs the embedded broker until SIGINT or SIGTERM.

@@ -6,10 +6,14 @@
 //!   a worker that is busy never sleeps between events, and pass each batch of requests to delivery.
 //! - Delivery runs on the tokio runtime that started the [`Runtime`].
 //!
+//! The guest can be swapped while events flow ([`GuestControl::swap`]): workers pick the new
+//! version up between batches, so each event is filtered by exactly one version and none is lost.
+//!
 //! Shutdown is a drain: once every `Submitter` is dropped, workers empty the queue and exit,
 //! delivery sends what is left and waits for requests in flight, and only then does
 //! [`Runtime::shutdown`] return.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -19,7 +23,7 @@ use tokio::sync::mpsc;
 use crate::config::Config;
 use crate::delivery::{self, Request, Sink};
 use crate::event::Event;
-use crate::guest::{GuestError, GuestInstance, GuestModule};
+use crate::guest::{GuestError, GuestInstance, GuestModule, GuestSlot};
 use crate::metrics::{Metrics, MetricsSnapshot};
 
 /// Most events a worker takes off the queue at once.
@@ -42,8 +46,30 @@ pub enum SubmitError {
 #[derive(Clone)]
 pub struct Submitter {
     queue: Sender<Event>,
-    wanted: [bool; 12],
+    wanted: Arc<WantedKinds>,
     metrics: Arc<Metrics>,
+}
+
+/// The event kinds some rule selects; the rest are filtered before the guest. Updated on swaps.
+struct WantedKinds([AtomicBool; 12]);
+
+impl WantedKinds {
+    fn new(config: &Config) -> Self {
+        let wanted = WantedKinds(Default::default());
+        wanted.set(config);
+        wanted
+    }
+
+    fn set(&self, config: &Config) {
+        let kinds = if config.enabled { config.wanted_kinds() } else { [false; 12] };
+        for (slot, wanted) in self.0.iter().zip(kinds) {
+            slot.store(wanted, Ordering::Release);
+        }
+    }
+
+    fn contains(&self, event: &Event) -> bool {
+        self.0[event.kind().index()].load(Ordering::Acquire)
+    }
 }
 
 impl Submitter {
@@ -80,7 +106,7 @@ impl Submitter {
     /// Counts the event and says whether it needs the guest: kinds no rule asks for stop here.
     fn admit(&self, event: &Event) -> bool {
         self.metrics.record_received();
-        let wanted = self.wanted[event.kind().index()];
+        let wanted = self.wanted.contains(event);
         if !wanted {
             self.metrics.record_filtered();
         }
@@ -88,9 +114,36 @@ impl Submitter {
     }
 }
 
+/// Swaps the running guest; cheap to clone, usable from any thread.
+#[derive(Clone)]
+pub struct GuestControl {
+    slot: Arc<GuestSlot>,
+    wanted: Arc<WantedKinds>,
+}
+
+impl GuestControl {
+    /// Puts `guest` in place of the running guest, atomically: batches that started keep the old
+    /// version, every later one uses the new. `config` is the configuration `guest` was built with
+    /// (see [`GuestModule::with_config`]); its rules decide from now on which event kinds reach
+    /// the guest. Returns the new guest's generation (the first guest is generation 0).
+    pub fn swap(&self, guest: GuestModule, config: &Config) -> u64 {
+        let name = guest.name().to_string();
+        self.wanted.set(config);
+        let generation = self.slot.swap(guest);
+        tracing::info!(guest = name, generation, "Guest swapped in.");
+        generation
+    }
+
+    /// The guest now running.
+    pub fn current(&self) -> Arc<GuestModule> {
+        self.slot.current().1
+    }
+}
+
 /// A running webhook pipeline.
 pub struct Runtime {
     submitter: Submitter,
+    guest: Arc<GuestSlot>,
     workers: Vec<JoinHandle<()>>,
     delivery: tokio::task::JoinHandle<()>,
     metrics: Arc<Metrics>,
@@ -102,11 +155,11 @@ impl Runtime {
         let metrics = Arc::new(Metrics::default());
         let (queue, events) = crossbeam_channel::bounded(config.queue_size.get());
         let (requests_tx, requests_rx) = mpsc::channel(DELIVERY_QUEUE);
-        let guest = Arc::new(guest);
+        let guest = Arc::new(GuestSlot::new(guest));
         let workers = (0..config.guest.workers.get())
             .map(|index| {
                 let worker = Worker {
-                    guest: guest.clone(),
+                    slot: guest.clone(),
                     events: events.clone(),
                     requests: requests_tx.clone(),
                     metrics: metrics.clone(),
@@ -118,13 +171,18 @@ impl Runtime {
             })
             .collect();
         let delivery = tokio::spawn(delivery::run(requests_rx, sink, config.pool_size.get(), metrics.clone()));
-        let wanted = if config.enabled { config.wanted_kinds() } else { [false; 12] };
-        Runtime { submitter: Submitter { queue, wanted, metrics: metrics.clone() }, workers, delivery, metrics }
+        let wanted = Arc::new(WantedKinds::new(config));
+        Runtime { submitter: Submitter { queue, wanted, metrics: metrics.clone() }, guest, workers, delivery, metrics }
     }
 
     /// A handle for submitting events.
     pub fn submitter(&self) -> Submitter {
         self.submitter.clone()
+    }
+
+    /// A handle for swapping the guest while the runtime runs.
+    pub fn guest_control(&self) -> GuestControl {
+        GuestControl { slot: self.guest.clone(), wanted: self.submitter.wanted.clone() }
     }
 
     /// The counters so far.
@@ -135,7 +193,7 @@ impl Runtime {
     /// Stops accepting events and waits until every accepted event is delivered, failed or
     /// filtered. Returns once every `Submitter` clone has been dropped too.
     pub async fn shutdown(self) -> MetricsSnapshot {
-        let Runtime { submitter, workers, delivery, metrics } = self;
+        let Runtime { submitter, guest: _, workers, delivery, metrics } = self;
         drop(submitter);
         // Workers exit once the queue is empty and closed; joining them blocks, so off the executor.
         let joined = tokio::task::spawn_blocking(move || {
@@ -158,7 +216,7 @@ impl Runtime {
 
 /// One guest worker: its own instance, fed from the shared queue.
 struct Worker {
-    guest: Arc<GuestModule>,
+    slot: Arc<GuestSlot>,
     events: Receiver<Event>,
     requests: mpsc::Sender<Vec<Request>>,
     metrics: Arc<Metrics>,
@@ -166,11 +224,17 @@ struct Worker {
 
 impl Worker {
     fn run(self) {
+        let (mut generation, mut guest) = self.slot.current();
         let mut instance: Option<GuestInstance> = None;
         while let Ok(first) = self.events.recv() {
+            // A swapped-in guest takes over at a batch boundary: a batch is one version's.
+            if self.slot.generation() != generation {
+                (generation, guest) = self.slot.current();
+                instance = None;
+            }
             let mut batch = Vec::new();
             for event in std::iter::once(first).chain(self.events.try_iter().take(BATCH - 1)) {
-                if let Some(request) = self.handle(&mut instance, event) {
+                if let Some(request) = self.handle(&guest, &mut instance, event) {
                     batch.push(request);
                 }
             }
@@ -186,13 +250,13 @@ impl Worker {
     }
 
     /// Runs one event through the guest, rebuilding the instance after a failure.
-    fn handle(&self, instance: &mut Option<GuestInstance>, event: Event) -> Option<Request> {
+    fn handle(&self, guest: &GuestModule, instance: &mut Option<GuestInstance>, event: Event) -> Option<Request> {
         let live = match instance {
             Some(live) => live,
-            None => match self.guest.instance() {
+            None => match guest.instance() {
                 Ok(fresh) => instance.insert(fresh),
                 Err(error) => {
-                    tracing::error!(guest = self.guest.name(), "Cannot start a guest instance: {error}.");
+                    tracing::error!(guest = guest.name(), "Cannot start a guest instance: {error}.");
                     self.record_error(&error);
                     return None;
                 }
@@ -206,7 +270,7 @@ impl Worker {
             }
             Err(error @ GuestError::InvalidDelivery(_)) => {
                 // The call itself succeeded, so the instance is still sound.
-                tracing::warn!(guest = self.guest.name(), "Event dropped: {error}.");
+                tracing::warn!(guest = guest.name(), "Event dropped: {error}.");
                 self.record_error(&error);
                 None
             }

@@ -11,7 +11,10 @@
 
 mod bindings;
 mod convert;
+mod slot;
 mod wasi;
+
+pub use slot::GuestSlot;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,0 +1,163 @@
+//! Live swaps: the guest changes while events flow, and every event is delivered exactly once,
+//! filtered by exactly one guest version.
+
+use std::path::Path;
+use std::time::Duration;
+
+use mqhook::config::{Config, Syntax};
+use mqhook::delivery::http::HttpSink;
+use mqhook::delivery::Sink;
+use mqhook::event::Message;
+use mqhook::{Event, GuestModule, Runtime};
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+use tokio::time::{sleep, timeout, Instant};
+
+use crate::support::endpoint::{Behaviour, Endpoint, Recorded};
+use crate::support::{Scratch, HOSTILE_GUEST};
+
+const EVENTS: u64 = 6000;
+const WAIT_LIMIT: Duration = Duration::from_secs(30);
+
+fn config(url: &str, encoding: &str) -> Config {
+    let text = format!("webhook {{\n url = \"{url}\"\n body.encoding = {encoding}\n events = [{{ event = \"on_message_publish\" }}]\n}}\n");
+    Config::parse(&text, Path::new("reload.conf"), Syntax::Hocon).unwrap()
+}
+
+fn publish(ts: u64) -> Event {
+    Event::MessagePublish(Message {
+        ts,
+        topic: "swap/t".into(),
+        qos: 0,
+        retain: false,
+        from_clientid: Some("c".into()),
+        from_username: None,
+        receiver: None,
+        payload: b"hello".to_vec(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapping_under_load_loses_and_duplicates_nothing() {
+    let endpoint = Endpoint::start(Behaviour::default()).await;
+    let plain = config(&endpoint.url(), "plain");
+    let base64 = config(&endpoint.url(), "base64");
+    let plain_guest = GuestModule::load(None, &plain).unwrap();
+    let runtime = Runtime::start(&plain, plain_guest.with_config(&plain).unwrap(), Sink::Http(HttpSink::new(&plain).unwrap()));
+    let control = runtime.guest_control();
+    let submitter = runtime.submitter();
+    let feeder = tokio::task::spawn_blocking(move || {
+        for ts in 0..EVENTS {
+            submitter.submit_blocking(publish(ts)).unwrap();
+        }
+    });
+    // Swap back and forth between two versions (different encodings) until every event is through.
+    let mut swaps = 0;
+    let deadline = Instant::now() + WAIT_LIMIT;
+    loop {
+        let done = runtime.metrics();
+        if done.delivered + done.failed >= EVENTS {
+            break;
+        }
+        assert!(Instant::now() < deadline, "events stopped flowing: {done}");
+        let version = if swaps % 2 == 0 { &base64 } else { &plain };
+        control.swap(plain_guest.with_config(version).unwrap(), version);
+        swaps += 1;
+        sleep(Duration::from_millis(2)).await;
+    }
+    feeder.await.unwrap();
+    let totals = timeout(WAIT_LIMIT, runtime.shutdown()).await.expect("drains in time");
+    assert!(swaps >= 2, "the test must swap while events flow");
+    assert_eq!((totals.received, totals.delivered, totals.failed), (EVENTS, EVENTS, 0));
+
+    let recorded = endpoint.recorded();
+    let mut seen = vec![0u32; EVENTS as usize];
+    let (mut in_plain, mut in_base64) = (0, 0);
+    for body in recorded.iter().map(Recorded::body_text) {
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        seen[json["ts"].as_u64().unwrap() as usize] += 1;
+        match json["payload"].as_str().unwrap() {
+            "hello" => in_plain += 1,
+            "aGVsbG8=" => in_base64 += 1,
+            other => panic!("a body from neither version: {other}"),
+        }
+    }
+    assert!(seen.iter().all(|&count| count == 1), "every event exactly once");
+    assert!(in_plain > 0 && in_base64 > 0, "both versions filtered events ({in_plain} plain, {in_base64} base64)");
+}
+
+/// Sends `line` on `stdin` until the endpoint has a body satisfying `done`, bounded.
+async fn probe_until(stdin: &mut tokio::process::ChildStdin, endpoint: &Endpoint, line: &str, done: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + WAIT_LIMIT;
+    loop {
+        if endpoint.recorded().iter().any(|r| done(&r.body_text())) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the swap never took effect");
+        stdin.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+        stdin.flush().await.unwrap();
+        sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_swaps_on_a_guest_file_change_and_on_sighup() {
+    let endpoint = Endpoint::start(Behaviour::default()).await;
+    let scratch = Scratch::new();
+    let conf = |encoding: &str| {
+        format!("webhook {{\n url = \"{}\"\n body.encoding = {encoding}\n events = [{{ event = \"on_message_publish\" }}]\n}}\n", endpoint.url())
+    };
+    let config = scratch.file("nanomq.conf", &conf("plain"));
+    let guest = scratch.0.path().join("guest.wasm");
+    std::fs::copy(env!("MQHOOK_GUEST_NANOMQ"), &guest).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mqhook"))
+        .args(["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap(), "--guest", guest.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let line = r#"{"event":"message_publish","from_client_id":"c","topic":"swap/x","qos":0,"retain":false,"payload":"hello","ts":1}"#;
+    probe_until(&mut stdin, &endpoint, line, |body| body.ends_with(r#""payload":"hello"}"#)).await;
+
+    // A config change on disk: the same component, configured for base64.
+    std::fs::write(&config, conf("base64")).unwrap();
+    probe_until(&mut stdin, &endpoint, line, |body| body.ends_with(r#""payload":"aGVsbG8="}"#)).await;
+
+    // A broken component never replaces the running one.
+    std::fs::write(&guest, b"not a component").unwrap();
+    let broken_at = std::fs::metadata(&guest).unwrap().modified().unwrap();
+    sleep(Duration::from_millis(1200)).await;
+    // The hostile guest (it posts the topic as the body) with the broken file's time, so that no
+    // poll can notice it: only SIGHUP loads it.
+    std::fs::copy(HOSTILE_GUEST, &guest).unwrap();
+    std::fs::File::options().write(true).open(&guest).unwrap().set_modified(broken_at).unwrap();
+    sleep(Duration::from_millis(1200)).await;
+    // An event now is still filtered by the running (NanoMQ, base64) guest.
+    let before = endpoint.recorded().len();
+    stdin.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+    stdin.flush().await.unwrap();
+    let deadline = Instant::now() + WAIT_LIMIT;
+    while endpoint.recorded().len() == before {
+        assert!(Instant::now() < deadline, "the probe never arrived");
+        sleep(Duration::from_millis(50)).await;
+    }
+    let latest = endpoint.recorded().last().unwrap().body_text();
+    assert!(latest.ends_with(r#""payload":"aGVsbG8="}"#), "the hostile guest is active before SIGHUP: {latest}");
+    let pid = child.id().unwrap().to_string();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().await.unwrap().success());
+    probe_until(&mut stdin, &endpoint, line, |body| body == "swap/x").await;
+
+    drop(stdin);
+    let output = timeout(WAIT_LIMIT, child.wait_with_output()).await.expect("mqhook ends with its input").unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stdout.contains("failed=0"), "no event lost across swaps: {stdout}");
+    let received: u64 = stdout.split("received=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert_eq!(endpoint.recorded().len() as u64, received, "every event delivered once");
+    assert!(stderr.contains("the running guest stays"), "the broken component was refused: {stderr}");
+    assert!(stderr.contains("is not a valid mqhook filter component"), "{stderr}");
+}
