@@ -161,3 +161,70 @@ async fn the_binary_swaps_on_a_guest_file_change_and_on_sighup() {
     assert!(stderr.contains("the running guest stays"), "the broken component was refused: {stderr}");
     assert!(stderr.contains("is not a valid mqhook filter component"), "{stderr}");
 }
+
+/// One request to the admin API; returns the status and the JSON body.
+async fn admin(addr: &str, method: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
+    use http_body_util::{BodyExt, Full};
+    let client: hyper_util::client::legacy::Client<_, Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}/guest"))
+        .body(Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let response = timeout(WAIT_LIMIT, client.request(request)).await.expect("the admin API answers").unwrap();
+    let status = response.status().as_u16();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_reports_and_swaps_the_guest() {
+    let endpoint = Endpoint::start(Behaviour::default()).await;
+    let scratch = Scratch::new();
+    let config = scratch.file(
+        "nanomq.conf",
+        &format!("webhook {{\n url = \"{}\"\n events = [{{ event = \"on_message_publish\" }}]\n}}\n", endpoint.url()),
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mqhook"))
+        .args(["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap(), "--admin", &addr])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let deadline = Instant::now() + WAIT_LIMIT;
+    while tokio::net::TcpStream::connect(&addr).await.is_err() {
+        assert!(Instant::now() < deadline, "the admin API never listened");
+        sleep(Duration::from_millis(50)).await;
+    }
+    let (status, builtin) = admin(&addr, "GET", Vec::new()).await;
+    assert_eq!(status, 200);
+    assert_eq!(builtin["name"], "builtin:nanomq");
+    assert_eq!(builtin["generation"], 0);
+    assert_eq!(builtin["sha256"].as_str().unwrap().len(), 64);
+    assert!(builtin["loaded_at_ms"].as_u64().unwrap() > 1_700_000_000_000);
+
+    // Garbage is refused with the reason, and the running guest stays.
+    let (status, refused) = admin(&addr, "PUT", b"not a component".to_vec()).await;
+    assert_eq!(status, 422);
+    assert!(refused["error"].as_str().unwrap().contains("not a valid mqhook filter component"), "{refused}");
+    assert_eq!(admin(&addr, "GET", Vec::new()).await.1["sha256"], builtin["sha256"]);
+
+    let hostile = std::fs::read(HOSTILE_GUEST).unwrap();
+    let (status, swapped) = admin(&addr, "PUT", hostile).await;
+    assert_eq!(status, 200, "{swapped}");
+    assert_eq!(swapped["generation"], 1);
+    assert_ne!(swapped["sha256"], builtin["sha256"]);
+    let line = r#"{"event":"message_publish","from_client_id":"c","topic":"admin/x","qos":0,"retain":false,"payload":"hello","ts":1}"#;
+    probe_until(&mut stdin, &endpoint, line, |body| body == "admin/x").await;
+
+    drop(stdin);
+    let output = timeout(WAIT_LIMIT, child.wait_with_output()).await.expect("mqhook ends with its input").unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}

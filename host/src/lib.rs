@@ -12,7 +12,8 @@
 //! - [`guest`]: compiling and running the filter component in a capped sandbox;
 //! - [`delivery`]: pooled HTTP (or printing, for dry runs);
 //! - [`metrics`]: the counters every stage records into;
-//! - [`reload`]: swapping a changed guest or config in while events flow.
+//! - [`reload`]: swapping a changed guest or config in while events flow;
+//! - [`admin`]: the loopback HTTP API to read or upload the guest.
 //!
 //! # Embedding
 //! ```no_run
@@ -32,6 +33,7 @@
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod delivery;
 pub mod event;

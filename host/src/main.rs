@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use mqhook::delivery::http::{HttpSink, RequestTemplate};
 use mqhook::delivery::print::PrintSink;
 use mqhook::delivery::Sink;
+use mqhook::admin::Admin;
 use mqhook::reload::Reloader;
 use mqhook::{Config, GuestModule, Runtime};
 
@@ -56,6 +57,9 @@ struct RunArgs {
     /// Print each request on standard output instead of sending it.
     #[arg(long)]
     dry_run: bool,
+    /// Serve the admin API (GET/PUT /guest: read or swap the guest) on this loopback address.
+    #[arg(long)]
+    admin: Option<std::net::SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -109,8 +113,16 @@ fn run(args: RunArgs) -> Result<()> {
         let pipeline = Runtime::start(&config, guest, sink);
         let submitter = pipeline.submitter();
         // Dropped (and so stopped) when the input ends, before the drain.
-        let reloader = Reloader::new(&args.config, args.guest.as_deref(), pipeline.guest_control(), config.clone());
+        let reloader = Reloader::new(&args.config, args.guest.as_deref(), pipeline.guest_control());
         let watching = AbortOnDrop(tokio::spawn(reloader.watch()));
+        let admin = match args.admin {
+            Some(addr) => {
+                let admin = Admin::bind(addr, pipeline.guest_control()).await?;
+                tracing::info!(listen = %admin.local_addr()?, "Admin API listening (GET/PUT /guest).");
+                Some(AbortOnDrop(tokio::spawn(admin.serve())))
+            }
+            None => None,
+        };
         match input {
             #[cfg(feature = "broker")]
             Ingest::Broker => serve_broker(args.listen, submitter).await?,
@@ -120,7 +132,7 @@ fn run(args: RunArgs) -> Result<()> {
                 reader.await.context("the input reader panicked")??;
             }
         }
-        drop(watching);
+        drop((watching, admin));
         let totals = pipeline.shutdown().await;
         println!("summary: {totals}");
         Ok(())

@@ -33,7 +33,6 @@ pub struct Reloader {
     config_path: PathBuf,
     guest_override: Option<PathBuf>,
     control: GuestControl,
-    running: Config,
     /// Modification times last looked at, to notice changes.
     seen: Stamps,
     /// Modification times of the files the running guest was built from.
@@ -48,14 +47,13 @@ struct Stamps {
 
 impl Reloader {
     /// Watches `config_path` (and the guest it names, or `guest_override` when given) for the
-    /// runtime behind `control`, which was started with `running`.
-    pub fn new(config_path: &Path, guest_override: Option<&Path>, control: GuestControl, running: Config) -> Self {
+    /// runtime behind `control`.
+    pub fn new(config_path: &Path, guest_override: Option<&Path>, control: GuestControl) -> Self {
         let unknown = Stamps { config: None, guest: None };
         let mut reloader = Reloader {
             config_path: config_path.to_path_buf(),
             guest_override: guest_override.map(Path::to_path_buf),
             control,
-            running,
             seen: unknown,
             loaded: unknown,
         };
@@ -65,7 +63,7 @@ impl Reloader {
     }
 
     fn guest_path(&self) -> Option<PathBuf> {
-        self.guest_override.clone().or_else(|| self.running.guest.path.clone())
+        self.guest_override.clone().or_else(|| self.control.config().guest.path)
     }
 
     fn stamps(&self) -> Stamps {
@@ -87,17 +85,16 @@ impl Reloader {
         let same_component =
             !recompile && guest_path == self.guest_path() && guest_stamp == self.loaded.guest;
         let guest = if same_component {
-            self.control.current().with_config(&config)?
+            self.control.current().1.with_config(&config)?
         } else {
             GuestModule::load(guest_path.as_deref(), &config)?
         };
-        for (setting, changed) in delivery_changes(&self.running, &config) {
+        for (setting, changed) in delivery_changes(&self.control.config(), &config) {
             if changed {
                 tracing::warn!("`webhook.{setting}` changed in {}; it takes effect after a restart.", self.config_path.display());
             }
         }
         let generation = self.control.swap(guest, &config);
-        self.running = config;
         self.loaded = Stamps { config: config_stamp, guest: guest_stamp };
         self.seen = self.loaded;
         Ok(generation)

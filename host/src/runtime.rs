@@ -14,7 +14,7 @@
 //! [`Runtime::shutdown`] return.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -119,6 +119,7 @@ impl Submitter {
 pub struct GuestControl {
     slot: Arc<GuestSlot>,
     wanted: Arc<WantedKinds>,
+    config: Arc<RwLock<Config>>,
 }
 
 impl GuestControl {
@@ -129,14 +130,20 @@ impl GuestControl {
     pub fn swap(&self, guest: GuestModule, config: &Config) -> u64 {
         let name = guest.name().to_string();
         self.wanted.set(config);
+        *self.config.write().unwrap_or_else(PoisonError::into_inner) = config.clone();
         let generation = self.slot.swap(guest);
         tracing::info!(guest = name, generation, "Guest swapped in.");
         generation
     }
 
-    /// The guest now running.
-    pub fn current(&self) -> Arc<GuestModule> {
-        self.slot.current().1
+    /// The guest now running and its generation.
+    pub fn current(&self) -> (u64, Arc<GuestModule>) {
+        self.slot.current()
+    }
+
+    /// The configuration the running guest was built with.
+    pub fn config(&self) -> Config {
+        self.config.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 }
 
@@ -144,6 +151,7 @@ impl GuestControl {
 pub struct Runtime {
     submitter: Submitter,
     guest: Arc<GuestSlot>,
+    config: Arc<RwLock<Config>>,
     workers: Vec<JoinHandle<()>>,
     delivery: tokio::task::JoinHandle<()>,
     metrics: Arc<Metrics>,
@@ -172,7 +180,14 @@ impl Runtime {
             .collect();
         let delivery = tokio::spawn(delivery::run(requests_rx, sink, config.pool_size.get(), metrics.clone()));
         let wanted = Arc::new(WantedKinds::new(config));
-        Runtime { submitter: Submitter { queue, wanted, metrics: metrics.clone() }, guest, workers, delivery, metrics }
+        Runtime {
+            submitter: Submitter { queue, wanted, metrics: metrics.clone() },
+            guest,
+            config: Arc::new(RwLock::new(config.clone())),
+            workers,
+            delivery,
+            metrics,
+        }
     }
 
     /// A handle for submitting events.
@@ -182,7 +197,7 @@ impl Runtime {
 
     /// A handle for swapping the guest while the runtime runs.
     pub fn guest_control(&self) -> GuestControl {
-        GuestControl { slot: self.guest.clone(), wanted: self.submitter.wanted.clone() }
+        GuestControl { slot: self.guest.clone(), wanted: self.submitter.wanted.clone(), config: self.config.clone() }
     }
 
     /// The counters so far.
@@ -193,7 +208,7 @@ impl Runtime {
     /// Stops accepting events and waits until every accepted event is delivered, failed or
     /// filtered. Returns once every `Submitter` clone has been dropped too.
     pub async fn shutdown(self) -> MetricsSnapshot {
-        let Runtime { submitter, guest: _, workers, delivery, metrics } = self;
+        let Runtime { submitter, guest: _, config: _, workers, delivery, metrics } = self;
         drop(submitter);
         // Workers exit once the queue is empty and closed; joining them blocks, so off the executor.
         let joined = tokio::task::spawn_blocking(move || {

@@ -20,8 +20,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -87,6 +88,10 @@ pub struct GuestModule {
 /// What compiling and linking a component produced; shared by every configuration of it.
 struct Compiled {
     name: Arc<str>,
+    /// SHA-256 of the component's bytes, hex.
+    sha256: String,
+    /// When it was compiled.
+    loaded_at: SystemTime,
     engine: Engine,
     pre: FilterPre<HostState>,
     _ticker: EpochTicker,
@@ -115,7 +120,15 @@ impl GuestModule {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(load_error)?;
         Filter::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state).map_err(load_error)?;
         let pre = FilterPre::new(linker.instantiate_pre(&component).map_err(load_error)?).map_err(load_error)?;
-        let compiled = Compiled { name: name.into(), _ticker: EpochTicker::start(engine.clone()), engine, pre };
+        let sha256 = Sha256::digest(bytes).iter().map(|byte| format!("{byte:02x}")).collect();
+        let compiled = Compiled {
+            name: name.into(),
+            sha256,
+            loaded_at: SystemTime::now(),
+            _ticker: EpochTicker::start(engine.clone()),
+            engine,
+            pre,
+        };
         GuestModule::configured(Arc::new(compiled), config)
     }
 
@@ -142,6 +155,16 @@ impl GuestModule {
     /// The guest's name in logs: its file path, or `builtin:nanomq`.
     pub fn name(&self) -> &str {
         &self.compiled.name
+    }
+
+    /// SHA-256 of the component, hex.
+    pub fn sha256(&self) -> &str {
+        &self.compiled.sha256
+    }
+
+    /// When the component was compiled.
+    pub fn loaded_at(&self) -> SystemTime {
+        self.compiled.loaded_at
     }
 
     /// A fresh instance in its own store, configured and ready for events.

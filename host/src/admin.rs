@@ -1,0 +1,136 @@
+//! The admin listener: a small HTTP API on its own loopback address for swapping the guest.
+//!
+//! - `GET /guest`: the running guest as JSON — name, SHA-256, load time (ms), generation;
+//! - `PUT /guest` with a component as the body: compiles it, checks its world, runs its `configure`
+//!   with the running configuration, and swaps it in; `422` with the reason (and the old guest still
+//!   running) when any of that fails.
+//!
+//! It only ever binds loopback addresses: uploading a guest means running code in the host.
+
+use std::net::SocketAddr;
+use std::time::UNIX_EPOCH;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::guest::GuestModule;
+use crate::runtime::GuestControl;
+
+/// Largest component accepted by `PUT /guest`.
+pub const MAX_UPLOAD: usize = 64 << 20;
+
+/// Why the admin listener could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The address is not a loopback address.
+    #[error("the admin listener must be on a loopback address (127.0.0.1 or ::1), not {0}")]
+    NotLoopback(SocketAddr),
+    /// Binding failed.
+    #[error("cannot listen for admin requests on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+}
+
+/// A bound admin listener.
+pub struct Admin {
+    listener: TcpListener,
+    control: GuestControl,
+}
+
+impl Admin {
+    /// Binds `addr`, which must be loopback.
+    pub async fn bind(addr: SocketAddr, control: GuestControl) -> Result<Admin, AdminError> {
+        if !addr.ip().is_loopback() {
+            return Err(AdminError::NotLoopback(addr));
+        }
+        let listener = TcpListener::bind(addr).await.map_err(|source| AdminError::Bind { addr, source })?;
+        Ok(Admin { listener, control })
+    }
+
+    /// The bound address (with the real port when port 0 was asked for).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves admin requests until the future is dropped.
+    pub async fn serve(self) {
+        loop {
+            let stream = match self.listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::warn!("Admin listener: accept failed: {error}.");
+                    continue;
+                }
+            };
+            let control = self.control.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request| handle(request, control.clone()));
+                if let Err(error) =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await
+                {
+                    tracing::debug!("Admin connection ended: {error}.");
+                }
+            });
+        }
+    }
+}
+
+async fn handle(request: http::Request<Incoming>, control: GuestControl) -> Result<http::Response<Full<Bytes>>, hyper::Error> {
+    Ok(match (request.method(), request.uri().path()) {
+        (&Method::GET, "/guest") => json(StatusCode::OK, guest_info(&control)),
+        (&Method::PUT, "/guest") => match Limited::new(request.into_body(), MAX_UPLOAD).collect().await {
+            Ok(body) => upload(&control, body.to_bytes()).await,
+            Err(error) => json(StatusCode::PAYLOAD_TOO_LARGE, serde_json::json!({ "error": error.to_string() })),
+        },
+        (_, "/guest") => json(StatusCode::METHOD_NOT_ALLOWED, serde_json::json!({ "error": "use GET or PUT" })),
+        _ => json(StatusCode::NOT_FOUND, serde_json::json!({ "error": "the admin API has GET and PUT /guest" })),
+    })
+}
+
+async fn upload(control: &GuestControl, component: Bytes) -> http::Response<Full<Bytes>> {
+    let config = control.config();
+    // Compiling blocks for a while: off the async threads.
+    let loaded = tokio::task::spawn_blocking(move || {
+        let module = GuestModule::from_bytes("admin:upload", &component, &config)?;
+        Ok::<_, crate::GuestError>((module, config))
+    })
+    .await;
+    match loaded {
+        Ok(Ok((module, config))) => {
+            control.swap(module, &config);
+            json(StatusCode::OK, guest_info(control))
+        }
+        Ok(Err(error)) => {
+            tracing::warn!("Admin upload refused; the running guest stays: {error}");
+            json(StatusCode::UNPROCESSABLE_ENTITY, serde_json::json!({ "error": error.to_string() }))
+        }
+        Err(_panicked) => json(StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({ "error": "loading the guest failed" })),
+    }
+}
+
+fn guest_info(control: &GuestControl) -> serde_json::Value {
+    let (generation, guest) = control.current();
+    let loaded_at_ms = guest.loaded_at().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis() as u64);
+    serde_json::json!({
+        "name": guest.name(),
+        "sha256": guest.sha256(),
+        "loaded_at_ms": loaded_at_ms,
+        "generation": generation,
+    })
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> http::Response<Full<Bytes>> {
+    let mut response = http::Response::new(Full::new(Bytes::from(value.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response
+}
