@@ -209,6 +209,7 @@ async fn the_admin_api_reports_and_swaps_the_guest() {
     assert_eq!(builtin["generation"], 0);
     assert_eq!(builtin["sha256"].as_str().unwrap().len(), 64);
     assert!(builtin["loaded_at_ms"].as_u64().unwrap() > 1_700_000_000_000);
+    assert_eq!(builtin["stats"]["calls"], 0, "per-guest counters: {builtin}");
 
     // Garbage is refused with the reason, and the running guest stays.
     let (status, refused) = admin(&addr, "PUT", b"not a component".to_vec()).await;
@@ -223,6 +224,8 @@ async fn the_admin_api_reports_and_swaps_the_guest() {
     assert_ne!(swapped["sha256"], builtin["sha256"]);
     let line = r#"{"event":"message_publish","from_client_id":"c","topic":"admin/x","qos":0,"retain":false,"payload":"hello","ts":1}"#;
     probe_until(&mut stdin, &endpoint, line, |body| body == "admin/x").await;
+    let (_, after) = admin(&addr, "GET", Vec::new()).await;
+    assert!(after["stats"]["delivered"].as_u64().unwrap() >= 1, "{after}");
 
     drop(stdin);
     let output = timeout(WAIT_LIMIT, child.wait_with_output()).await.expect("mqhook ends with its input").unwrap();

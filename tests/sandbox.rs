@@ -95,3 +95,48 @@ fn guests_see_no_clock_environment_arguments_or_files() {
     let request = module.instance().unwrap().handle(publish_event("hostile/ambient")).unwrap().unwrap();
     assert_eq!(String::from_utf8_lossy(&request.body), "clock=0 env=0 args=0 fs=false");
 }
+
+#[test]
+fn a_body_over_the_cap_drops_the_event_and_is_counted() {
+    let text = hostile_config("http://127.0.0.1:9", "").replace("workers = 1", "workers = 1\n    max_body = 4");
+    let config = Config::parse(&text, Path::new("h.hcl"), Syntax::Hcl).unwrap();
+    let module = GuestModule::load(Some(Path::new(HOSTILE_GUEST)), &config).unwrap();
+    let mut instance = module.instance().unwrap();
+    assert!(instance.handle(publish_event("ok")).unwrap().is_some());
+    match instance.handle(publish_event("too/long")) {
+        Err(GuestError::InvalidDelivery(message)) => assert!(message.contains("guest.max_body"), "{message}"),
+        other => panic!("expected an invalid delivery, got {other:?}"),
+    }
+    // The call itself worked: the same instance goes on.
+    assert!(instance.handle(publish_event("ok")).unwrap().is_some());
+    let stats = module.stats().snapshot();
+    assert_eq!((stats.calls, stats.delivered, stats.invalid, stats.failing_streak), (3, 2, 1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swapped_in_guest_that_keeps_failing_is_rolled_back() {
+    use mqhook::delivery::http::HttpSink;
+    use mqhook::delivery::Sink;
+    use mqhook::Runtime;
+
+    let endpoint = Endpoint::start(Behaviour::default()).await;
+    let text = hostile_config(&endpoint.url(), "").replace("workers = 1", "workers = 1\n    rollback_after = 3");
+    let config = Config::parse(&text, Path::new("h.hcl"), Syntax::Hcl).unwrap();
+    let builtin = GuestModule::load(None, &config).unwrap();
+    let runtime = Runtime::start(&config, builtin, Sink::Http(HttpSink::new(&config).unwrap()));
+    let control = runtime.guest_control();
+    control.swap(GuestModule::load(Some(Path::new(HOSTILE_GUEST)), &config).unwrap(), &config);
+    let submitter = runtime.submitter();
+    for _ in 0..5 {
+        submitter.try_submit(publish_event("hostile/trap")).unwrap();
+    }
+    drop(submitter);
+    let totals = runtime.shutdown().await;
+    // Three traps in a row roll the hostile guest back; the built-in guest delivers the other two.
+    assert_eq!((totals.guest_traps, totals.delivered), (3, 2), "{totals}");
+    let (generation, running) = control.current();
+    assert_eq!((generation, running.name()), (2, "builtin:nanomq"));
+    for body in endpoint.recorded().iter().map(|r| r.body_text()) {
+        assert!(body.starts_with(r#"{"ts":0,"topic":"hostile/trap""#), "a NanoMQ body: {body}");
+    }
+}

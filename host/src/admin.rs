@@ -1,6 +1,7 @@
 //! The admin listener: a small HTTP API on its own loopback address for swapping the guest.
 //!
-//! - `GET /guest`: the running guest as JSON — name, SHA-256, load time (ms), generation;
+//! - `GET /guest`: the running guest as JSON — name, SHA-256, load time (ms), generation, and its
+//!   counters (calls, filtered, delivered, traps, timeouts, invalid deliveries, mean time per call);
 //! - `PUT /guest` with a component as the body: compiles it, checks its world, runs its `configure`
 //!   with the running configuration, and swaps it in; `422` with the reason (and the old guest still
 //!   running) when any of that fails.
@@ -125,6 +126,7 @@ fn guest_info(control: &GuestControl) -> serde_json::Value {
         "sha256": guest.sha256(),
         "loaded_at_ms": loaded_at_ms,
         "generation": generation,
+        "stats": guest.stats().snapshot(),
     })
 }
 

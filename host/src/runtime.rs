@@ -7,14 +7,15 @@
 //! - Delivery runs on the tokio runtime that started the [`Runtime`].
 //!
 //! The guest can be swapped while events flow ([`GuestControl::swap`]): workers pick the new
-//! version up between batches, so each event is filtered by exactly one version and none is lost.
+//! version up at their next event, so each event is filtered by exactly one version and none is
+//! lost. A swapped-in guest that keeps failing is rolled back to the one it replaced.
 //!
 //! Shutdown is a drain: once every `Submitter` is dropped, workers empty the queue and exit,
 //! delivery sends what is left and waits for requests in flight, and only then does
 //! [`Runtime::shutdown`] return.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -120,6 +121,8 @@ pub struct GuestControl {
     slot: Arc<GuestSlot>,
     wanted: Arc<WantedKinds>,
     config: Arc<RwLock<Config>>,
+    /// The guest (and its configuration) the latest swap replaced, for an automatic rollback.
+    previous: Arc<Mutex<Option<(Arc<GuestModule>, Config)>>>,
 }
 
 impl GuestControl {
@@ -129,11 +132,39 @@ impl GuestControl {
     /// the guest. Returns the new guest's generation (the first guest is generation 0).
     pub fn swap(&self, guest: GuestModule, config: &Config) -> u64 {
         let name = guest.name().to_string();
-        self.wanted.set(config);
-        *self.config.write().unwrap_or_else(PoisonError::into_inner) = config.clone();
-        let generation = self.slot.swap(guest);
+        let mut previous = self.previous.lock().unwrap_or_else(PoisonError::into_inner);
+        let (replaced, generation) = self.install(Arc::new(guest), config);
+        *previous = Some(replaced);
         tracing::info!(guest = name, generation, "Guest swapped in.");
         generation
+    }
+
+    /// Puts the guest the latest swap replaced back, if generation `failing` is still the one
+    /// running; a rollback is not itself rolled back. Returns whether it rolled back.
+    fn roll_back(&self, failing: u64) -> bool {
+        let mut previous = self.previous.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.slot.generation() != failing {
+            return false;
+        }
+        let Some((guest, config)) = previous.take() else { return false };
+        let name = guest.name().to_string();
+        let ((failed, _), generation) = self.install(guest, &config);
+        tracing::error!(
+            failed = failed.name(),
+            restored = name,
+            generation,
+            "The swapped-in guest kept failing ({:?}); the previous guest is back.",
+            failed.stats().snapshot()
+        );
+        true
+    }
+
+    /// Installs `guest` with `config`; returns what it replaced and the new generation.
+    fn install(&self, guest: Arc<GuestModule>, config: &Config) -> ((Arc<GuestModule>, Config), u64) {
+        self.wanted.set(config);
+        let old_config = std::mem::replace(&mut *self.config.write().unwrap_or_else(PoisonError::into_inner), config.clone());
+        let (old_guest, generation) = self.slot.swap(guest);
+        ((old_guest, old_config), generation)
     }
 
     /// The guest now running and its generation.
@@ -150,8 +181,7 @@ impl GuestControl {
 /// A running webhook pipeline.
 pub struct Runtime {
     submitter: Submitter,
-    guest: Arc<GuestSlot>,
-    config: Arc<RwLock<Config>>,
+    control: GuestControl,
     workers: Vec<JoinHandle<()>>,
     delivery: tokio::task::JoinHandle<()>,
     metrics: Arc<Metrics>,
@@ -163,11 +193,17 @@ impl Runtime {
         let metrics = Arc::new(Metrics::default());
         let (queue, events) = crossbeam_channel::bounded(config.queue_size.get());
         let (requests_tx, requests_rx) = mpsc::channel(DELIVERY_QUEUE);
-        let guest = Arc::new(GuestSlot::new(guest));
+        let wanted = Arc::new(WantedKinds::new(config));
+        let control = GuestControl {
+            slot: Arc::new(GuestSlot::new(guest)),
+            wanted: wanted.clone(),
+            config: Arc::new(RwLock::new(config.clone())),
+            previous: Arc::default(),
+        };
         let workers = (0..config.guest.workers.get())
             .map(|index| {
                 let worker = Worker {
-                    slot: guest.clone(),
+                    control: control.clone(),
                     events: events.clone(),
                     requests: requests_tx.clone(),
                     metrics: metrics.clone(),
@@ -179,15 +215,7 @@ impl Runtime {
             })
             .collect();
         let delivery = tokio::spawn(delivery::run(requests_rx, sink, config.pool_size.get(), metrics.clone()));
-        let wanted = Arc::new(WantedKinds::new(config));
-        Runtime {
-            submitter: Submitter { queue, wanted, metrics: metrics.clone() },
-            guest,
-            config: Arc::new(RwLock::new(config.clone())),
-            workers,
-            delivery,
-            metrics,
-        }
+        Runtime { submitter: Submitter { queue, wanted, metrics: metrics.clone() }, control, workers, delivery, metrics }
     }
 
     /// A handle for submitting events.
@@ -197,7 +225,7 @@ impl Runtime {
 
     /// A handle for swapping the guest while the runtime runs.
     pub fn guest_control(&self) -> GuestControl {
-        GuestControl { slot: self.guest.clone(), wanted: self.submitter.wanted.clone(), config: self.config.clone() }
+        self.control.clone()
     }
 
     /// The counters so far.
@@ -208,7 +236,7 @@ impl Runtime {
     /// Stops accepting events and waits until every accepted event is delivered, failed or
     /// filtered. Returns once every `Submitter` clone has been dropped too.
     pub async fn shutdown(self) -> MetricsSnapshot {
-        let Runtime { submitter, guest: _, config: _, workers, delivery, metrics } = self;
+        let Runtime { submitter, workers, delivery, metrics, .. } = self;
         drop(submitter);
         // Workers exit once the queue is empty and closed; joining them blocks, so off the executor.
         let joined = tokio::task::spawn_blocking(move || {
@@ -231,7 +259,7 @@ impl Runtime {
 
 /// One guest worker: its own instance, fed from the shared queue.
 struct Worker {
-    slot: Arc<GuestSlot>,
+    control: GuestControl,
     events: Receiver<Event>,
     requests: mpsc::Sender<Vec<Request>>,
     metrics: Arc<Metrics>,
@@ -239,18 +267,21 @@ struct Worker {
 
 impl Worker {
     fn run(self) {
-        let (mut generation, mut guest) = self.slot.current();
+        let (mut generation, mut guest) = self.control.current();
         let mut instance: Option<GuestInstance> = None;
         while let Ok(first) = self.events.recv() {
-            // A swapped-in guest takes over at a batch boundary: a batch is one version's.
-            if self.slot.generation() != generation {
-                (generation, guest) = self.slot.current();
-                instance = None;
-            }
             let mut batch = Vec::new();
             for event in std::iter::once(first).chain(self.events.try_iter().take(BATCH - 1)) {
+                // A swapped-in guest takes over from the next event; one atomic load per event.
+                if self.control.slot.generation() != generation {
+                    (generation, guest) = self.control.current();
+                    instance = None;
+                }
                 if let Some(request) = self.handle(&guest, &mut instance, event) {
                     batch.push(request);
+                }
+                if guest.should_roll_back() && self.control.roll_back(generation) {
+                    instance = None;
                 }
             }
             if !batch.is_empty() {

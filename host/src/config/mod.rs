@@ -107,6 +107,11 @@ pub struct GuestConfig {
     /// Cap on each guest call.
     #[serde(rename = "timeout_ms", serialize_with = "serialize_millis")]
     pub timeout: Duration,
+    /// Cap on the body a guest returns, bytes; a larger one drops the event.
+    pub max_body: u64,
+    /// A newly swapped-in guest whose calls fail this many times in a row is replaced by the
+    /// guest it replaced.
+    pub rollback_after: u64,
     /// Guest instances (threads) running in parallel.
     pub workers: NonZeroUsize,
     /// Free-form settings handed to the guest, in file order.
@@ -118,6 +123,10 @@ pub const DEFAULT_GUEST_MEMORY: u64 = 64 << 20;
 /// Default cap on one guest call. Generous because base62 of a large payload is inherently
 /// superlinear (the whole payload is one big integer): 64 KiB takes tens of milliseconds in wasm.
 pub const DEFAULT_GUEST_TIMEOUT: Duration = Duration::from_millis(1000);
+/// Default cap on a guest's body: 16 MiB.
+pub const DEFAULT_GUEST_MAX_BODY: u64 = 16 << 20;
+/// Default failures in a row that roll a newly swapped guest back.
+pub const DEFAULT_ROLLBACK_AFTER: u64 = 10;
 /// Default `pool_size`, as NanoMQ.
 pub const DEFAULT_POOL_SIZE: usize = 32;
 /// Default `cancel_timeout`, as NanoMQ.

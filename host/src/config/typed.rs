@@ -11,7 +11,8 @@ use std::time::Duration;
 use super::tree::{Node, Value};
 use super::{
     Config, ConfigError, GuestConfig, Header, PayloadEncoding, Rule, TlsFiles, DEFAULT_CANCEL_TIMEOUT,
-    DEFAULT_GUEST_MEMORY, DEFAULT_GUEST_TIMEOUT, DEFAULT_POOL_SIZE, DEFAULT_QUEUE_SIZE,
+    DEFAULT_GUEST_MAX_BODY, DEFAULT_GUEST_MEMORY, DEFAULT_GUEST_TIMEOUT, DEFAULT_POOL_SIZE, DEFAULT_QUEUE_SIZE,
+    DEFAULT_ROLLBACK_AFTER,
 };
 use crate::delivery::retry::RetryPolicy;
 use crate::event::EventKind;
@@ -22,7 +23,7 @@ const WEBHOOK_KEYS: &[&str] = &[
 ];
 const RETRY_KEYS: &[&str] = &["max_attempts", "base", "cap", "max_age"];
 const TLS_KEYS: &[&str] = &["enable", "keyfile", "certfile", "cacertfile", "verify", "server_name_indication"];
-const GUEST_KEYS: &[&str] = &["path", "memory_limit", "timeout", "workers", "settings"];
+const GUEST_KEYS: &[&str] = &["path", "memory_limit", "timeout", "workers", "settings", "max_body", "rollback_after"];
 const DEFAULT_URL: &str = "http://127.0.0.1:80/";
 
 pub(crate) fn config_from_tree(root: &Node, file: &Path) -> Result<Config, ConfigError> {
@@ -114,6 +115,8 @@ fn default_guest() -> GuestConfig {
         path: None,
         memory_limit: DEFAULT_GUEST_MEMORY,
         timeout: DEFAULT_GUEST_TIMEOUT,
+        max_body: DEFAULT_GUEST_MAX_BODY,
+        rollback_after: DEFAULT_ROLLBACK_AFTER,
         workers: NonZeroUsize::new(workers).expect("clamped to at least 1"),
         settings: Vec::new(),
     }
@@ -367,6 +370,12 @@ impl Ctx<'_> {
         }
         if let Some(n) = node.get("workers") {
             guest.workers = self.positive(n, "webhook.guest.workers")?;
+        }
+        if let Some(n) = node.get("max_body") {
+            guest.max_body = self.size(n, "webhook.guest.max_body")?;
+        }
+        if let Some(n) = node.get("rollback_after") {
+            guest.rollback_after = self.positive(n, "webhook.guest.rollback_after")?.get() as u64;
         }
         if let Some(n) = node.get("settings") {
             for (name, value) in self.object(n, "webhook.guest.settings")? {

@@ -12,9 +12,12 @@
 mod bindings;
 mod convert;
 mod slot;
+mod stats;
 mod wasi;
 
 pub use slot::GuestSlot;
+pub use stats::{GuestStats, GuestStatsSnapshot};
+use stats::CallOutcome;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -81,8 +84,11 @@ pub struct GuestModule {
     compiled: Arc<Compiled>,
     filter_config: wit::FilterConfig,
     memory_limit: usize,
+    max_body: usize,
     timeout: Duration,
     deadline_ticks: u64,
+    rollback_after: u64,
+    stats: Arc<GuestStats>,
 }
 
 /// What compiling and linking a component produced; shared by every configuration of it.
@@ -144,9 +150,12 @@ impl GuestModule {
             compiled,
             filter_config: convert::filter_config(config),
             memory_limit: usize::try_from(config.guest.memory_limit).unwrap_or(usize::MAX),
+            max_body: usize::try_from(config.guest.max_body).unwrap_or(usize::MAX),
             timeout,
             // One extra tick because the first may arrive at once.
             deadline_ticks: timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64 + 1,
+            rollback_after: config.guest.rollback_after,
+            stats: Arc::default(),
         };
         module.instance()?;
         Ok(module)
@@ -155,6 +164,17 @@ impl GuestModule {
     /// The guest's name in logs: its file path, or `builtin:nanomq`.
     pub fn name(&self) -> &str {
         &self.compiled.name
+    }
+
+    /// What this guest version did so far.
+    pub fn stats(&self) -> &GuestStats {
+        &self.stats
+    }
+
+    /// Whether this version, if it was swapped in, has failed often enough in a row to be rolled
+    /// back (`guest.rollback_after`).
+    pub fn should_roll_back(&self) -> bool {
+        self.stats.failing_streak() >= self.rollback_after
     }
 
     /// SHA-256 of the component, hex.
@@ -179,7 +199,14 @@ impl GuestModule {
         let filter = self.compiled.pre.instantiate(&mut store).map_err(|e| classify(e, self.timeout))?;
         store.set_epoch_deadline(self.deadline_ticks);
         match filter.call_configure(&mut store, &self.filter_config) {
-            Ok(Ok(())) => Ok(GuestInstance { store, filter, deadline_ticks: self.deadline_ticks, timeout: self.timeout }),
+            Ok(Ok(())) => Ok(GuestInstance {
+                store,
+                filter,
+                deadline_ticks: self.deadline_ticks,
+                timeout: self.timeout,
+                max_body: self.max_body,
+                stats: self.stats.clone(),
+            }),
             Ok(Err(message)) => Err(GuestError::Rejected { guest: name.to_string(), message }),
             Err(e) => Err(classify(e, self.timeout)),
         }
@@ -202,6 +229,8 @@ pub struct GuestInstance {
     filter: Filter,
     deadline_ticks: u64,
     timeout: Duration,
+    max_body: usize,
+    stats: Arc<GuestStats>,
 }
 
 impl GuestInstance {
@@ -211,8 +240,16 @@ impl GuestInstance {
         let kind = event.kind();
         let event = convert::event(event);
         self.store.set_epoch_deadline(self.deadline_ticks);
-        match self.filter.call_handle(&mut self.store, &event) {
+        let started = std::time::Instant::now();
+        let called = self.filter.call_handle(&mut self.store, &event);
+        let took = started.elapsed();
+        let result = match called {
             Ok(None) => Ok(None),
+            Ok(Some(delivery)) if delivery.body.len() > self.max_body => Err(GuestError::InvalidDelivery(format!(
+                "a body of {} bytes is over the cap of {} (guest.max_body)",
+                delivery.body.len(),
+                self.max_body
+            ))),
             Ok(Some(delivery)) => convert::request(kind, delivery).map(Some),
             Err(e) => {
                 let error = classify(e, self.timeout);
@@ -224,7 +261,16 @@ impl GuestInstance {
                 );
                 Err(error)
             }
-        }
+        };
+        let outcome = match &result {
+            Ok(None) => CallOutcome::Filtered,
+            Ok(Some(_)) => CallOutcome::Delivered,
+            Err(GuestError::Timeout(_)) => CallOutcome::TimedOut,
+            Err(GuestError::InvalidDelivery(_)) => CallOutcome::Invalid,
+            Err(_) => CallOutcome::Trapped,
+        };
+        self.stats.record(outcome, took);
+        result
     }
 }
 

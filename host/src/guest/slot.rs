@@ -1,8 +1,8 @@
 //! The guest every worker runs, swappable while events flow.
 //!
-//! A swap replaces the module and bumps a generation number. Workers compare generations between
-//! batches, so each batch — and so each event — is filtered by exactly one guest version, and a swap
-//! touches no queue: nothing is lost or handled twice across it.
+//! A swap replaces the module and bumps a generation number. Workers compare generations before
+//! each event, so each event is filtered by exactly one guest version, and a swap touches no
+//! queue: nothing is lost or handled twice across it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -32,11 +32,12 @@ impl GuestSlot {
         (self.generation(), current.clone())
     }
 
-    /// Puts `module` in place for every batch that starts from now on; returns its generation.
-    pub fn swap(&self, module: GuestModule) -> u64 {
+    /// Puts `module` in place for every batch that starts from now on; returns the module it
+    /// replaced and the new generation.
+    pub fn swap(&self, module: Arc<GuestModule>) -> (Arc<GuestModule>, u64) {
         let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
-        *current = Arc::new(module);
+        let replaced = std::mem::replace(&mut *current, module);
         // Bumped while the write lock is held, so a reader never pairs a new number with an old module.
-        self.generation.fetch_add(1, Ordering::AcqRel) + 1
+        (replaced, self.generation.fetch_add(1, Ordering::AcqRel) + 1)
     }
 }
