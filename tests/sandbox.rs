@@ -140,3 +140,26 @@ async fn a_swapped_in_guest_that_keeps_failing_is_rolled_back() {
         assert!(body.starts_with(r#"{"ts":0,"topic":"hostile/trap""#), "a NanoMQ body: {body}");
     }
 }
+
+#[test]
+fn a_guest_seen_before_is_loaded_precompiled_from_the_cache() {
+    let scratch = crate::support::Scratch::new();
+    let cache = scratch.0.path().join("cache");
+    let text = hostile_config("http://127.0.0.1:9", "").replace("workers = 1", &format!("workers = 1\n    cache_dir = \"{}\"", cache.display()));
+    let config = Config::parse(&text, Path::new("h.hcl"), Syntax::Hcl).unwrap();
+    let first = GuestModule::load(Some(Path::new(HOSTILE_GUEST)), &config).unwrap();
+    assert!(!first.from_cache());
+    let artifacts: Vec<_> = std::fs::read_dir(&cache).unwrap().map(|entry| entry.unwrap().file_name()).collect();
+    assert_eq!(artifacts.len(), 1, "{artifacts:?}");
+    assert!(artifacts[0].to_str().unwrap().starts_with(first.sha256()));
+    let second = GuestModule::load(Some(Path::new(HOSTILE_GUEST)), &config).unwrap();
+    assert!(second.from_cache(), "the second load skips compiling");
+    assert_eq!(second.sha256(), first.sha256());
+    let request = second.instance().unwrap().handle(publish_event("cached")).unwrap().unwrap();
+    assert_eq!(&request.body[..], b"cached");
+    // A corrupt artifact is ignored, not trusted: the guest is compiled again.
+    let artifact = cache.join(&artifacts[0]);
+    std::fs::write(&artifact, b"garbage").unwrap();
+    let third = GuestModule::load(Some(Path::new(HOSTILE_GUEST)), &config).unwrap();
+    assert!(!third.from_cache());
+}

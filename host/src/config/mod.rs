@@ -116,6 +116,8 @@ pub struct GuestConfig {
     pub workers: NonZeroUsize,
     /// Free-form settings handed to the guest, in file order.
     pub settings: Vec<(String, String)>,
+    /// Where compiled guests are cached; `None` compiles every time.
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// Default cap on guest memory: 64 MiB.

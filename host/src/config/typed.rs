@@ -23,7 +23,8 @@ const WEBHOOK_KEYS: &[&str] = &[
 ];
 const RETRY_KEYS: &[&str] = &["max_attempts", "base", "cap", "max_age"];
 const TLS_KEYS: &[&str] = &["enable", "keyfile", "certfile", "cacertfile", "verify", "server_name_indication"];
-const GUEST_KEYS: &[&str] = &["path", "memory_limit", "timeout", "workers", "settings", "max_body", "rollback_after"];
+const GUEST_KEYS: &[&str] =
+    &["path", "memory_limit", "timeout", "workers", "settings", "max_body", "rollback_after", "cache_dir"];
 const DEFAULT_URL: &str = "http://127.0.0.1:80/";
 
 pub(crate) fn config_from_tree(root: &Node, file: &Path) -> Result<Config, ConfigError> {
@@ -117,6 +118,7 @@ fn default_guest() -> GuestConfig {
         timeout: DEFAULT_GUEST_TIMEOUT,
         max_body: DEFAULT_GUEST_MAX_BODY,
         rollback_after: DEFAULT_ROLLBACK_AFTER,
+        cache_dir: crate::guest::default_cache_dir(),
         workers: NonZeroUsize::new(workers).expect("clamped to at least 1"),
         settings: Vec::new(),
     }
@@ -370,6 +372,10 @@ impl Ctx<'_> {
         }
         if let Some(n) = node.get("workers") {
             guest.workers = self.positive(n, "webhook.guest.workers")?;
+        }
+        if let Some(n) = node.get("cache_dir") {
+            let text = self.text(n, "webhook.guest.cache_dir", "a directory, or \"\" for no cache")?;
+            guest.cache_dir = (!text.is_empty()).then(|| self.path(n, "webhook.guest.cache_dir")).transpose()?;
         }
         if let Some(n) = node.get("max_body") {
             guest.max_body = self.size(n, "webhook.guest.max_body")?;

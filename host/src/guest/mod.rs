@@ -10,11 +10,13 @@
 //! the event that caused it: the instance is dropped and the next event gets a fresh one.
 
 mod bindings;
+mod cache;
 mod convert;
 mod slot;
 mod stats;
 mod wasi;
 
+pub use cache::default_dir as default_cache_dir;
 pub use slot::GuestSlot;
 pub use stats::{GuestStats, GuestStatsSnapshot};
 use stats::CallOutcome;
@@ -96,8 +98,10 @@ struct Compiled {
     name: Arc<str>,
     /// SHA-256 of the component's bytes, hex.
     sha256: String,
-    /// When it was compiled.
+    /// When it was loaded.
     loaded_at: SystemTime,
+    /// Whether it came from the precompiled cache rather than the compiler.
+    from_cache: bool,
     engine: Engine,
     pre: FilterPre<HostState>,
     _ticker: EpochTicker,
@@ -121,16 +125,29 @@ impl GuestModule {
         let mut engine_config = wasmtime::Config::new();
         engine_config.epoch_interruption(true);
         let engine = Engine::new(&engine_config).map_err(load_error)?;
-        let component = Component::new(&engine, bytes).map_err(load_error)?;
+        let sha256: String = Sha256::digest(bytes).iter().map(|byte| format!("{byte:02x}")).collect();
+        let cache = config.guest.cache_dir.as_deref().and_then(cache::ComponentCache::new);
+        let cached = cache.as_ref().and_then(|cache| cache.load(&engine, &sha256));
+        let from_cache = cached.is_some();
+        let component = match cached {
+            Some(component) => component,
+            None => {
+                let component = Component::new(&engine, bytes).map_err(load_error)?;
+                if let Some(cache) = &cache {
+                    cache.store(&engine, &sha256, &component);
+                }
+                component
+            }
+        };
         let mut linker = Linker::<HostState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(load_error)?;
         Filter::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state).map_err(load_error)?;
         let pre = FilterPre::new(linker.instantiate_pre(&component).map_err(load_error)?).map_err(load_error)?;
-        let sha256 = Sha256::digest(bytes).iter().map(|byte| format!("{byte:02x}")).collect();
         let compiled = Compiled {
             name: name.into(),
             sha256,
             loaded_at: SystemTime::now(),
+            from_cache,
             _ticker: EpochTicker::start(engine.clone()),
             engine,
             pre,
@@ -182,9 +199,14 @@ impl GuestModule {
         &self.compiled.sha256
     }
 
-    /// When the component was compiled.
+    /// When the component was loaded.
     pub fn loaded_at(&self) -> SystemTime {
         self.compiled.loaded_at
+    }
+
+    /// Whether the component came precompiled from the cache (`guest.cache_dir`).
+    pub fn from_cache(&self) -> bool {
+        self.compiled.from_cache
     }
 
     /// A fresh instance in its own store, configured and ready for events.
