@@ -163,3 +163,23 @@ fn a_guest_seen_before_is_loaded_precompiled_from_the_cache() {
     let third = GuestModule::load(Some(Path::new(HOSTILE_GUEST)), &config).unwrap();
     assert!(!third.from_cache());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_failure_builtin_delivers_the_nanomq_body_instead() {
+    let endpoint = Endpoint::start(Behaviour::default()).await;
+    let scratch = Scratch::new();
+    let text = hostile_config(&endpoint.url(), "").replace("workers = 1", "workers = 1\n    on_failure = \"builtin\"");
+    let config = scratch.file("hostile.hcl", &text);
+    let input = [publish_line("hostile/trap", 7), publish_line("ok/1", 8)].join("\n") + "\n";
+    let run = mqhook(&["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap(), "--guest", HOSTILE_GUEST], &input).await;
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!((run.summary("guest_traps"), run.summary("delivered"), run.summary("failed")), (1, 2, 0));
+    let mut bodies: Vec<String> = endpoint.recorded().iter().map(|r| r.body_text()).collect();
+    bodies.sort();
+    assert_eq!(bodies[0], "ok/1", "the hostile guest's own body");
+    assert_eq!(
+        bodies[1],
+        r#"{"ts":7,"topic":"hostile/trap","retain":false,"qos":0,"action":"message_publish","from_username":"undefined","from_client_id":"c","payload":"p"}"#,
+        "the trapped event, saved by the built-in guest"
+    );
+}

@@ -31,9 +31,9 @@ pub struct MetricsSnapshot {
     pub delivered: u64,
     /// Events that were accepted but not delivered: non-2xx, transport errors, guest failures.
     pub failed: u64,
-    /// Guest calls that trapped (a subset of `failed`).
+    /// Guest calls that trapped (their events are `failed`, unless `guest.on_failure` saved them).
     pub guest_traps: u64,
-    /// Guest calls that ran out of time (a subset of `failed`).
+    /// Guest calls that ran out of time (likewise).
     pub guest_timeouts: u64,
     /// Events refused because the runtime queue was full (never accepted).
     pub rejected: u64,
@@ -63,18 +63,8 @@ impl Metrics {
         record_rejected => rejected,
         record_malformed => malformed,
         record_retry => retries,
-    }
-
-    /// Counts a trapped guest call; the event counts as failed.
-    pub fn record_guest_trap(&self) {
-        self.guest_traps.fetch_add(1, Ordering::Relaxed);
-        self.record_failed();
-    }
-
-    /// Counts a timed-out guest call; the event counts as failed.
-    pub fn record_guest_timeout(&self) {
-        self.guest_timeouts.fetch_add(1, Ordering::Relaxed);
-        self.record_failed();
+        record_guest_trap => guest_traps,
+        record_guest_timeout => guest_timeouts,
     }
 
     /// Reads every counter.

@@ -118,6 +118,23 @@ pub struct GuestConfig {
     pub settings: Vec<(String, String)>,
     /// Where compiled guests are cached; `None` compiles every time.
     pub cache_dir: Option<PathBuf>,
+    /// What happens to an event whose guest call fails.
+    pub on_failure: FailurePolicy,
+}
+
+/// The fate of an event whose guest call trapped, timed out or returned an invalid delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailurePolicy {
+    /// The event is dropped (counted as failed, logged).
+    Skip,
+    /// The event is delivered with the built-in NanoMQ guest's body instead.
+    Builtin,
+}
+
+impl FailurePolicy {
+    /// Accepted spellings, for error messages.
+    pub const ACCEPTED: &'static str = "skip, builtin";
 }
 
 /// Default cap on guest memory: 64 MiB.

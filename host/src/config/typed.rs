@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::tree::{Node, Value};
 use super::{
-    Config, ConfigError, GuestConfig, Header, PayloadEncoding, Rule, TlsFiles, DEFAULT_CANCEL_TIMEOUT,
+    Config, ConfigError, FailurePolicy, GuestConfig, Header, PayloadEncoding, Rule, TlsFiles, DEFAULT_CANCEL_TIMEOUT,
     DEFAULT_GUEST_MAX_BODY, DEFAULT_GUEST_MEMORY, DEFAULT_GUEST_TIMEOUT, DEFAULT_POOL_SIZE, DEFAULT_QUEUE_SIZE,
     DEFAULT_ROLLBACK_AFTER,
 };
@@ -24,7 +24,7 @@ const WEBHOOK_KEYS: &[&str] = &[
 const RETRY_KEYS: &[&str] = &["max_attempts", "base", "cap", "max_age"];
 const TLS_KEYS: &[&str] = &["enable", "keyfile", "certfile", "cacertfile", "verify", "server_name_indication"];
 const GUEST_KEYS: &[&str] =
-    &["path", "memory_limit", "timeout", "workers", "settings", "max_body", "rollback_after", "cache_dir"];
+    &["path", "memory_limit", "timeout", "workers", "settings", "max_body", "rollback_after", "cache_dir", "on_failure"];
 const DEFAULT_URL: &str = "http://127.0.0.1:80/";
 
 pub(crate) fn config_from_tree(root: &Node, file: &Path) -> Result<Config, ConfigError> {
@@ -119,6 +119,7 @@ fn default_guest() -> GuestConfig {
         max_body: DEFAULT_GUEST_MAX_BODY,
         rollback_after: DEFAULT_ROLLBACK_AFTER,
         cache_dir: crate::guest::default_cache_dir(),
+        on_failure: FailurePolicy::Skip,
         workers: NonZeroUsize::new(workers).expect("clamped to at least 1"),
         settings: Vec::new(),
     }
@@ -376,6 +377,17 @@ impl Ctx<'_> {
         if let Some(n) = node.get("cache_dir") {
             let text = self.text(n, "webhook.guest.cache_dir", "a directory, or \"\" for no cache")?;
             guest.cache_dir = (!text.is_empty()).then(|| self.path(n, "webhook.guest.cache_dir")).transpose()?;
+        }
+        if let Some(n) = node.get("on_failure") {
+            let text = self.text(n, "webhook.guest.on_failure", "a failure policy")?;
+            guest.on_failure = match text {
+                "skip" => FailurePolicy::Skip,
+                "builtin" => FailurePolicy::Builtin,
+                _ => {
+                    let message = format!("unknown policy `{text}`; accepted: {}", FailurePolicy::ACCEPTED);
+                    return Err(self.invalid(n, "webhook.guest.on_failure", message));
+                }
+            };
         }
         if let Some(n) = node.get("max_body") {
             guest.max_body = self.size(n, "webhook.guest.max_body")?;

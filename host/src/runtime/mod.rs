@@ -18,17 +18,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Sender, TrySendError};
 use tokio::sync::mpsc;
 
-use crate::config::Config;
-use crate::delivery::{self, Request, Sink};
+use crate::config::{Config, FailurePolicy};
+use crate::delivery::{self, Sink};
 use crate::event::Event;
-use crate::guest::{GuestError, GuestInstance, GuestModule, GuestSlot};
+use crate::guest::{GuestModule, GuestSlot};
 use crate::metrics::{Metrics, MetricsSnapshot};
 
-/// Most events a worker takes off the queue at once.
-const BATCH: usize = 256;
+mod worker;
+use worker::Worker;
+
 /// Batches of requests that may wait for delivery before workers pause.
 const DELIVERY_QUEUE: usize = 64;
 
@@ -123,6 +124,8 @@ pub struct GuestControl {
     config: Arc<RwLock<Config>>,
     /// The guest (and its configuration) the latest swap replaced, for an automatic rollback.
     previous: Arc<Mutex<Option<(Arc<GuestModule>, Config)>>>,
+    /// The built-in guest, configured like the running one, when `guest.on_failure = builtin`.
+    fallback: Arc<RwLock<Option<Arc<GuestModule>>>>,
 }
 
 impl GuestControl {
@@ -140,13 +143,13 @@ impl GuestControl {
     }
 
     /// Puts the guest the latest swap replaced back, if generation `failing` is still the one
-    /// running; a rollback is not itself rolled back. Returns whether it rolled back.
-    fn roll_back(&self, failing: u64) -> bool {
+    /// running; a rollback is not itself rolled back.
+    fn roll_back(&self, failing: u64) {
         let mut previous = self.previous.lock().unwrap_or_else(PoisonError::into_inner);
         if self.slot.generation() != failing {
-            return false;
+            return;
         }
-        let Some((guest, config)) = previous.take() else { return false };
+        let Some((guest, config)) = previous.take() else { return };
         let name = guest.name().to_string();
         let ((failed, _), generation) = self.install(guest, &config);
         tracing::error!(
@@ -156,11 +159,34 @@ impl GuestControl {
             "The swapped-in guest kept failing ({:?}); the previous guest is back.",
             failed.stats().snapshot()
         );
-        true
+    }
+
+    /// The built-in guest that takes over a failed call's event, if the policy asks for one.
+    fn fallback(&self) -> Option<Arc<GuestModule>> {
+        self.fallback.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Prepares the fallback `config` asks for: the built-in guest, configured like the rest.
+    fn set_fallback(&self, config: &Config) {
+        let fallback = match config.guest.on_failure {
+            FailurePolicy::Skip => None,
+            FailurePolicy::Builtin => {
+                let loaded = match self.fallback() {
+                    Some(builtin) => builtin.with_config(config),
+                    None => GuestModule::load(None, config),
+                };
+                loaded
+                    .map_err(|error| tracing::error!("The built-in fallback guest is unavailable: {error}."))
+                    .ok()
+                    .map(Arc::new)
+            }
+        };
+        *self.fallback.write().unwrap_or_else(PoisonError::into_inner) = fallback;
     }
 
     /// Installs `guest` with `config`; returns what it replaced and the new generation.
     fn install(&self, guest: Arc<GuestModule>, config: &Config) -> ((Arc<GuestModule>, Config), u64) {
+        self.set_fallback(config);
         self.wanted.set(config);
         let old_config = std::mem::replace(&mut *self.config.write().unwrap_or_else(PoisonError::into_inner), config.clone());
         let (old_guest, generation) = self.slot.swap(guest);
@@ -199,7 +225,9 @@ impl Runtime {
             wanted: wanted.clone(),
             config: Arc::new(RwLock::new(config.clone())),
             previous: Arc::default(),
+            fallback: Arc::default(),
         };
+        control.set_fallback(config);
         let workers = (0..config.guest.workers.get())
             .map(|index| {
                 let worker = Worker {
@@ -254,85 +282,5 @@ impl Runtime {
             tracing::error!("The delivery task panicked.");
         }
         metrics.snapshot()
-    }
-}
-
-/// One guest worker: its own instance, fed from the shared queue.
-struct Worker {
-    control: GuestControl,
-    events: Receiver<Event>,
-    requests: mpsc::Sender<Vec<Request>>,
-    metrics: Arc<Metrics>,
-}
-
-impl Worker {
-    fn run(self) {
-        let (mut generation, mut guest) = self.control.current();
-        let mut instance: Option<GuestInstance> = None;
-        while let Ok(first) = self.events.recv() {
-            let mut batch = Vec::new();
-            for event in std::iter::once(first).chain(self.events.try_iter().take(BATCH - 1)) {
-                // A swapped-in guest takes over from the next event; one atomic load per event.
-                if self.control.slot.generation() != generation {
-                    (generation, guest) = self.control.current();
-                    instance = None;
-                }
-                if let Some(request) = self.handle(&guest, &mut instance, event) {
-                    batch.push(request);
-                }
-                if guest.should_roll_back() && self.control.roll_back(generation) {
-                    instance = None;
-                }
-            }
-            if !batch.is_empty() {
-                let count = batch.len();
-                if self.requests.blocking_send(batch).is_err() {
-                    // Delivery only stops after every worker has; this is a bug guard, counted.
-                    tracing::error!("Delivery stopped early; {count} requests are lost.");
-                    (0..count).for_each(|_| self.metrics.record_failed());
-                }
-            }
-        }
-    }
-
-    /// Runs one event through the guest, rebuilding the instance after a failure.
-    fn handle(&self, guest: &GuestModule, instance: &mut Option<GuestInstance>, event: Event) -> Option<Request> {
-        let live = match instance {
-            Some(live) => live,
-            None => match guest.instance() {
-                Ok(fresh) => instance.insert(fresh),
-                Err(error) => {
-                    tracing::error!(guest = guest.name(), "Cannot start a guest instance: {error}.");
-                    self.record_error(&error);
-                    return None;
-                }
-            },
-        };
-        match live.handle(event) {
-            Ok(Some(request)) => Some(request),
-            Ok(None) => {
-                self.metrics.record_filtered();
-                None
-            }
-            Err(error @ GuestError::InvalidDelivery(_)) => {
-                // The call itself succeeded, so the instance is still sound.
-                tracing::warn!(guest = guest.name(), "Event dropped: {error}.");
-                self.record_error(&error);
-                None
-            }
-            Err(error) => {
-                *instance = None;
-                self.record_error(&error);
-                None
-            }
-        }
-    }
-
-    fn record_error(&self, error: &GuestError) {
-        match error {
-            GuestError::Timeout(_) => self.metrics.record_guest_timeout(),
-            GuestError::Trap(_) => self.metrics.record_guest_trap(),
-            _ => self.metrics.record_failed(),
-        }
     }
 }

@@ -1,0 +1,121 @@
+//! One guest worker: an OS thread with its own guest instance, fed from the shared queue.
+//!
+//! It takes events in batches (a busy worker never sleeps between events), runs each through the
+//! guest version current at that event, and hands the requests of a batch to delivery at once.
+//! After a failed call it rebuilds the instance, saves the event with the built-in guest when
+//! `guest.on_failure = builtin`, and rolls a newly swapped guest back when it keeps failing.
+
+use std::sync::Arc;
+
+use crossbeam_channel::Receiver;
+use tokio::sync::mpsc;
+
+use super::GuestControl;
+use crate::delivery::Request;
+use crate::event::Event;
+use crate::guest::{GuestError, GuestInstance, GuestModule};
+use crate::metrics::Metrics;
+
+/// Most events a worker takes off the queue at once.
+const BATCH: usize = 256;
+
+/// One guest worker's inputs and outputs.
+pub(super) struct Worker {
+    pub control: GuestControl,
+    pub events: Receiver<Event>,
+    pub requests: mpsc::Sender<Vec<Request>>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// A guest version and this worker's instance of it (built on first use, dropped after a trap).
+struct Running {
+    guest: Arc<GuestModule>,
+    instance: Option<GuestInstance>,
+}
+
+impl Running {
+    fn new(guest: Arc<GuestModule>) -> Self {
+        Running { guest, instance: None }
+    }
+
+    /// One call; the instance is rebuilt on the next call after a failed one.
+    fn call(&mut self, event: Event) -> Result<Option<Request>, GuestError> {
+        let instance = match &mut self.instance {
+            Some(instance) => instance,
+            None => self.instance.insert(self.guest.instance()?),
+        };
+        let result = instance.handle(event);
+        // After an invalid delivery the call itself worked, so the instance is still sound.
+        if matches!(result, Err(GuestError::Trap(_) | GuestError::Timeout(_))) {
+            self.instance = None;
+        }
+        result
+    }
+}
+
+impl Worker {
+    pub(super) fn run(self) {
+        let (mut generation, guest) = self.control.current();
+        let mut running = Running::new(guest);
+        let mut fallback = self.control.fallback().map(Running::new);
+        while let Ok(first) = self.events.recv() {
+            let mut batch = Vec::new();
+            for event in std::iter::once(first).chain(self.events.try_iter().take(BATCH - 1)) {
+                // A swapped-in guest takes over from the next event; one atomic load per event.
+                if self.control.slot.generation() != generation {
+                    let guest;
+                    (generation, guest) = self.control.current();
+                    running = Running::new(guest);
+                    fallback = self.control.fallback().map(Running::new);
+                }
+                if let Some(request) = self.handle(&mut running, fallback.as_mut(), event) {
+                    batch.push(request);
+                }
+                if running.guest.should_roll_back() {
+                    // When it does roll back, the next event sees the new generation and switches.
+                    self.control.roll_back(generation);
+                }
+            }
+            if !batch.is_empty() {
+                let count = batch.len();
+                if self.requests.blocking_send(batch).is_err() {
+                    // Delivery only stops after every worker has; this is a bug guard, counted.
+                    tracing::error!("Delivery stopped early; {count} requests are lost.");
+                    (0..count).for_each(|_| self.metrics.record_failed());
+                }
+            }
+        }
+    }
+
+    /// Runs one event through the guest; on failure, through the fallback if there is one.
+    fn handle(&self, running: &mut Running, fallback: Option<&mut Running>, event: Event) -> Option<Request> {
+        // The event is moved into the call; keep a copy only when a fallback may need it.
+        let spare = fallback.is_some().then(|| event.clone());
+        let error = match running.call(event) {
+            Ok(Some(request)) => return Some(request),
+            Ok(None) => {
+                self.metrics.record_filtered();
+                return None;
+            }
+            Err(error) => error,
+        };
+        match &error {
+            GuestError::Timeout(_) => self.metrics.record_guest_timeout(),
+            GuestError::Trap(_) => self.metrics.record_guest_trap(),
+            GuestError::InvalidDelivery(_) => tracing::warn!(guest = running.guest.name(), "Event dropped: {error}."),
+            _ => tracing::error!(guest = running.guest.name(), "Cannot start a guest instance: {error}."),
+        }
+        if let (Some(fallback), Some(event)) = (fallback, spare) {
+            match fallback.call(event) {
+                Ok(Some(request)) => return Some(request),
+                Ok(None) => {
+                    self.metrics.record_filtered();
+                    return None;
+                }
+                Err(fallback_error) => tracing::error!("The built-in fallback failed too: {fallback_error}."),
+            }
+        }
+        self.metrics.record_failed();
+        None
+    }
+}
