@@ -272,3 +272,37 @@ async fn bad_invocations_fail_with_clear_errors() {
         assert!(run.status.success() && run.stdout.contains("Usage: mqhook"), "{command:?}: {}", run.stdout);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_requests_go_to_the_dead_letter_file_and_replay_delivers_them() {
+    let refusing = Endpoint::start(Behaviour { status: StatusCode::NOT_FOUND, ..Behaviour::default() }).await;
+    let scratch = Scratch::new();
+    let dead = scratch.0.path().join("dead.ndjson");
+    let extra = format!("  dead_letter = \"{}\"", dead.display());
+    let config = scratch.file("nanomq.conf", &all_events_config(&format!("{}/hook", refusing.url()), &extra));
+    let input = ndjson(&[EVENTS[1].0, EVENTS[9].0]);
+    let run = mqhook(&["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap()], &input).await;
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!(run.summary("failed"), 2);
+    let letters: Vec<serde_json::Value> =
+        std::fs::read_to_string(&dead).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(letters.len(), 2);
+    for letter in &letters {
+        assert_eq!((letter["status"].as_u64(), letter["attempts"].as_u64()), (Some(404), Some(1)), "{letter}");
+        assert!(letter["error"].as_str().unwrap().contains("404"));
+        assert!(!letter.to_string().contains("secret"), "configured headers (credentials) are not written");
+    }
+
+    let accepting = Endpoint::start(Behaviour::default()).await;
+    let replay_config =
+        scratch.file("replay.conf", &all_events_config(&format!("{}/hook", accepting.url()), ""));
+    let run = mqhook(&["replay", dead.to_str().unwrap(), "--config", replay_config.to_str().unwrap()], "").await;
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!((run.summary("delivered"), run.summary("failed")), (2, 0));
+    let mut replayed: Vec<String> = accepting.recorded().iter().map(|r| r.body_text()).collect();
+    let mut original: Vec<String> = refusing.recorded().iter().map(|r| r.body_text()).collect();
+    replayed.sort();
+    original.sort();
+    assert_eq!(replayed, original, "replay sends the same bytes");
+    assert!(accepting.recorded().iter().all(|r| r.path == "/hook" && r.header("x-api-key") == Some("secret")));
+}

@@ -31,6 +31,14 @@ struct Cli {
 enum Command {
     /// Run the webhook pipeline: read events, filter them in the guest, POST the bodies.
     Run(RunArgs),
+    /// Re-send the requests of a dead-letter file (see `webhook.dead_letter`) to `webhook.url`.
+    Replay {
+        /// The dead-letter file (NDJSON, one failed request per line).
+        file: PathBuf,
+        /// Config file giving the URL, headers, pool and retries (and where new failures go).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Validate a config file and print the effective configuration as JSON.
     Check {
         /// Config file: NanoMQ HOCON (`nanomq.conf`), NanoMQ's old `web.hook.*` format, or `.hcl`.
@@ -75,6 +83,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Check { config } => check(&config),
+        Command::Replay { file, config } => replay(&file, &config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -92,6 +101,25 @@ fn check(path: &Path) -> Result<()> {
     }
     println!("{}", serde_json::to_string_pretty(&config)?);
     Ok(())
+}
+
+fn replay(file: &Path, config_path: &Path) -> Result<()> {
+    use mqhook::delivery::dead_letter;
+    let config = Config::load(config_path)?;
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let letters = dead_letter::parse(&text).with_context(|| format!("{} is not a dead-letter file", file.display()))?;
+    let requests = letters
+        .iter()
+        .enumerate()
+        .map(|(index, letter)| letter.to_request().map_err(|e| anyhow::anyhow!("{}: entry {}: {e}", file.display(), index + 1)))
+        .collect::<Result<Vec<_>>>()?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let sink = Sink::Http(HttpSink::new(&config).with_context(|| format!("webhook in {}", config_path.display()))?);
+        let totals = mqhook::delivery::send_all(requests, sink, config.pool_size.get()).await;
+        println!("summary: {totals}");
+        Ok(())
+    })
 }
 
 fn run(args: RunArgs) -> Result<()> {

@@ -4,7 +4,7 @@
 //! the config, builds the guest (recompiling only when its file changed), runs its `configure` with
 //! that config, and only then swaps it in through [`GuestControl`]; any failure is logged and the
 //! running guest stays. Rules, encoding and guest settings take effect at once; delivery settings
-//! (URL, headers, pool, timeouts, retries, TLS) are read at start only and a change to them is
+//! (URL, headers, pool, timeouts, retries, TLS, dead letters) are read at start only and a change to them is
 //! reported as needing a restart.
 
 use std::path::{Path, PathBuf};
@@ -135,7 +135,7 @@ impl Reloader {
 }
 
 /// The delivery settings read at start only, and whether each differs between `old` and `new`.
-fn delivery_changes(old: &Config, new: &Config) -> [(&'static str, bool); 6] {
+fn delivery_changes(old: &Config, new: &Config) -> [(&'static str, bool); 7] {
     [
         ("url", old.url != new.url),
         ("headers", old.headers != new.headers),
@@ -143,6 +143,7 @@ fn delivery_changes(old: &Config, new: &Config) -> [(&'static str, bool); 6] {
         ("cancel_timeout", old.cancel_timeout != new.cancel_timeout),
         ("retry", old.retry != new.retry),
         ("tls", old.tls != new.tls),
+        ("dead_letter", old.dead_letter != new.dead_letter),
     ]
 }
 

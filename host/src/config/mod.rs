@@ -42,6 +42,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// How failed requests are retried.
     pub retry: RetryPolicy,
+    /// Where requests that failed for good are written, for `mqhook replay`.
+    pub dead_letter: Option<PathBuf>,
     /// Which events are delivered (OR-ed).
     pub rules: Vec<Rule>,
     /// The filter guest and its sandbox.

@@ -19,7 +19,7 @@ use crate::event::EventKind;
 
 const WEBHOOK_KEYS: &[&str] = &[
     "enable", "url", "headers", "body", "pool_size", "cancel_timeout", "tls", "ssl", "events", "guest", "queue_size",
-    "retry",
+    "retry", "dead_letter",
 ];
 const RETRY_KEYS: &[&str] = &["max_attempts", "base", "cap", "max_age"];
 const TLS_KEYS: &[&str] = &["enable", "keyfile", "certfile", "cacertfile", "verify", "server_name_indication"];
@@ -87,11 +87,15 @@ pub(crate) fn config_from_tree(root: &Node, file: &Path) -> Result<Config, Confi
         Some(node) => ctx.retry(node)?,
         None => RetryPolicy::default(),
     };
+    let dead_letter = match get("dead_letter") {
+        Some(node) => Some(ctx.path(node, "webhook.dead_letter")?),
+        None => None,
+    };
     let queue_size = match get("queue_size") {
         Some(node) => ctx.positive(node, "webhook.queue_size")?,
         None => NonZeroUsize::new(DEFAULT_QUEUE_SIZE).expect("non-zero"),
     };
-    Ok(Config { enabled, url, headers, encoding, pool_size, cancel_timeout, tls, retry, rules, guest, queue_size })
+    Ok(Config { enabled, url, headers, encoding, pool_size, cancel_timeout, tls, retry, dead_letter, rules, guest, queue_size })
 }
 
 fn disabled_default() -> Config {
@@ -104,6 +108,7 @@ fn disabled_default() -> Config {
         cancel_timeout: DEFAULT_CANCEL_TIMEOUT,
         tls: None,
         retry: RetryPolicy::default(),
+        dead_letter: None,
         rules: Vec::new(),
         guest: default_guest(),
         queue_size: NonZeroUsize::new(DEFAULT_QUEUE_SIZE).expect("non-zero"),

@@ -5,6 +5,7 @@
 //! a failure; the response body is read (up to a cap) so the connection can be reused. A failed
 //! attempt is tried again as [`RetryPolicy`] says.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,6 +16,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use super::dead_letter::{DeadLetterError, DeadLetters};
 use super::retry::{RetryPolicy, Verdict};
 use super::Request;
 use crate::config::Config;
@@ -43,6 +45,9 @@ pub enum DeliveryError {
     /// Connecting or talking to the endpoint failed.
     #[error("request failed: {0}")]
     Transport(String),
+    /// The dead-letter file could not be opened.
+    #[error(transparent)]
+    DeadLetter(#[from] DeadLetterError),
 }
 
 /// The parts of every request fixed by the config: URL and headers.
@@ -111,6 +116,7 @@ pub struct HttpSink {
     template: RequestTemplate,
     timeout: Duration,
     retry: RetryPolicy,
+    dead_letters: Option<Arc<DeadLetters>>,
 }
 
 impl HttpSink {
@@ -125,16 +131,15 @@ impl HttpSink {
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(config.pool_size.get())
             .build(connector);
-        Ok(HttpSink {
-            client,
-            template: RequestTemplate::new(config),
-            timeout: config.cancel_timeout,
-            retry: config.retry,
-        })
+        let dead_letters = match &config.dead_letter {
+            Some(path) => Some(Arc::new(DeadLetters::open(path)?)),
+            None => None,
+        };
+        Ok(HttpSink { client, template: RequestTemplate::new(config), timeout: config.cancel_timeout, retry: config.retry, dead_letters })
     }
 
     /// Sends one request, retrying as the policy says; `Ok` only for a 2xx answer. Each retry is
-    /// counted; the final failure is logged here, once.
+    /// counted; the final failure is logged here, once, and written to the dead-letter file.
     pub async fn send(&self, request: Request, metrics: &Metrics) -> Result<(), DeliveryError> {
         let first_attempt = tokio::time::Instant::now();
         let mut attempt = 1;
@@ -153,6 +158,9 @@ impl HttpSink {
                 }
                 Verdict::GiveUp => {
                     tracing::warn!(action = request.kind.action(), attempts = attempt, "Delivery failed: {error}.");
+                    if let Some(dead_letters) = &self.dead_letters {
+                        dead_letters.record(&request, &error, attempt);
+                    }
                     return Err(error);
                 }
             }

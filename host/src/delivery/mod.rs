@@ -6,6 +6,7 @@
 //! in flight; draining waits until every permit is back, so no accepted request is abandoned.
 //! Failed attempts are retried as [`retry::RetryPolicy`] says, holding their permit meanwhile.
 
+pub mod dead_letter;
 pub mod http;
 pub mod print;
 pub mod retry;
@@ -38,6 +39,19 @@ pub enum Sink {
     Http(http::HttpSink),
     /// Print each request instead of sending it.
     Print(print::PrintSink),
+}
+
+/// Sends `requests` (for example read back from a dead-letter file) as the runtime would: at most
+/// `pool_size` at a time, with retries. Returns the counts.
+pub async fn send_all(requests: Vec<Request>, sink: Sink, pool_size: usize) -> crate::MetricsSnapshot {
+    let metrics = Arc::new(Metrics::default());
+    (0..requests.len()).for_each(|_| metrics.record_received());
+    let (batches, receiver) = mpsc::channel(1);
+    // The receiver is alive until `run` ends, and the channel has room for this one batch.
+    batches.try_send(requests).expect("a fresh channel with room for one batch");
+    drop(batches);
+    run(receiver, sink, pool_size, metrics.clone()).await;
+    metrics.snapshot()
 }
 
 /// Sends every request received until the channel closes, then waits for those in flight.

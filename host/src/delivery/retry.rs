@@ -80,7 +80,7 @@ fn is_transient(error: &DeliveryError) -> bool {
                 || status.is_server_error()
         }
         DeliveryError::Timeout(_) | DeliveryError::Transport(_) => true,
-        DeliveryError::UnsupportedScheme(_) => false,
+        DeliveryError::UnsupportedScheme(_) | DeliveryError::DeadLetter(_) => false,
     }
 }
 
