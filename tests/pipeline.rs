@@ -306,3 +306,73 @@ async fn failed_requests_go_to_the_dead_letter_file_and_replay_delivers_them() {
     assert_eq!(replayed, original, "replay sends the same bytes");
     assert!(accepting.recorded().iter().all(|r| r.path == "/hook" && r.header("x-api-key") == Some("secret")));
 }
+
+/// Starts `mqhook run` reading NDJSON from a pipe that stays open.
+fn spawn_reading(config: &std::path::Path) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_mqhook"))
+        .args(["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting mqhook")
+}
+
+async fn signal(child: &tokio::process::Child, name: &str) {
+    let pid = child.id().expect("still running").to_string();
+    let status = tokio::process::Command::new("kill").args([name, &pid]).status().await.unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_reading_and_delivers_everything_accepted() {
+    use tokio::io::AsyncWriteExt;
+    let endpoint = Endpoint::start(Behaviour { delay: Duration::from_millis(300), ..Behaviour::default() }).await;
+    let scratch = Scratch::new();
+    let config = scratch.file("nanomq.conf", &all_events_config(&endpoint.url(), "  pool_size = 2"));
+    let mut child = spawn_reading(&config);
+    let mut stdin = child.stdin.take().unwrap();
+    let lines: String = (0..6)
+        .map(|i| format!("{{\"event\":\"message_publish\",\"from_client_id\":\"c\",\"topic\":\"t/{i}\",\"qos\":0,\"retain\":false,\"payload\":\"{i}\",\"ts\":{i}}}\n"))
+        .collect();
+    stdin.write_all(lines.as_bytes()).await.unwrap();
+    stdin.flush().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while endpoint.recorded().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "nothing arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The pipe stays open: only the signal ends ingest. Slow answers keep events in flight.
+    signal(&child, "-TERM").await;
+    let output = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output()).await.expect("it stops").unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("received=6 filtered=0 delivered=6 failed=0"), "{stdout}");
+    assert_eq!(endpoint.recorded().len(), 6);
+    drop(stdin);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let endpoint = Endpoint::start(Behaviour { delay: Duration::from_secs(30), ..Behaviour::default() }).await;
+    let scratch = Scratch::new();
+    let config = scratch.file("nanomq.conf", &all_events_config(&endpoint.url(), "  cancel_timeout = 60000"));
+    let mut child = spawn_reading(&config);
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(format!("{}\n", EVENTS[9].0).as_bytes()).await.unwrap();
+    stdin.flush().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while endpoint.in_flight() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the request never reached the endpoint");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    signal(&child, "-TERM").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(&child, "-INT").await;
+    // The endpoint would hold the request for 30 s: only exiting at once ends it within the bound.
+    let output = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output()).await.expect("it exits").unwrap();
+    assert_eq!(output.status.code(), Some(130), "{}", String::from_utf8_lossy(&output.stderr));
+    drop(stdin);
+}

@@ -132,7 +132,7 @@ fn run(args: RunArgs) -> Result<()> {
     let guest = GuestModule::load(guest_path, &config)?;
     tracing::info!(guest = guest.name(), url = %config.url, "Guest loaded.");
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let sink = if args.dry_run {
             Sink::Print(PrintSink::new(RequestTemplate::new(&config)))
         } else {
@@ -157,14 +157,27 @@ fn run(args: RunArgs) -> Result<()> {
             Ingest::Ndjson(source) => {
                 // Reading may block on a pipe, so it runs on its own thread and waits for queue room.
                 let reader = tokio::task::spawn_blocking(move || source.read_into(&submitter));
-                reader.await.context("the input reader panicked")??;
+                tokio::select! {
+                    read = reader => read.context("the input reader panicked")??,
+                    () = stop_signal() => {}
+                }
             }
         }
+        // Ingest is over; the drain below finishes what was accepted. A signal now exits at once.
+        tokio::spawn(async {
+            stop_signal().await;
+            eprintln!("mqhook: signal during the drain; exiting at once.");
+            std::process::exit(130);
+        });
         drop((watching, admin));
         let totals = pipeline.shutdown().await;
         println!("summary: {totals}");
         Ok(())
-    })
+    });
+    // After a stop signal the input reader may still be blocked on a pipe that never ends: do not
+    // wait for it.
+    runtime.shutdown_background();
+    result
 }
 
 /// Aborts a background task when dropped.
@@ -186,8 +199,7 @@ async fn serve_broker(listen: std::net::SocketAddr, submitter: mqhook::Submitter
     Ok(())
 }
 
-/// Completes on the first SIGINT (Ctrl-C) or SIGTERM.
-#[cfg(feature = "broker")]
+/// Completes on the next SIGINT (Ctrl-C) or SIGTERM.
 async fn stop_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::terminate()) {
@@ -202,7 +214,7 @@ async fn stop_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
-    tracing::info!("Stopping: no new events; draining what was accepted.");
+    tracing::info!("Stopping: no new events; draining what was accepted (a second signal exits at once).");
 }
 
 /// The `--ingest` source.

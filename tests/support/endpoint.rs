@@ -111,6 +111,10 @@ impl Endpoint {
         self.state.recorded.lock().unwrap().clone()
     }
 
+    pub fn in_flight(&self) -> usize {
+        self.state.in_flight.load(Ordering::SeqCst)
+    }
+
     pub fn max_in_flight(&self) -> usize {
         self.state.max_in_flight.load(Ordering::SeqCst)
     }

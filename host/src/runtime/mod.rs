@@ -10,9 +10,9 @@
 //! version up at their next event, so each event is filtered by exactly one version and none is
 //! lost. A swapped-in guest that keeps failing is rolled back to the one it replaced.
 //!
-//! Shutdown is a drain: once every `Submitter` is dropped, workers empty the queue and exit,
-//! delivery sends what is left and waits for requests in flight, and only then does
-//! [`Runtime::shutdown`] return.
+//! Shutdown is a drain: submitters are closed (waiting for sends under way), workers empty the
+//! queue and exit, delivery sends what is left and waits for requests in flight, and only then
+//! does [`Runtime::shutdown`] return.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -50,6 +50,9 @@ pub struct Submitter {
     queue: Sender<Event>,
     wanted: Arc<WantedKinds>,
     metrics: Arc<Metrics>,
+    /// `true` once the runtime shuts down. Held for reading across a send, so that closing waits
+    /// for sends under way and no event slips into the queue after the workers' final drain.
+    closed: Arc<RwLock<bool>>,
 }
 
 /// The event kinds some rule selects; the rest are filtered before the guest. Updated on swaps.
@@ -78,6 +81,10 @@ impl Submitter {
     /// Accepts an event if the queue has room; never blocks. A full queue hands the event back and
     /// counts it as `rejected`.
     pub fn try_submit(&self, event: Event) -> Result<(), SubmitError> {
+        let closed = self.closed.read().unwrap_or_else(PoisonError::into_inner);
+        if *closed {
+            return Err(SubmitError::Closed(Box::new(event)));
+        }
         if !self.admit(&event) {
             return Ok(());
         }
@@ -94,6 +101,10 @@ impl Submitter {
     /// Accepts an event, waiting for room in the queue. For ingest threads that may wait (a file
     /// or a pipe), never for a broker's own threads.
     pub fn submit_blocking(&self, event: Event) -> Result<(), SubmitError> {
+        let closed = self.closed.read().unwrap_or_else(PoisonError::into_inner);
+        if *closed {
+            return Err(SubmitError::Closed(Box::new(event)));
+        }
         if !self.admit(&event) {
             return Ok(());
         }
@@ -208,6 +219,8 @@ impl GuestControl {
 pub struct Runtime {
     submitter: Submitter,
     control: GuestControl,
+    /// Dropped to tell the workers to drain the queue and stop.
+    stop: crossbeam_channel::Sender<()>,
     workers: Vec<JoinHandle<()>>,
     delivery: tokio::task::JoinHandle<()>,
     metrics: Arc<Metrics>,
@@ -218,6 +231,7 @@ impl Runtime {
     pub fn start(config: &Config, guest: GuestModule, sink: Sink) -> Runtime {
         let metrics = Arc::new(Metrics::default());
         let (queue, events) = crossbeam_channel::bounded(config.queue_size.get());
+        let (stop, stopping) = crossbeam_channel::bounded::<()>(0);
         let (requests_tx, requests_rx) = mpsc::channel(DELIVERY_QUEUE);
         let wanted = Arc::new(WantedKinds::new(config));
         let control = GuestControl {
@@ -233,6 +247,7 @@ impl Runtime {
                 let worker = Worker {
                     control: control.clone(),
                     events: events.clone(),
+                    stopping: stopping.clone(),
                     requests: requests_tx.clone(),
                     metrics: metrics.clone(),
                 };
@@ -243,7 +258,8 @@ impl Runtime {
             })
             .collect();
         let delivery = tokio::spawn(delivery::run(requests_rx, sink, config.pool_size.get(), metrics.clone()));
-        Runtime { submitter: Submitter { queue, wanted, metrics: metrics.clone() }, control, workers, delivery, metrics }
+        let submitter = Submitter { queue, wanted, metrics: metrics.clone(), closed: Arc::default() };
+        Runtime { submitter, control, stop, workers, delivery, metrics }
     }
 
     /// A handle for submitting events.
@@ -261,12 +277,14 @@ impl Runtime {
         self.metrics.snapshot()
     }
 
-    /// Stops accepting events and waits until every accepted event is delivered, failed or
-    /// filtered. Returns once every `Submitter` clone has been dropped too.
+    /// Stops accepting events (every `Submitter` now answers `Closed`) and waits until every
+    /// accepted event is delivered, failed or filtered.
     pub async fn shutdown(self) -> MetricsSnapshot {
-        let Runtime { submitter, workers, delivery, metrics, .. } = self;
-        drop(submitter);
-        // Workers exit once the queue is empty and closed; joining them blocks, so off the executor.
+        let Runtime { submitter, stop, workers, delivery, metrics, .. } = self;
+        // Waits for sends under way; none can start after this.
+        *submitter.closed.write().unwrap_or_else(PoisonError::into_inner) = true;
+        drop(stop);
+        // Workers drain the queue and exit; joining them blocks, so off the executor.
         let joined = tokio::task::spawn_blocking(move || {
             for worker in workers {
                 if worker.join().is_err() {

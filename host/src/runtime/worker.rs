@@ -23,6 +23,8 @@ const BATCH: usize = 256;
 pub(super) struct Worker {
     pub control: GuestControl,
     pub events: Receiver<Event>,
+    /// Disconnected when the runtime shuts down: drain `events`, then stop.
+    pub stopping: Receiver<()>,
     pub requests: mpsc::Sender<Vec<Request>>,
     pub metrics: Arc<Metrics>,
 }
@@ -58,7 +60,7 @@ impl Worker {
         let (mut generation, guest) = self.control.current();
         let mut running = Running::new(guest);
         let mut fallback = self.control.fallback().map(Running::new);
-        while let Ok(first) = self.events.recv() {
+        while let Some(first) = self.next_event() {
             let mut batch = Vec::new();
             for event in std::iter::once(first).chain(self.events.try_iter().take(BATCH - 1)) {
                 // A swapped-in guest takes over from the next event; one atomic load per event.
@@ -84,6 +86,14 @@ impl Worker {
                     (0..count).for_each(|_| self.metrics.record_failed());
                 }
             }
+        }
+    }
+
+    /// The next event, waiting for one; `None` once the runtime stops and the queue is empty.
+    fn next_event(&self) -> Option<Event> {
+        crossbeam_channel::select! {
+            recv(self.events) -> event => event.ok(),
+            recv(self.stopping) -> _ => self.events.try_recv().ok(),
         }
     }
 
