@@ -8,7 +8,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const GUESTS: &[&str] = &["mqhook-guest-nanomq", "mqhook-guest-hostile"];
+/// The guest components: the built-in one, the test guest, the examples.
+const GUESTS: &[&str] = &[
+    "mqhook-guest-builtin",
+    "mqhook-guest-hostile",
+    "mqhook-guest-payload-filter",
+    "mqhook-guest-cloudevents",
+    "mqhook-guest-router",
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -18,14 +25,27 @@ fn main() {
         println!("cargo:rerun-if-changed={}", workspace.join(watched).display());
     }
     let target_dir = guest_target_dir(&workspace, &out_dir);
+    build(&workspace, &target_dir, GUESTS);
+    for guest in GUESTS {
+        let file = format!("{}.wasm", guest.replace('-', "_"));
+        let built = target_dir.join("wasm32-wasip2/release").join(&file);
+        let copied = out_dir.join(&file);
+        std::fs::copy(&built, &copied).unwrap_or_else(|e| panic!("copying {}: {e}", built.display()));
+        let name = guest.trim_start_matches("mqhook-guest-").replace('-', "_").to_uppercase();
+        println!("cargo:rustc-env=MQHOOK_GUEST_{name}={}", copied.display());
+    }
+}
+
+/// One `cargo build` of `packages` for wasm32-wasip2.
+fn build(workspace: &Path, target_dir: &Path, packages: &[&str]) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut command = Command::new(cargo);
     command
-        .current_dir(&workspace)
+        .current_dir(workspace)
         .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"])
-        .arg(&target_dir);
-    for guest in GUESTS {
-        command.args(["-p", guest]);
+        .arg(target_dir);
+    for package in packages {
+        command.args(["-p", package]);
     }
     // Debug info would triple the components' size and their compile time at start-up; function
     // names stay, so guest backtraces remain readable.
@@ -35,15 +55,7 @@ fn main() {
         command.env_remove(var);
     }
     let status = command.status().expect("running cargo to build the guest components");
-    assert!(status.success(), "building the guest components for wasm32-wasip2 failed");
-    for guest in GUESTS {
-        let file = format!("{}.wasm", guest.replace('-', "_"));
-        let built = target_dir.join("wasm32-wasip2/release").join(&file);
-        let copied = out_dir.join(&file);
-        std::fs::copy(&built, &copied).unwrap_or_else(|e| panic!("copying {}: {e}", built.display()));
-        let var = format!("MQHOOK_GUEST_{}", guest.trim_start_matches("mqhook-guest-").to_uppercase());
-        println!("cargo:rustc-env={var}={}", copied.display());
-    }
+    assert!(status.success(), "building {packages:?} for wasm32-wasip2 failed");
 }
 
 /// `<target>/guest-build`, next to the outer build's own profile directories.

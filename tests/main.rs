@@ -4,6 +4,7 @@
 #[cfg(feature = "broker")]
 mod broker;
 mod config;
+mod examples;
 mod golden;
 mod pipeline;
 mod reload;

@@ -109,7 +109,7 @@ async fn the_binary_swaps_on_a_guest_file_change_and_on_sighup() {
     };
     let config = scratch.file("nanomq.conf", &conf("plain"));
     let guest = scratch.0.path().join("guest.wasm");
-    std::fs::copy(env!("MQHOOK_GUEST_NANOMQ"), &guest).unwrap();
+    std::fs::copy(env!("MQHOOK_GUEST_BUILTIN"), &guest).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_mqhook"))
         .args(["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap(), "--guest", guest.to_str().unwrap()])
         .stdin(std::process::Stdio::piped())

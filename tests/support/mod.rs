@@ -14,6 +14,11 @@ const RUN_LIMIT: Duration = Duration::from_secs(60);
 /// The misbehaving test guest (guest/hostile).
 pub const HOSTILE_GUEST: &str = env!("MQHOOK_GUEST_HOSTILE");
 
+/// The example guests (guest/payload-filter, guest/cloudevents, guest/router).
+pub const PAYLOAD_FILTER_GUEST: &str = env!("MQHOOK_GUEST_PAYLOAD_FILTER");
+pub const CLOUDEVENTS_GUEST: &str = env!("MQHOOK_GUEST_CLOUDEVENTS");
+pub const ROUTER_GUEST: &str = env!("MQHOOK_GUEST_ROUTER");
+
 /// A fresh directory for one test's files, removed when dropped.
 pub struct Scratch(pub tempfile::TempDir);
 

@@ -38,7 +38,7 @@ use crate::delivery::Request;
 use crate::event::Event;
 
 /// The built-in NanoMQ-compatible guest, compiled to a component by the build script.
-pub const DEFAULT_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/mqhook_guest_nanomq.wasm"));
+pub const DEFAULT_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/mqhook_guest_builtin.wasm"));
 
 /// How often the epoch advances; call deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
