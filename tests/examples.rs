@@ -2,11 +2,17 @@
 //! endpoint receives exactly what the guest promises — bodies, paths and headers.
 //!
 //! An [`Example`] is a guest, its config and its events. The tests run each with the guest loaded
-//! at start ([`Example::run_loaded_at_start`]); their expectations do not depend on how the guest
-//! got into the host, so a run that swaps it into a running host can be checked against them too.
+//! at start ([`Example::run_loaded_at_start`]), then swapped into a host already running the
+//! built-in guest ([`Example::run_swapped_in`]), and check that both runs give the endpoint exactly
+//! the same requests: the swap changed what the endpoint receives, without a restart.
 
 use crate::support::endpoint::{Behaviour, Endpoint, Recorded};
-use crate::support::{mqhook, Run, Scratch, CLOUDEVENTS_GUEST, PAYLOAD_FILTER_GUEST, ROUTER_GUEST};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+
+use crate::support::{admin, mqhook, Run, Scratch, CLOUDEVENTS_GUEST, PAYLOAD_FILTER_GUEST, ROUTER_GUEST};
 
 /// A guest at work: the component, the config it runs under, the events it is fed.
 struct Example {
@@ -44,6 +50,50 @@ impl Example {
         )
         .await;
         (run, received(&endpoint))
+    }
+
+    /// Starts `mqhook` with the built-in guest and the admin API, swaps this guest in through
+    /// `PUT /guest`, then feeds the events; returns the summary line and what the endpoint received.
+    async fn run_swapped_in(&self) -> (String, Vec<Received>) {
+        let endpoint = Endpoint::start(Behaviour::default()).await;
+        let scratch = Scratch::new();
+        let config = scratch.file("example.hcl", &self.config(&endpoint.url()));
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mqhook"))
+            .args(["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap(), "--admin", &addr])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting mqhook");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(&addr).await.is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "the admin API never listened");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (status, swapped) = admin(&addr, "PUT", std::fs::read(self.guest).unwrap()).await;
+        assert_eq!((status, swapped["generation"].as_u64()), (200, Some(1)), "{swapped}");
+        let mut stdin = child.stdin.take().unwrap();
+        let input: String = self.events.iter().map(|line| format!("{line}\n")).collect();
+        stdin.write_all(input.as_bytes()).await.unwrap();
+        drop(stdin);
+        let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()).await.expect("mqhook ends").unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let summary = String::from_utf8_lossy(&output.stdout).lines().find(|l| l.starts_with("summary:")).unwrap().to_string();
+        (summary, received(&endpoint))
+    }
+
+    /// Runs the example both ways and checks the swapped-in run gives the same requests and counts.
+    async fn run_both_ways(&self) -> (Run, Vec<Received>) {
+        let (run, received) = self.run_loaded_at_start().await;
+        let (summary, swapped) = self.run_swapped_in().await;
+        assert_eq!(swapped, received, "swapped into a running host, the guest must act the same");
+        let counts = |line: &str| line.split_whitespace().filter(|pair| !pair.starts_with("retries")).map(str::to_string).collect::<Vec<_>>();
+        let started = run.stdout.lines().find(|l| l.starts_with("summary:")).unwrap_or_default();
+        assert_eq!(counts(&summary), counts(started));
+        (run, received)
     }
 
     fn config(&self, url: &str) -> String {
@@ -123,7 +173,7 @@ async fn payload_filter_delivers_only_publishes_whose_json_meets_the_condition()
             CONNACK.to_string(),
         ],
     };
-    let (run, received) = example.run_loaded_at_start().await;
+    let (run, received) = example.run_both_ways().await;
     assert!(run.status.success(), "{}", run.stderr);
     // Too cold, not JSON, no `temp`, and a topic no rule selects.
     assert_eq!((run.summary("received"), run.summary("filtered"), run.summary("delivered")), (6, 4, 2));
@@ -147,7 +197,7 @@ async fn cloudevents_wraps_nanomqs_bodies_in_structured_cloud_events() {
             connected_line.to_string(),
         ],
     };
-    let (run, received) = example.run_loaded_at_start().await;
+    let (run, received) = example.run_both_ways().await;
     assert!(run.status.success(), "{}", run.stderr);
     assert_eq!(run.summary("delivered"), 4);
     // Each body with its id replaced by `ID`, and the id.
@@ -204,7 +254,7 @@ async fn router_chooses_path_and_headers_from_the_topic() {
             CONNACK.to_string(),
         ],
     };
-    let (run, received) = example.run_loaded_at_start().await;
+    let (run, received) = example.run_both_ways().await;
     assert!(run.status.success(), "{}", run.stderr);
     assert_eq!(run.summary("delivered"), 5);
     // The configured header, the guest's `header.*` settings, then the topic.
@@ -239,7 +289,7 @@ async fn router_without_a_default_posts_unmatched_events_to_the_url() {
         settings: r#""route.sensors/#" = "/sensors""#,
         events: vec![publish("sensors/1", "a", 1), publish("lights/1", "b", 2), CONNACK.to_string()],
     };
-    let (run, received) = example.run_loaded_at_start().await;
+    let (run, received) = example.run_both_ways().await;
     assert!(run.status.success(), "{}", run.stderr);
     let routes: Vec<(&str, Option<&str>)> = received
         .iter()

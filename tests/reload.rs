@@ -14,7 +14,7 @@ use tokio::process::Command;
 use tokio::time::{sleep, timeout, Instant};
 
 use crate::support::endpoint::{Behaviour, Endpoint, Recorded};
-use crate::support::{Scratch, HOSTILE_GUEST};
+use crate::support::{admin, Scratch, HOSTILE_GUEST};
 
 const EVENTS: u64 = 6000;
 const WAIT_LIMIT: Duration = Duration::from_secs(30);
@@ -160,23 +160,6 @@ async fn the_binary_swaps_on_a_guest_file_change_and_on_sighup() {
     assert_eq!(endpoint.recorded().len() as u64, received, "every event delivered once");
     assert!(stderr.contains("the running guest stays"), "the broken component was refused: {stderr}");
     assert!(stderr.contains("is not a valid mqhook filter component"), "{stderr}");
-}
-
-/// One request to the admin API; returns the status and the JSON body.
-async fn admin(addr: &str, method: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
-    use http_body_util::{BodyExt, Full};
-    let client: hyper_util::client::legacy::Client<_, Full<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build(hyper_util::client::legacy::connect::HttpConnector::new());
-    let request = hyper::Request::builder()
-        .method(method)
-        .uri(format!("http://{addr}/guest"))
-        .body(Full::new(bytes::Bytes::from(body)))
-        .unwrap();
-    let response = timeout(WAIT_LIMIT, client.request(request)).await.expect("the admin API answers").unwrap();
-    let status = response.status().as_u16();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -93,3 +93,20 @@ pub async fn mqhook(args: &[&str], stdin: &str) -> Run {
 pub fn fixtures_dir() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/nanomq"))
 }
+
+/// One request to the admin API; returns the status and the JSON body.
+pub async fn admin(addr: &str, method: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
+    use http_body_util::{BodyExt, Full};
+    let client: hyper_util::client::legacy::Client<_, Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}/guest"))
+        .body(Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let response = tokio::time::timeout(RUN_LIMIT, client.request(request)).await.expect("the admin API answers").unwrap();
+    let status = response.status().as_u16();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
