@@ -31,7 +31,7 @@
 //!   non-empty; default `mqhook`.
 
 use mqhook_guest_nanomq::mqhook::filter::types::{Delivery, Event, FilterConfig};
-use mqhook_guest_nanomq::Filter;
+use mqhook_guest_nanomq::{event, Filter};
 
 /// The `source` when no setting names one.
 pub const DEFAULT_SOURCE: &str = "mqhook";
@@ -83,9 +83,9 @@ impl CloudEvents {
         member(
             &mut envelope,
             "type",
-            &format!("io.nanomq.{}", action(event)),
+            &format!("io.nanomq.{}", event::action(event::kind(event))),
         );
-        if let Some(topic) = topic(event) {
+        if let Some(topic) = event::topic(event) {
             member(&mut envelope, "subject", topic);
         }
         if let Some(time) = timestamp(event).and_then(rfc3339) {
@@ -127,41 +127,6 @@ fn event_id(data: &[u8]) -> String {
     format!("{hash:032x}")
 }
 
-/// NanoMQ's `action` name of `event`.
-fn action(event: &Event) -> &'static str {
-    match event {
-        Event::ClientConnect(_) => "client_connect",
-        Event::ClientConnack(_) => "client_connack",
-        Event::ClientConnected(_) => "client_connected",
-        Event::ClientDisconnected(_) => "client_disconnected",
-        Event::ClientSubscribe(_) => "client_subscribe",
-        Event::ClientUnsubscribe(_) => "client_unsubscribe",
-        Event::SessionSubscribed(_) => "session_subscribed",
-        Event::SessionUnsubscribed(_) => "session_unsubscribed",
-        Event::SessionTerminated(_) => "session_terminated",
-        Event::MessagePublish(_) => "message_publish",
-        Event::MessageDelivered(_) => "message_delivered",
-        Event::MessageAcked(_) => "message_acked",
-    }
-}
-
-/// The topic of message events and the topic filter of subscription events.
-fn topic(event: &Event) -> Option<&str> {
-    match event {
-        Event::ClientSubscribe(subscription)
-        | Event::ClientUnsubscribe(subscription)
-        | Event::SessionSubscribed(subscription)
-        | Event::SessionUnsubscribed(subscription) => Some(&subscription.topic),
-        Event::MessagePublish(message)
-        | Event::MessageDelivered(message)
-        | Event::MessageAcked(message) => Some(&message.topic),
-        Event::ClientConnect(_)
-        | Event::ClientConnack(_)
-        | Event::ClientConnected(_)
-        | Event::ClientDisconnected(_)
-        | Event::SessionTerminated(_) => None,
-    }
-}
 
 /// When the event happened, in milliseconds since the Unix epoch, for the events that say.
 fn timestamp(event: &Event) -> Option<u64> {
@@ -211,55 +176,17 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (year, month, day)
 }
 
-#[cfg(target_arch = "wasm32")]
-mod component {
-    use std::cell::RefCell;
-
-    use crate::CloudEvents;
-
-    wit_bindgen::generate!({
-        path: "../../wit",
-        world: "filter",
-        // The world's `Event`, `FilterConfig` and `Delivery` are the default guest's types, so
-        // that its `Filter` takes these events as they are.
-        with: { "mqhook:filter/types@0.1.0": mqhook_guest_nanomq::mqhook::filter::types },
-        // The default guest's bindings are linked in too: a distinct name keeps the linker from
-        // concatenating the two component-type sections into one.
-        type_section_suffix: "cloudevents",
-    });
-
-    use self::mqhook::filter::log::{log, Level};
-
-    thread_local! {
-        /// The guest of this instance, set by `configure`.
-        static CLOUD_EVENTS: RefCell<Option<CloudEvents>> = const { RefCell::new(None) };
+impl mqhook_guest_nanomq::GuestLogic for CloudEvents {
+    fn configure(config: FilterConfig) -> Result<Self, String> {
+        CloudEvents::new(config)
     }
 
-    struct CloudEventsGuest;
-
-    impl Guest for CloudEventsGuest {
-        fn configure(config: FilterConfig) -> Result<(), String> {
-            let cloud_events = CloudEvents::new(config)?;
-            CLOUD_EVENTS.with(|slot| *slot.borrow_mut() = Some(cloud_events));
-            Ok(())
-        }
-
-        fn handle(event: Event) -> Option<Delivery> {
-            CLOUD_EVENTS.with(|slot| match slot.borrow().as_ref() {
-                Some(cloud_events) => cloud_events.handle(&event),
-                None => {
-                    log(
-                        Level::Error,
-                        "an event arrived before configure; it is dropped",
-                    );
-                    None
-                }
-            })
-        }
+    fn handle(&self, event: &Event) -> Option<Delivery> {
+        CloudEvents::handle(self, event)
     }
-
-    export!(CloudEventsGuest);
 }
+
+mqhook_guest_nanomq::export_guest!(crate::CloudEvents, "cloudevents");
 
 #[cfg(test)]
 mod tests {

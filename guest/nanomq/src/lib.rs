@@ -12,7 +12,7 @@ wit_bindgen::generate!({ path: "../../wit", world: "filter" });
 
 mod body;
 pub mod encoding;
-mod event;
+pub mod event;
 mod filter;
 mod json;
 pub mod topic;
@@ -22,3 +22,78 @@ pub use mqhook::filter::types::{
     Client, Connack, Connection, Disconnection, EventKind, Message, PayloadEncoding, Rule,
     SubscribeOptions, Subscription,
 };
+
+/// What a guest built on this library provides; [`export_guest!`] makes it a component.
+pub trait GuestLogic: Sized + 'static {
+    /// Builds the guest's state from its configuration, or says why it cannot.
+    fn configure(config: FilterConfig) -> Result<Self, String>;
+    /// The delivery for one event, or `None` to filter it out.
+    fn handle(&self, event: &Event) -> Option<Delivery>;
+}
+
+impl GuestLogic for Filter {
+    fn configure(config: FilterConfig) -> Result<Self, String> {
+        Filter::new(config)
+    }
+
+    fn handle(&self, event: &Event) -> Option<Delivery> {
+        Filter::handle(self, event).map(|body| Delivery { body, headers: Vec::new(), path: None })
+    }
+}
+
+/// Exports a [`GuestLogic`] type as the component's `configure` and `handle`: one instance of it
+/// per guest instance, made by `configure`. `$suffix` names this crate's component-type section,
+/// which must differ from this library's. The crate needs `wit-bindgen` and sits in `guest/<name>/`.
+///
+/// ```ignore
+/// mqhook_guest_nanomq::export_guest!(crate::MyFilter, "my-filter");
+/// ```
+#[macro_export]
+macro_rules! export_guest {
+    ($logic:path, $suffix:literal) => {
+        #[cfg(target_arch = "wasm32")]
+        mod component {
+            use std::cell::RefCell;
+
+            use mqhook_guest_nanomq::GuestLogic;
+
+            wit_bindgen::generate!({
+                path: "../../wit",
+                world: "filter",
+                // The world's types are the library's, so that its logic takes these events as they are.
+                with: { "mqhook:filter/types@0.1.0": mqhook_guest_nanomq::mqhook::filter::types },
+                type_section_suffix: $suffix,
+            });
+
+            thread_local! {
+                /// This instance's guest, made by `configure`.
+                static LOGIC: RefCell<Option<$logic>> = const { RefCell::new(None) };
+            }
+
+            struct Component;
+
+            impl Guest for Component {
+                fn configure(config: FilterConfig) -> Result<(), String> {
+                    let logic = <$logic as GuestLogic>::configure(config)?;
+                    LOGIC.with(|slot| *slot.borrow_mut() = Some(logic));
+                    Ok(())
+                }
+
+                fn handle(event: Event) -> Option<Delivery> {
+                    LOGIC.with(|slot| match slot.borrow().as_ref() {
+                        Some(logic) => GuestLogic::handle(logic, &event),
+                        None => {
+                            self::mqhook::filter::log::log(
+                                self::mqhook::filter::log::Level::Error,
+                                "an event arrived before configure; it is dropped",
+                            );
+                            None
+                        }
+                    })
+                }
+            }
+
+            export!(Component);
+        }
+    };
+}

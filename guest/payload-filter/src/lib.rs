@@ -187,55 +187,17 @@ fn json_equal(found: &Value, expected: &Value) -> bool {
     }
 }
 
-#[cfg(target_arch = "wasm32")]
-mod component {
-    use std::cell::RefCell;
-
-    use crate::PayloadFilter;
-
-    wit_bindgen::generate!({
-        path: "../../wit",
-        world: "filter",
-        // The world's `Event`, `FilterConfig` and `Delivery` are the default guest's types, so
-        // that its `Filter` takes these events as they are.
-        with: { "mqhook:filter/types@0.1.0": mqhook_guest_nanomq::mqhook::filter::types },
-        // The default guest's bindings are linked in too: a distinct name keeps the linker from
-        // concatenating the two component-type sections into one.
-        type_section_suffix: "payload-filter",
-    });
-
-    use self::mqhook::filter::log::{log, Level};
-
-    thread_local! {
-        /// The filter of this instance, set by `configure`.
-        static FILTER: RefCell<Option<PayloadFilter>> = const { RefCell::new(None) };
+impl mqhook_guest_nanomq::GuestLogic for PayloadFilter {
+    fn configure(config: FilterConfig) -> Result<Self, String> {
+        PayloadFilter::new(config)
     }
 
-    struct PayloadFilterGuest;
-
-    impl Guest for PayloadFilterGuest {
-        fn configure(config: FilterConfig) -> Result<(), String> {
-            let filter = PayloadFilter::new(config)?;
-            FILTER.with(|slot| *slot.borrow_mut() = Some(filter));
-            Ok(())
-        }
-
-        fn handle(event: Event) -> Option<Delivery> {
-            FILTER.with(|slot| match slot.borrow().as_ref() {
-                Some(filter) => filter.handle(&event),
-                None => {
-                    log(
-                        Level::Error,
-                        "an event arrived before configure; it is dropped",
-                    );
-                    None
-                }
-            })
-        }
+    fn handle(&self, event: &Event) -> Option<Delivery> {
+        PayloadFilter::handle(self, event)
     }
-
-    export!(PayloadFilterGuest);
 }
+
+mqhook_guest_nanomq::export_guest!(crate::PayloadFilter, "payload-filter");
 
 #[cfg(test)]
 mod tests {

@@ -42,7 +42,7 @@ use std::fmt::Write as _;
 
 use mqhook_guest_nanomq::mqhook::filter::types::{Delivery, Event, FilterConfig};
 use mqhook_guest_nanomq::topic::TopicFilter;
-use mqhook_guest_nanomq::Filter;
+use mqhook_guest_nanomq::{event, Filter};
 
 /// The header that carries the event's topic.
 pub const TOPIC_HEADER: &str = "x-mqhook-topic";
@@ -96,7 +96,7 @@ impl Router {
     /// rule selects it.
     pub fn handle(&self, event: &Event) -> Option<Delivery> {
         let body = self.filter.handle(event)?;
-        let topic = topic(event);
+        let topic = event::topic(event);
         let route = topic.and_then(|topic| {
             self.routes
                 .iter()
@@ -148,23 +148,6 @@ fn check_header(name: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The topic of message events and the topic filter of subscription events.
-fn topic(event: &Event) -> Option<&str> {
-    match event {
-        Event::ClientSubscribe(subscription)
-        | Event::ClientUnsubscribe(subscription)
-        | Event::SessionSubscribed(subscription)
-        | Event::SessionUnsubscribed(subscription) => Some(&subscription.topic),
-        Event::MessagePublish(message)
-        | Event::MessageDelivered(message)
-        | Event::MessageAcked(message) => Some(&message.topic),
-        Event::ClientConnect(_)
-        | Event::ClientConnack(_)
-        | Event::ClientConnected(_)
-        | Event::ClientDisconnected(_)
-        | Event::SessionTerminated(_) => None,
-    }
-}
 
 /// `topic` as a header value: visible ASCII but `%` as it is, every other byte percent-encoded.
 fn header_value(topic: &str) -> String {
@@ -179,55 +162,17 @@ fn header_value(topic: &str) -> String {
     value
 }
 
-#[cfg(target_arch = "wasm32")]
-mod component {
-    use std::cell::RefCell;
-
-    use crate::Router;
-
-    wit_bindgen::generate!({
-        path: "../../wit",
-        world: "filter",
-        // The world's `Event`, `FilterConfig` and `Delivery` are the default guest's types, so
-        // that its `Filter` takes these events as they are.
-        with: { "mqhook:filter/types@0.1.0": mqhook_guest_nanomq::mqhook::filter::types },
-        // The default guest's bindings are linked in too: a distinct name keeps the linker from
-        // concatenating the two component-type sections into one.
-        type_section_suffix: "router",
-    });
-
-    use self::mqhook::filter::log::{log, Level};
-
-    thread_local! {
-        /// The router of this instance, set by `configure`.
-        static ROUTER: RefCell<Option<Router>> = const { RefCell::new(None) };
+impl mqhook_guest_nanomq::GuestLogic for Router {
+    fn configure(config: FilterConfig) -> Result<Self, String> {
+        Router::new(config)
     }
 
-    struct RouterGuest;
-
-    impl Guest for RouterGuest {
-        fn configure(config: FilterConfig) -> Result<(), String> {
-            let router = Router::new(config)?;
-            ROUTER.with(|slot| *slot.borrow_mut() = Some(router));
-            Ok(())
-        }
-
-        fn handle(event: Event) -> Option<Delivery> {
-            ROUTER.with(|slot| match slot.borrow().as_ref() {
-                Some(router) => router.handle(&event),
-                None => {
-                    log(
-                        Level::Error,
-                        "an event arrived before configure; it is dropped",
-                    );
-                    None
-                }
-            })
-        }
+    fn handle(&self, event: &Event) -> Option<Delivery> {
+        Router::handle(self, event)
     }
-
-    export!(RouterGuest);
 }
+
+mqhook_guest_nanomq::export_guest!(crate::Router, "router");
 
 #[cfg(test)]
 mod tests {
