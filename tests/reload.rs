@@ -214,3 +214,36 @@ async fn the_admin_api_reports_and_swaps_the_guest() {
     let output = timeout(WAIT_LIMIT, child.wait_with_output()).await.expect("mqhook ends with its input").unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_reload_moves_requests_to_a_new_url_and_headers() {
+    let first = Endpoint::start(Behaviour::default()).await;
+    let second = Endpoint::start(Behaviour::default()).await;
+    let scratch = Scratch::new();
+    let conf = |url: &str, version: &str| {
+        format!("webhook {{\n url = \"{url}/a\"\n headers.x-version = \"{version}\"\n events = [{{ event = \"on_message_publish\" }}]\n}}\n")
+    };
+    let config = scratch.file("nanomq.conf", &conf(&first.url(), "1"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mqhook"))
+        .args(["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let line = r#"{"event":"message_publish","from_client_id":"c","topic":"move/x","qos":0,"retain":false,"payload":"hello","ts":1}"#;
+    probe_until(&mut stdin, &first, line, |_| true).await;
+    std::fs::write(&config, conf(&second.url(), "2")).unwrap();
+    probe_until(&mut stdin, &second, line, |_| true).await;
+    drop(stdin);
+    let output = timeout(WAIT_LIMIT, child.wait_with_output()).await.expect("mqhook ends with its input").unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(first.recorded().iter().all(|r| r.path == "/a" && r.header("x-version") == Some("1")));
+    assert!(second.recorded().iter().all(|r| r.path == "/a" && r.header("x-version") == Some("2")));
+    assert_eq!(second.recorded()[0].header("host"), Some(second.addr.to_string().as_str()));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let received: usize = stdout.split("received=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert_eq!(first.recorded().len() + second.recorded().len(), received, "none lost or doubled: {stdout}");
+}

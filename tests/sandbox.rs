@@ -97,7 +97,7 @@ fn guests_see_no_clock_environment_arguments_or_files() {
 }
 
 #[test]
-fn a_body_over_the_cap_drops_the_event_and_is_counted() {
+fn an_oversized_body_or_a_bad_header_drops_the_event_and_is_counted() {
     let text = hostile_config("http://127.0.0.1:9", "").replace("workers = 1", "workers = 1\n    max_body = 4");
     let config = Config::parse(&text, Path::new("h.hcl"), Syntax::Hcl).unwrap();
     let module = GuestModule::load(Some(Path::new(HOSTILE_GUEST)), &config).unwrap();
@@ -107,10 +107,14 @@ fn a_body_over_the_cap_drops_the_event_and_is_counted() {
         Err(GuestError::InvalidDelivery(message)) => assert!(message.contains("guest.max_body"), "{message}"),
         other => panic!("expected an invalid delivery, got {other:?}"),
     }
-    // The call itself worked: the same instance goes on.
+    match instance.handle(publish_event("hostile/header")) {
+        Err(GuestError::InvalidDelivery(message)) => assert!(message.contains("invalid header name"), "{message}"),
+        other => panic!("expected an invalid delivery, got {other:?}"),
+    }
+    // The calls themselves worked: the same instance goes on.
     assert!(instance.handle(publish_event("ok")).unwrap().is_some());
     let stats = module.stats().snapshot();
-    assert_eq!((stats.calls, stats.delivered, stats.invalid, stats.failing_streak), (3, 2, 1, 0));
+    assert_eq!((stats.calls, stats.delivered, stats.invalid, stats.failing_streak), (4, 2, 2, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

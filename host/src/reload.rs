@@ -3,9 +3,9 @@
 //! Triggers: the guest file or the config file changes on disk (polled), or SIGHUP. A reload reads
 //! the config, builds the guest (recompiling only when its file changed), runs its `configure` with
 //! that config, and only then swaps it in through [`GuestControl`]; any failure is logged and the
-//! running guest stays. Rules, encoding and guest settings take effect at once; delivery settings
-//! (URL, headers, pool, timeouts, retries, TLS, dead letters) are read at start only and a change to them is
-//! reported as needing a restart.
+//! running guest stays. Rules, encoding, guest settings, URL and headers take effect at once;
+//! the pool, timeouts, retries, TLS and dead letters are read at start only, and a change to them
+//! is reported as needing a restart.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -135,10 +135,8 @@ impl Reloader {
 }
 
 /// The delivery settings read at start only, and whether each differs between `old` and `new`.
-fn delivery_changes(old: &Config, new: &Config) -> [(&'static str, bool); 7] {
+fn delivery_changes(old: &Config, new: &Config) -> [(&'static str, bool); 5] {
     [
-        ("url", old.url != new.url),
-        ("headers", old.headers != new.headers),
         ("pool_size", old.pool_size != new.pool_size),
         ("cancel_timeout", old.cancel_timeout != new.cancel_timeout),
         ("retry", old.retry != new.retry),

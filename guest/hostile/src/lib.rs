@@ -9,6 +9,7 @@
 //!   - `hostile/alloc`: allocates and touches memory, 1 MiB at a time, until allocation fails;
 //!   - `hostile/trap`: panics, which traps the instance;
 //!   - `hostile/log`: logs "hello from guest" at warn level, then delivers as below;
+//!   - `hostile/header`: delivers with a header whose name HTTP does not allow;
 //!   - `hostile/ambient`: delivers what it can see of the world (clock, environment, arguments,
 //!     files), so tests can check the sandbox grants none of it.
 //! - Any other event is delivered with, as its body, its topic for message events and its action
@@ -40,6 +41,10 @@ impl Guest for HostileGuest {
                 "hostile/alloc" => exhaust_memory(),
                 "hostile/trap" => panic!("hostile guest traps on purpose"),
                 "hostile/log" => log(Level::Warn, "hello from guest"),
+                "hostile/header" => {
+                    let headers = vec![("bad header".to_owned(), "x".to_owned())];
+                    return Some(Delivery { body: b"hdr".to_vec(), headers, path: None });
+                }
                 "hostile/ambient" => {
                     return Some(Delivery { body: ambient_authority().into_bytes(), headers: Vec::new(), path: None })
                 }

@@ -5,7 +5,7 @@
 //! a failure; the response body is read (up to a cap) so the connection can be reused. A failed
 //! attempt is tried again as [`RetryPolicy`] says.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -50,18 +50,23 @@ pub enum DeliveryError {
     DeadLetter(#[from] DeadLetterError),
 }
 
-/// The parts of every request fixed by the config: URL and headers.
+/// The parts of every request the config fixes, URL and headers; shared by the clones of a sink,
+/// and replaced as a whole on a config reload.
 #[derive(Clone, Debug)]
 pub struct RequestTemplate {
+    parts: Arc<RwLock<TemplateParts>>,
+}
+
+#[derive(Debug)]
+struct TemplateParts {
     scheme_authority: String,
     base_path: String,
     query: Option<String>,
     headers: HeaderMap,
 }
 
-impl RequestTemplate {
-    /// Takes URL and headers from a checked config.
-    pub fn new(config: &Config) -> Self {
+impl TemplateParts {
+    fn new(config: &Config) -> Self {
         let url = &config.url;
         let authority = url.authority().map_or("", |a| a.as_str());
         let mut headers = HeaderMap::new();
@@ -76,26 +81,40 @@ impl RequestTemplate {
                 headers.append(name, value);
             }
         }
-        RequestTemplate {
+        TemplateParts {
             scheme_authority: format!("{}://{}", url.scheme_str().unwrap_or("http"), authority),
             base_path: url.path().to_string(),
             query: url.query().map(str::to_string),
             headers,
         }
     }
+}
+
+impl RequestTemplate {
+    /// Takes URL and headers from a checked config.
+    pub fn new(config: &Config) -> Self {
+        RequestTemplate { parts: Arc::new(RwLock::new(TemplateParts::new(config))) }
+    }
+
+    /// Takes URL and headers from `config` for every request built from now on, in every clone.
+    pub fn retarget(&self, config: &Config) {
+        *self.parts.write().unwrap_or_else(PoisonError::into_inner) = TemplateParts::new(config);
+    }
 
     /// The full request for one delivery.
     pub fn build(&self, request: &Request) -> http::Request<Full<Bytes>> {
+        let parts = self.parts.read().unwrap_or_else(PoisonError::into_inner);
         let path = match &request.path {
-            Some(suffix) => format!("{}{}", self.base_path.trim_end_matches('/'), suffix),
-            None if self.base_path.is_empty() => "/".to_string(),
-            None => self.base_path.clone(),
+            Some(suffix) => format!("{}{}", parts.base_path.trim_end_matches('/'), suffix),
+            None if parts.base_path.is_empty() => "/".to_string(),
+            None => parts.base_path.clone(),
         };
-        let uri = match &self.query {
-            Some(query) => format!("{}{}?{}", self.scheme_authority, path, query),
-            None => format!("{}{}", self.scheme_authority, path),
+        let uri = match &parts.query {
+            Some(query) => format!("{}{}?{}", parts.scheme_authority, path, query),
+            None => format!("{}{}", parts.scheme_authority, path),
         };
-        let mut headers = self.headers.clone();
+        let mut headers = parts.headers.clone();
+        drop(parts);
         for (name, value) in &request.headers {
             headers.append(name.clone(), value.clone());
         }
@@ -136,6 +155,11 @@ impl HttpSink {
             None => None,
         };
         Ok(HttpSink { client, template: RequestTemplate::new(config), timeout: config.cancel_timeout, retry: config.retry, dead_letters })
+    }
+
+    /// URL and headers for requests sent from now on (a config reload).
+    pub fn retarget(&self, config: &Config) {
+        self.template.retarget(config);
     }
 
     /// Sends one request, retrying as the policy says; `Ok` only for a 2xx answer. Each retry is

@@ -41,6 +41,17 @@ pub enum Sink {
     Print(print::PrintSink),
 }
 
+impl Sink {
+    /// Takes URL and headers from `config` for every request from now on; the pool, timeouts,
+    /// retries and dead letters stay as they were built.
+    pub fn retarget(&self, config: &crate::Config) {
+        match self {
+            Sink::Http(client) => client.retarget(config),
+            Sink::Print(printer) => printer.retarget(config),
+        }
+    }
+}
+
 /// Sends `requests` (for example read back from a dead-letter file) as the runtime would: at most
 /// `pool_size` at a time, with retries. Returns the counts.
 pub async fn send_all(requests: Vec<Request>, sink: Sink, pool_size: usize) -> crate::MetricsSnapshot {

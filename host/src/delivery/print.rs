@@ -17,6 +17,11 @@ impl PrintSink {
         PrintSink { template }
     }
 
+    /// URL and headers for requests printed from now on (a config reload).
+    pub fn retarget(&self, config: &crate::Config) {
+        self.template.retarget(config);
+    }
+
     pub(crate) fn print(&self, request: &Request) {
         let http_request = self.template.build(request);
         let mut out = std::io::stdout().lock();

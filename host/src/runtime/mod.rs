@@ -137,6 +137,8 @@ pub struct GuestControl {
     previous: Arc<Mutex<Option<(Arc<GuestModule>, Config)>>>,
     /// The built-in guest, configured like the running one, when `guest.on_failure = builtin`.
     fallback: Arc<RwLock<Option<Arc<GuestModule>>>>,
+    /// Where requests go; a swap's config gives it its URL and headers.
+    sink: Sink,
 }
 
 impl GuestControl {
@@ -198,6 +200,7 @@ impl GuestControl {
     /// Installs `guest` with `config`; returns what it replaced and the new generation.
     fn install(&self, guest: Arc<GuestModule>, config: &Config) -> ((Arc<GuestModule>, Config), u64) {
         self.set_fallback(config);
+        self.sink.retarget(config);
         self.wanted.set(config);
         let old_config = std::mem::replace(&mut *self.config.write().unwrap_or_else(PoisonError::into_inner), config.clone());
         let (old_guest, generation) = self.slot.swap(guest);
@@ -240,6 +243,7 @@ impl Runtime {
             config: Arc::new(RwLock::new(config.clone())),
             previous: Arc::default(),
             fallback: Arc::default(),
+            sink: sink.clone(),
         };
         control.set_fallback(config);
         let workers = (0..config.guest.workers.get())
