@@ -176,7 +176,8 @@ const MALFORMED: &[(&str, &str, usize, &str, &str)] = &[
     ("topic.conf", "webhook {\n url = \"http://h\"\n events = [\n  { event = \"on_message_publish\"\n    topic = \"a/#/b\" }\n ]\n}\n", 5, "webhook.events[0].topic", "last level"),
     ("retry.conf", "webhook {\n url = \"http://h\"\n retry { base = 1s, cap = 10ms }\n}\n", 3, "webhook.retry.cap", "shorter"),
     ("retry-key.conf", "webhook {\n url = \"http://h\"\n retry {\n  attempts = 3\n }\n}\n", 4, "webhook.retry.attempts", "max_attempts"),
-    ("policy.hcl", "webhook {\n  url = \"http://h\"\n  guest {\n    on_failure = \"retry\"\n  }\n}\n", 4, "webhook.guest.on_failure", "skip, builtin"),
+    ("policy.hcl", "webhook {\n  url = \"http://h\"\n  guest {\n    on_failure = \"retry\"\n  }\n}\n", 4, "webhook.guest.on_failure", "skip, builtin, dead_letter"),
+    ("policy-file.hcl", "webhook {\n  url = \"http://h\"\n  guest {\n    on_failure = \"dead_letter\"\n  }\n}\n", 4, "webhook.guest.on_failure", "webhook.dead_letter"),
     ("memory.hcl", "webhook {\n  url = \"http://h\"\n  guest {\n    memory_limit = \"lots\"\n  }\n}\n", 4, "webhook.guest.memory_limit", "64MiB"),
 ];
 

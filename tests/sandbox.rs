@@ -187,3 +187,30 @@ async fn on_failure_builtin_delivers_the_nanomq_body_instead() {
         "the trapped event, saved by the built-in guest"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_failure_dead_letter_keeps_the_event_for_replay() {
+    let endpoint = Endpoint::start(Behaviour::default()).await;
+    let scratch = Scratch::new();
+    let dead = scratch.0.path().join("dead.ndjson");
+    let text = hostile_config(&endpoint.url(), "")
+        .replace("workers = 1", "workers = 1\n    on_failure = \"dead_letter\"")
+        .replace("  guest {", &format!("  dead_letter = \"{}\"\n  guest {{", dead.display()));
+    let config = scratch.file("hostile.hcl", &text);
+    let input = [publish_line("hostile/trap", 7), publish_line("ok/1", 8)].join("\n") + "\n";
+    let run = mqhook(&["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap(), "--guest", HOSTILE_GUEST], &input).await;
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!((run.summary("guest_traps"), run.summary("delivered"), run.summary("failed")), (1, 1, 1));
+    let letters = std::fs::read_to_string(&dead).unwrap();
+    let letter: serde_json::Value = serde_json::from_str(letters.trim()).unwrap();
+    assert_eq!(letter["attempts"], 0);
+    assert!(letter["error"].as_str().unwrap().contains("guest trapped"), "{letter}");
+    let nanomq_body = r#"{"ts":7,"topic":"hostile/trap","retain":false,"qos":0,"action":"message_publish","from_username":"undefined","from_client_id":"c","payload":"p"}"#;
+    assert_eq!(letter["body"], nanomq_body);
+
+    // Replay (with the built-in guest's config) delivers it.
+    let run = mqhook(&["replay", dead.to_str().unwrap(), "--config", config.to_str().unwrap()], "").await;
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!(run.summary("delivered"), 1);
+    assert!(endpoint.recorded().iter().any(|r| r.body_text() == nanomq_body));
+}

@@ -132,11 +132,13 @@ pub enum FailurePolicy {
     Skip,
     /// The event is delivered with the built-in NanoMQ guest's body instead.
     Builtin,
+    /// The built-in NanoMQ guest's body for the event goes to the dead-letter file, for replay.
+    DeadLetter,
 }
 
 impl FailurePolicy {
     /// Accepted spellings, for error messages.
-    pub const ACCEPTED: &'static str = "skip, builtin";
+    pub const ACCEPTED: &'static str = "skip, builtin, dead_letter";
 }
 
 /// Default cap on guest memory: 64 MiB.

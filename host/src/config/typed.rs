@@ -91,6 +91,10 @@ pub(crate) fn config_from_tree(root: &Node, file: &Path) -> Result<Config, Confi
         Some(node) => Some(ctx.path(node, "webhook.dead_letter")?),
         None => None,
     };
+    if guest.on_failure == FailurePolicy::DeadLetter && dead_letter.is_none() {
+        let node = get("guest").and_then(|g| g.get("on_failure")).unwrap_or(webhook);
+        return Err(ctx.invalid(node, "webhook.guest.on_failure", "`dead_letter` needs `webhook.dead_letter` (a file)"));
+    }
     let queue_size = match get("queue_size") {
         Some(node) => ctx.positive(node, "webhook.queue_size")?,
         None => NonZeroUsize::new(DEFAULT_QUEUE_SIZE).expect("non-zero"),
@@ -388,6 +392,7 @@ impl Ctx<'_> {
             guest.on_failure = match text {
                 "skip" => FailurePolicy::Skip,
                 "builtin" => FailurePolicy::Builtin,
+                "dead_letter" => FailurePolicy::DeadLetter,
                 _ => {
                     let message = format!("unknown policy `{text}`; accepted: {}", FailurePolicy::ACCEPTED);
                     return Err(self.invalid(n, "webhook.guest.on_failure", message));

@@ -63,7 +63,7 @@ pub enum DeadLetterError {
 }
 
 impl DeadLetter {
-    fn new(request: &Request, error: &DeliveryError, attempts: u32) -> Self {
+    fn new(request: &Request, status: Option<u16>, error: String, attempts: u32) -> Self {
         let (body, body_base64) = match std::str::from_utf8(&request.body) {
             Ok(text) => (Some(text.to_string()), None),
             Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(&request.body))),
@@ -78,11 +78,8 @@ impl DeadLetter {
                 .collect(),
             body,
             body_base64,
-            status: match error {
-                DeliveryError::Status { status, .. } => Some(status.as_u16()),
-                _ => None,
-            },
-            error: error.to_string(),
+            status,
+            error,
             attempts,
         }
     }
@@ -127,9 +124,24 @@ impl DeadLetters {
         Ok(DeadLetters { path: path.to_path_buf(), file: Mutex::new(file) })
     }
 
-    /// Appends one failed request. A write error is logged: the failure itself is already counted.
+    /// Appends a request that failed for good. A write error is logged: the failure itself is
+    /// already counted.
     pub(crate) fn record(&self, request: &Request, error: &DeliveryError, attempts: u32) {
-        let mut line = serde_json::to_vec(&DeadLetter::new(request, error, attempts)).expect("a dead letter serialises");
+        let status = match error {
+            DeliveryError::Status { status, .. } => Some(status.as_u16()),
+            _ => None,
+        };
+        self.append(&DeadLetter::new(request, status, error.to_string(), attempts));
+    }
+
+    /// Appends a request never attempted because the guest failed on its event (`request` is the
+    /// built-in guest's body for it); `error` is the guest's failure.
+    pub(crate) fn record_unsent(&self, request: &Request, error: &str) {
+        self.append(&DeadLetter::new(request, None, error.to_string(), 0));
+    }
+
+    fn append(&self, letter: &DeadLetter) {
+        let mut line = serde_json::to_vec(letter).expect("a dead letter serialises");
         line.push(b'\n');
         let mut file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
         if let Err(error) = file.write_all(&line).and_then(|()| file.flush()) {

@@ -157,6 +157,11 @@ impl HttpSink {
         Ok(HttpSink { client, template: RequestTemplate::new(config), timeout: config.cancel_timeout, retry: config.retry, dead_letters })
     }
 
+    /// The dead-letter file, when the config names one.
+    pub fn dead_letters(&self) -> Option<&DeadLetters> {
+        self.dead_letters.as_deref()
+    }
+
     /// URL and headers for requests sent from now on (a config reload).
     pub fn retarget(&self, config: &Config) {
         self.template.retarget(config);

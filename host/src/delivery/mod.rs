@@ -50,6 +50,14 @@ impl Sink {
             Sink::Print(printer) => printer.retarget(config),
         }
     }
+
+    /// The dead-letter file, when the sink has one.
+    pub fn dead_letters(&self) -> Option<&dead_letter::DeadLetters> {
+        match self {
+            Sink::Http(client) => client.dead_letters(),
+            Sink::Print(_) => None,
+        }
+    }
 }
 
 /// Sends `requests` (for example read back from a dead-letter file) as the runtime would: at most

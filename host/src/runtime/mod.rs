@@ -135,10 +135,10 @@ pub struct GuestControl {
     config: Arc<RwLock<Config>>,
     /// The guest (and its configuration) the latest swap replaced, for an automatic rollback.
     previous: Arc<Mutex<Option<(Arc<GuestModule>, Config)>>>,
-    /// The built-in guest, configured like the running one, when `guest.on_failure = builtin`.
+    /// The built-in guest, configured like the running one, when `guest.on_failure` needs its body.
     fallback: Arc<RwLock<Option<Arc<GuestModule>>>>,
     /// Where requests go; a swap's config gives it its URL and headers.
-    sink: Sink,
+    pub(crate) sink: Sink,
 }
 
 impl GuestControl {
@@ -175,7 +175,7 @@ impl GuestControl {
     }
 
     /// The built-in guest that takes over a failed call's event, if the policy asks for one.
-    fn fallback(&self) -> Option<Arc<GuestModule>> {
+    pub(crate) fn fallback(&self) -> Option<Arc<GuestModule>> {
         self.fallback.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
@@ -183,7 +183,7 @@ impl GuestControl {
     fn set_fallback(&self, config: &Config) {
         let fallback = match config.guest.on_failure {
             FailurePolicy::Skip => None,
-            FailurePolicy::Builtin => {
+            FailurePolicy::Builtin | FailurePolicy::DeadLetter => {
                 let loaded = match self.fallback() {
                     Some(builtin) => builtin.with_config(config),
                     None => GuestModule::load(None, config),

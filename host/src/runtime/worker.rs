@@ -2,8 +2,9 @@
 //!
 //! It takes events in batches (a busy worker never sleeps between events), runs each through the
 //! guest version current at that event, and hands the requests of a batch to delivery at once.
-//! After a failed call it rebuilds the instance, saves the event with the built-in guest when
-//! `guest.on_failure = builtin`, and rolls a newly swapped guest back when it keeps failing.
+//! After a failed call it rebuilds the instance, hands the event to the built-in guest when
+//! `guest.on_failure` says so (to deliver, or to write to the dead-letter file), and rolls a newly
+//! swapped guest back when it keeps failing.
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use crossbeam_channel::Receiver;
 use tokio::sync::mpsc;
 
 use super::GuestControl;
+use crate::config::FailurePolicy;
 use crate::delivery::Request;
 use crate::event::Event;
 use crate::guest::{GuestError, GuestInstance, GuestModule};
@@ -27,6 +29,12 @@ pub(super) struct Worker {
     pub stopping: Receiver<()>,
     pub requests: mpsc::Sender<Vec<Request>>,
     pub metrics: Arc<Metrics>,
+}
+
+/// What to do with a failed call's event, and the built-in guest instance that makes its body.
+struct Fallback {
+    policy: FailurePolicy,
+    builtin: Running,
 }
 
 /// A guest version and this worker's instance of it (built on first use, dropped after a trap).
@@ -59,7 +67,7 @@ impl Worker {
     pub(super) fn run(self) {
         let (mut generation, guest) = self.control.current();
         let mut running = Running::new(guest);
-        let mut fallback = self.control.fallback().map(Running::new);
+        let mut fallback = self.fallback();
         while let Some(first) = self.next_event() {
             let mut batch = Vec::new();
             for event in std::iter::once(first).chain(self.events.try_iter().take(BATCH - 1)) {
@@ -68,7 +76,7 @@ impl Worker {
                     let guest;
                     (generation, guest) = self.control.current();
                     running = Running::new(guest);
-                    fallback = self.control.fallback().map(Running::new);
+                    fallback = self.fallback();
                 }
                 if let Some(request) = self.handle(&mut running, fallback.as_mut(), event) {
                     batch.push(request);
@@ -89,6 +97,11 @@ impl Worker {
         }
     }
 
+    fn fallback(&self) -> Option<Fallback> {
+        let policy = self.control.config().guest.on_failure;
+        self.control.fallback().map(|builtin| Fallback { policy, builtin: Running::new(builtin) })
+    }
+
     /// The next event, waiting for one; `None` once the runtime stops and the queue is empty.
     fn next_event(&self) -> Option<Event> {
         crossbeam_channel::select! {
@@ -98,7 +111,7 @@ impl Worker {
     }
 
     /// Runs one event through the guest; on failure, through the fallback if there is one.
-    fn handle(&self, running: &mut Running, fallback: Option<&mut Running>, event: Event) -> Option<Request> {
+    fn handle(&self, running: &mut Running, fallback: Option<&mut Fallback>, event: Event) -> Option<Request> {
         // The event is moved into the call; keep a copy only when a fallback may need it.
         let spare = fallback.is_some().then(|| event.clone());
         let error = match running.call(event) {
@@ -116,8 +129,12 @@ impl Worker {
             _ => tracing::error!(guest = running.guest.name(), "Cannot start a guest instance: {error}."),
         }
         if let (Some(fallback), Some(event)) = (fallback, spare) {
-            match fallback.call(event) {
-                Ok(Some(request)) => return Some(request),
+            match fallback.builtin.call(event) {
+                Ok(Some(request)) if fallback.policy == FailurePolicy::Builtin => return Some(request),
+                Ok(Some(request)) => match self.control.sink.dead_letters() {
+                    Some(dead_letters) => dead_letters.record_unsent(&request, &error.to_string()),
+                    None => tracing::error!("No dead-letter file to keep the event in; it is dropped."),
+                },
                 Ok(None) => {
                     self.metrics.record_filtered();
                     return None;
