@@ -45,7 +45,7 @@ impl GuestLogic for Filter {
 /// per guest instance, made by `configure`. `$suffix` names this crate's component-type section,
 /// which must differ from this library's. The crate needs `wit-bindgen` and sits in `guest/<name>/`.
 ///
-/// ```ignore
+/// ```text
 /// mqhook_guest_nanomq::export_guest!(crate::MyFilter, "my-filter");
 /// ```
 #[macro_export]
