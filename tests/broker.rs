@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
 
 use crate::support::endpoint::{Behaviour, Endpoint};
-use crate::support::Scratch;
+use crate::support::{free_loopback_addr, spawn_mqhook, wait_for_listener, Scratch};
 
 /// Longest wait for requests to reach the endpoint.
 const WAIT_LIMIT: Duration = Duration::from_secs(20);
@@ -195,23 +195,10 @@ async fn the_binary_runs_the_broker_by_default_and_drains_on_sigterm() {
         "nanomq.conf",
         &format!("webhook {{\n url = \"{}\"\n events = [{{ event = \"on_message_publish\", topic = \"bin/#\" }}]\n}}\n", endpoint.url()),
     );
-    // A free port: bound, then released for mqhook to take.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let listen = format!("127.0.0.1:{port}");
-    let child = Command::new(env!("CARGO_BIN_EXE_mqhook"))
-        .args(["run", "--config", config.to_str().unwrap(), "--listen", &listen])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("starting mqhook");
+    let listen = free_loopback_addr();
+    let child = spawn_mqhook(&["run", "--config", config.to_str().unwrap(), "--listen", &listen]);
+    wait_for_listener(&listen).await;
     let broker: SocketAddr = listen.parse().unwrap();
-    let deadline = Instant::now() + WAIT_LIMIT;
-    while tokio::net::TcpStream::connect(broker).await.is_err() {
-        assert!(Instant::now() < deadline, "the broker never listened on {listen}");
-        sleep(Duration::from_millis(50)).await;
-    }
     mosquitto("mosquitto_pub", broker, &["-i", "binpub", "-t", "bin/x", "-q", "1", "-m", "via the binary"]).await;
     let deadline = Instant::now() + WAIT_LIMIT;
     while endpoint.recorded().is_empty() {

@@ -7,12 +7,14 @@
 //! the same requests: the swap changed what the endpoint receives, without a restart.
 
 use crate::support::endpoint::{Behaviour, Endpoint, Recorded};
-use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 
-use crate::support::{admin, mqhook, Run, Scratch, CLOUDEVENTS_GUEST, PAYLOAD_FILTER_GUEST, ROUTER_GUEST};
+use crate::support::{
+    admin, free_loopback_addr, mqhook, spawn_mqhook, wait_for_listener, Run, Scratch, CLOUDEVENTS_GUEST,
+    PAYLOAD_FILTER_GUEST, ROUTER_GUEST,
+};
 
 /// A guest at work: the component, the config it runs under, the events it is fed.
 struct Example {
@@ -58,21 +60,9 @@ impl Example {
         let endpoint = Endpoint::start(Behaviour::default()).await;
         let scratch = Scratch::new();
         let config = scratch.file("example.hcl", &self.config(&endpoint.url()));
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let addr = format!("127.0.0.1:{port}");
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mqhook"))
-            .args(["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap(), "--admin", &addr])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("starting mqhook");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(&addr).await.is_err() {
-            assert!(tokio::time::Instant::now() < deadline, "the admin API never listened");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let addr = free_loopback_addr();
+        let mut child = spawn_mqhook(&["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap(), "--admin", &addr]);
+        wait_for_listener(&addr).await;
         let (status, swapped) = admin(&addr, "PUT", std::fs::read(self.guest).unwrap()).await;
         assert_eq!((status, swapped["generation"].as_u64()), (200, Some(1)), "{swapped}");
         let mut stdin = child.stdin.take().unwrap();

@@ -309,14 +309,7 @@ async fn failed_requests_go_to_the_dead_letter_file_and_replay_delivers_them() {
 
 /// Starts `mqhook run` reading NDJSON from a pipe that stays open.
 fn spawn_reading(config: &std::path::Path) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_mqhook"))
-        .args(["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap()])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("starting mqhook")
+    crate::support::spawn_mqhook(&["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap()])
 }
 
 async fn signal(child: &tokio::process::Child, name: &str) {

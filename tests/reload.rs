@@ -14,7 +14,7 @@ use tokio::process::Command;
 use tokio::time::{sleep, timeout, Instant};
 
 use crate::support::endpoint::{Behaviour, Endpoint, Recorded};
-use crate::support::{admin, Scratch, HOSTILE_GUEST};
+use crate::support::{admin, free_loopback_addr, spawn_mqhook, wait_for_listener, Scratch, HOSTILE_GUEST};
 
 const EVENTS: u64 = 6000;
 const WAIT_LIMIT: Duration = Duration::from_secs(30);
@@ -110,14 +110,7 @@ async fn the_binary_swaps_on_a_guest_file_change_and_on_sighup() {
     let config = scratch.file("nanomq.conf", &conf("plain"));
     let guest = scratch.0.path().join("guest.wasm");
     std::fs::copy(env!("MQHOOK_GUEST_BUILTIN"), &guest).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mqhook"))
-        .args(["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap(), "--guest", guest.to_str().unwrap()])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_mqhook(&["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap(), "--guest", guest.to_str().unwrap()]);
     let mut stdin = child.stdin.take().unwrap();
     let line = r#"{"event":"message_publish","from_client_id":"c","topic":"swap/x","qos":0,"retain":false,"payload":"hello","ts":1}"#;
     probe_until(&mut stdin, &endpoint, line, |body| body.ends_with(r#""payload":"hello"}"#)).await;
@@ -170,22 +163,10 @@ async fn the_admin_api_reports_and_swaps_the_guest() {
         "nanomq.conf",
         &format!("webhook {{\n url = \"{}\"\n events = [{{ event = \"on_message_publish\" }}]\n}}\n", endpoint.url()),
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mqhook"))
-        .args(["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap(), "--admin", &addr])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let addr = free_loopback_addr();
+    let mut child = spawn_mqhook(&["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap(), "--admin", &addr]);
     let mut stdin = child.stdin.take().unwrap();
-    let deadline = Instant::now() + WAIT_LIMIT;
-    while tokio::net::TcpStream::connect(&addr).await.is_err() {
-        assert!(Instant::now() < deadline, "the admin API never listened");
-        sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_listener(&addr).await;
     let (status, builtin) = admin(&addr, "GET", Vec::new()).await;
     assert_eq!(status, 200);
     assert_eq!(builtin["name"], "builtin:nanomq");
@@ -224,14 +205,7 @@ async fn a_config_reload_moves_requests_to_a_new_url_and_headers() {
         format!("webhook {{\n url = \"{url}/a\"\n headers.x-version = \"{version}\"\n events = [{{ event = \"on_message_publish\" }}]\n}}\n")
     };
     let config = scratch.file("nanomq.conf", &conf(&first.url(), "1"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mqhook"))
-        .args(["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap()])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_mqhook(&["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap()]);
     let mut stdin = child.stdin.take().unwrap();
     let line = r#"{"event":"message_publish","from_client_id":"c","topic":"move/x","qos":0,"retain":false,"payload":"hello","ts":1}"#;
     probe_until(&mut stdin, &first, line, |_| true).await;

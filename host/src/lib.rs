@@ -24,8 +24,7 @@
 //! let runtime = Runtime::start(&config, guest, Sink::Http(HttpSink::new(&config)?));
 //! let submitter = runtime.submitter();
 //! // … submitter.try_submit(event) from broker hooks; never blocks …
-//! drop(submitter);
-//! let totals = runtime.shutdown().await; // drains every accepted event
+//! let totals = runtime.shutdown().await; // closes the submitters, drains every accepted event
 //! println!("{totals}");
 //! # Ok(()) }
 //! ```

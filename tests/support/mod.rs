@@ -61,9 +61,9 @@ impl Run {
     }
 }
 
-/// Runs `mqhook ARGS` with `stdin` as standard input, bounded in time.
-pub async fn mqhook(args: &[&str], stdin: &str) -> Run {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mqhook"))
+/// Starts `mqhook ARGS` with piped standard streams; it is killed if the test drops it.
+pub fn spawn_mqhook(args: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_mqhook"))
         .args(args)
         .env("RUST_LOG", "info")
         .stdin(Stdio::piped())
@@ -71,7 +71,27 @@ pub async fn mqhook(args: &[&str], stdin: &str) -> Run {
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .expect("starting mqhook");
+        .expect("starting mqhook")
+}
+
+/// A free loopback address: bound, then released for the process under test to take.
+pub fn free_loopback_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    format!("127.0.0.1:{port}")
+}
+
+/// Waits, bounded, until something listens on `addr`.
+pub async fn wait_for_listener(addr: &str) {
+    let deadline = tokio::time::Instant::now() + RUN_LIMIT;
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "nothing ever listened on {addr}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs `mqhook ARGS` with `stdin` as standard input, bounded in time.
+pub async fn mqhook(args: &[&str], stdin: &str) -> Run {
+    let mut child = spawn_mqhook(args);
     let mut input = child.stdin.take().unwrap();
     let text = stdin.to_string();
     let writer = tokio::spawn(async move {

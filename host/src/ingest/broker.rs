@@ -55,9 +55,9 @@
 //! # Stopping
 //! [`Broker::serve`] returns once `shutdown` completes: the listener closes and the hooks stop
 //! submitting. rmqtt never frees its server context (it refers to itself), so the hooks' `Submitter`
-//! is revoked explicitly, also when a `Broker` or its `serve` future is dropped; only then can
-//! [`Runtime::shutdown`](crate::Runtime::shutdown) drain. Clients still connected are not
-//! disconnected, and what they do afterwards is not forwarded.
+//! is revoked explicitly, also when a `Broker` or its `serve` future is dropped, rather than left
+//! alive with the context. Clients still connected are not disconnected, and what they do
+//! afterwards is not forwarded.
 
 use std::future::Future;
 use std::net::SocketAddr;
