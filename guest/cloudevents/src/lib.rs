@@ -31,7 +31,7 @@
 //!   non-empty; default `mqhook`.
 
 use mqhook_guest_nanomq::mqhook::filter::types::{Delivery, Event, FilterConfig};
-use mqhook_guest_nanomq::{event, Filter};
+use mqhook_guest_nanomq::{event, Filter, GuestLogic};
 
 /// The `source` when no setting names one.
 pub const DEFAULT_SOURCE: &str = "mqhook";
@@ -46,10 +46,10 @@ pub struct CloudEvents {
     source: String,
 }
 
-impl CloudEvents {
+impl GuestLogic for CloudEvents {
     /// Builds the guest from its configuration: the rules as the default guest checks them, the
     /// `source` from the settings.
-    pub fn new(config: FilterConfig) -> Result<Self, String> {
+    fn configure(config: FilterConfig) -> Result<Self, String> {
         let mut source = None;
         for (key, value) in &config.settings {
             match key.as_str() {
@@ -74,8 +74,8 @@ impl CloudEvents {
     }
 
     /// The CloudEvent for `event`, or `None` when no rule selects it.
-    pub fn handle(&self, event: &Event) -> Option<Delivery> {
-        let data = self.filter.handle(event)?;
+    fn handle(&self, event: &Event) -> Option<Delivery> {
+        let data = Filter::handle(&self.filter, event)?;
         let mut envelope = Vec::with_capacity(data.len() + 320);
         envelope.extend_from_slice(br#"{"specversion":"1.0""#);
         member(&mut envelope, "id", &event_id(&data));
@@ -176,16 +176,6 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (year, month, day)
 }
 
-impl mqhook_guest_nanomq::GuestLogic for CloudEvents {
-    fn configure(config: FilterConfig) -> Result<Self, String> {
-        CloudEvents::new(config)
-    }
-
-    fn handle(&self, event: &Event) -> Option<Delivery> {
-        CloudEvents::handle(self, event)
-    }
-}
-
 mqhook_guest_nanomq::export_guest!(crate::CloudEvents, "cloudevents");
 
 #[cfg(test)]
@@ -246,7 +236,7 @@ mod tests {
 
     #[test]
     fn a_publish_becomes_a_cloud_event_around_nanomqs_body() {
-        let guest = CloudEvents::new(config(&[("source", "mqtt://broker\"1\"")])).unwrap();
+        let guest = CloudEvents::configure(config(&[("source", "mqtt://broker\"1\"")])).unwrap();
         let data = r#"{"ts":1706703724960,"topic":"sensors/kitchen","retain":false,"qos":1,"action":"message_publish","from_username":"u1","from_client_id":"c1","payload":"{\"temp\":21.5}"}"#;
         assert_eq!(
             envelope(&guest, &publish(1706703724960)),
@@ -259,7 +249,7 @@ mod tests {
 
     #[test]
     fn client_events_have_no_subject_and_time_only_when_connected() {
-        let guest = CloudEvents::new(config(&[])).unwrap();
+        let guest = CloudEvents::configure(config(&[])).unwrap();
         let connack = Event::ClientConnack(Connack {
             client: client(),
             keepalive: 60,
@@ -290,7 +280,7 @@ mod tests {
 
     #[test]
     fn ids_are_deterministic_and_follow_the_event() {
-        let guest = CloudEvents::new(config(&[])).unwrap();
+        let guest = CloudEvents::configure(config(&[])).unwrap();
         let id = |ts| {
             let text = envelope(&guest, &publish(ts));
             text[r#"{"specversion":"1.0","id":""#.len()..][..32].to_owned()
@@ -330,7 +320,7 @@ mod tests {
             (&[("source", "a"), ("source", "b")][..], "given twice"),
             (&[("type", "x")][..], "unknown setting `type`"),
         ] {
-            let error = CloudEvents::new(config(settings)).unwrap_err();
+            let error = CloudEvents::configure(config(settings)).unwrap_err();
             assert!(error.contains(reason), "{settings:?}: {error}");
         }
     }

@@ -29,7 +29,7 @@
 //! ```
 
 use mqhook_guest_nanomq::mqhook::filter::types::{Delivery, Event, FilterConfig};
-use mqhook_guest_nanomq::Filter;
+use mqhook_guest_nanomq::{Filter, GuestLogic};
 use serde_json::Value;
 
 /// The configured guest: NanoMQ's filter and bodies, plus the payload condition on publishes.
@@ -39,10 +39,10 @@ pub struct PayloadFilter {
     condition: Condition,
 }
 
-impl PayloadFilter {
+impl GuestLogic for PayloadFilter {
     /// Builds the filter from its configuration: the rules as the default guest checks them, the
     /// condition from the settings.
-    pub fn new(config: FilterConfig) -> Result<Self, String> {
+    fn configure(config: FilterConfig) -> Result<Self, String> {
         let condition = Condition::from_settings(&config.settings)?;
         Ok(Self {
             filter: Filter::new(config)?,
@@ -52,13 +52,13 @@ impl PayloadFilter {
 
     /// NanoMQ's delivery for `event` (its body, no headers, no path), or `None` when no rule
     /// selects it or it is a publish whose payload fails the condition.
-    pub fn handle(&self, event: &Event) -> Option<Delivery> {
+    fn handle(&self, event: &Event) -> Option<Delivery> {
         if let Event::MessagePublish(message) = event {
             if !self.condition.holds(&message.payload) {
                 return None;
             }
         }
-        let body = self.filter.handle(event)?;
+        let body = Filter::handle(&self.filter, event)?;
         Some(Delivery {
             body,
             headers: Vec::new(),
@@ -184,16 +184,6 @@ fn json_equal(found: &Value, expected: &Value) -> bool {
             found.as_f64() == expected.as_f64()
         }
         _ => found == expected,
-    }
-}
-
-impl mqhook_guest_nanomq::GuestLogic for PayloadFilter {
-    fn configure(config: FilterConfig) -> Result<Self, String> {
-        PayloadFilter::new(config)
-    }
-
-    fn handle(&self, event: &Event) -> Option<Delivery> {
-        PayloadFilter::handle(self, event)
     }
 }
 
@@ -338,7 +328,7 @@ mod tests {
     #[test]
     fn only_publishes_are_tested_and_bodies_are_nanomqs() {
         let filter =
-            PayloadFilter::new(config(&[("field", "on"), ("op", "eq"), ("value", "true")]))
+            PayloadFilter::configure(config(&[("field", "on"), ("op", "eq"), ("value", "true")]))
                 .expect("valid configuration");
         let delivery = filter
             .handle(&publish(br#"{"on":true}"#))
@@ -365,7 +355,7 @@ mod tests {
     fn the_rules_are_checked_as_by_the_default_guest() {
         let mut invalid = config(&[("field", "on"), ("op", "exists")]);
         invalid.rules[0].topic = Some("a/#/b".to_owned());
-        let error = PayloadFilter::new(invalid).unwrap_err();
+        let error = PayloadFilter::configure(invalid).unwrap_err();
         assert!(
             error.starts_with("rule 1 (on_message_publish): "),
             "{error}"

@@ -42,7 +42,7 @@ use std::fmt::Write as _;
 
 use mqhook_guest_nanomq::mqhook::filter::types::{Delivery, Event, FilterConfig};
 use mqhook_guest_nanomq::topic::TopicFilter;
-use mqhook_guest_nanomq::{event, Filter};
+use mqhook_guest_nanomq::{event, Filter, GuestLogic};
 
 /// The header that carries the event's topic.
 pub const TOPIC_HEADER: &str = "x-mqhook-topic";
@@ -57,10 +57,10 @@ pub struct Router {
     headers: Vec<(String, String)>,
 }
 
-impl Router {
+impl GuestLogic for Router {
     /// Builds the router from its configuration: the rules as the default guest checks them,
     /// routes, default path and headers from the settings.
-    pub fn new(config: FilterConfig) -> Result<Self, String> {
+    fn configure(config: FilterConfig) -> Result<Self, String> {
         let mut routes = Vec::new();
         let mut default = None;
         let mut headers = Vec::new();
@@ -94,8 +94,8 @@ impl Router {
 
     /// NanoMQ's body for `event` with the path and headers its topic chooses, or `None` when no
     /// rule selects it.
-    pub fn handle(&self, event: &Event) -> Option<Delivery> {
-        let body = self.filter.handle(event)?;
+    fn handle(&self, event: &Event) -> Option<Delivery> {
+        let body = Filter::handle(&self.filter, event)?;
         let topic = event::topic(event);
         let route = topic.and_then(|topic| {
             self.routes
@@ -162,16 +162,6 @@ fn header_value(topic: &str) -> String {
     value
 }
 
-impl mqhook_guest_nanomq::GuestLogic for Router {
-    fn configure(config: FilterConfig) -> Result<Self, String> {
-        Router::new(config)
-    }
-
-    fn handle(&self, event: &Event) -> Option<Delivery> {
-        Router::handle(self, event)
-    }
-}
-
 mqhook_guest_nanomq::export_guest!(crate::Router, "router");
 
 #[cfg(test)]
@@ -201,7 +191,7 @@ mod tests {
     }
 
     fn router(settings: &[(&str, &str)]) -> Router {
-        Router::new(config(settings)).expect("valid settings")
+        Router::configure(config(settings)).expect("valid settings")
     }
 
     fn client() -> Client {
@@ -346,7 +336,7 @@ mod tests {
             ),
             (&[("routes.a", "/a")][..], "unknown setting `routes.a`"),
         ] {
-            let error = Router::new(config(settings)).unwrap_err();
+            let error = Router::configure(config(settings)).unwrap_err();
             assert!(error.contains(reason), "{settings:?}: {error}");
         }
     }
