@@ -299,7 +299,7 @@ fn start_runtime(endpoint: &Endpoint) -> Runtime {
     let config = Config::load(&scratch.file("nanomq.conf", &text)).expect("the test config loads");
     let guest = GuestModule::load(None, &config).expect("the built-in guest loads");
     let sink = Sink::Http(HttpSink::new(&config).expect("an HTTP sink for the endpoint"));
-    Runtime::start(&config, guest, sink)
+    Runtime::start(&config, guest, sink).expect("runtime")
 }
 
 /// Whether any body contains `part`.

@@ -4,9 +4,11 @@
 #[cfg(feature = "broker")]
 mod broker;
 mod config;
+mod delivery;
 mod examples;
 mod golden;
 mod pipeline;
 mod reload;
 mod sandbox;
 mod support;
+mod tls;

@@ -96,11 +96,15 @@ async fn every_event_posts_its_exact_body_and_headers() {
         assert_eq!(request.method, "POST");
         assert_eq!(request.path, "/hook");
         let names: Vec<&str> = request.headers.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["host", "content-type", "x-api-key", "accept", "content-length"]);
+        assert_eq!(names, ["host", "content-type", "x-api-key", "accept", "content-length", "idempotency-key"]);
         assert_eq!(request.header("host"), Some(endpoint.addr.to_string().as_str()));
         assert_eq!(request.header("content-type"), Some("application/json"));
         assert_eq!(request.header("content-length"), Some(request.body.len().to_string().as_str()));
     }
+    let mut keys: Vec<&str> = recorded.iter().filter_map(|r| r.header("idempotency-key")).collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), EVENTS.len(), "every request has its own idempotency key");
     assert!(!run.stderr.contains("secret"), "header values are never logged");
 }
 

@@ -43,7 +43,7 @@ async fn swapping_under_load_loses_and_duplicates_nothing() {
     let plain = config(&endpoint.url(), "plain");
     let base64 = config(&endpoint.url(), "base64");
     let plain_guest = GuestModule::load(None, &plain).unwrap();
-    let runtime = Runtime::start(&plain, plain_guest.with_config(&plain).unwrap(), Sink::Http(HttpSink::new(&plain).unwrap()));
+    let runtime = Runtime::start(&plain, plain_guest.with_config(&plain).unwrap(), Sink::Http(HttpSink::new(&plain).unwrap())).unwrap();
     let control = runtime.guest_control();
     let submitter = runtime.submitter();
     let feeder = tokio::task::spawn_blocking(move || {

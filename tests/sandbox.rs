@@ -127,7 +127,7 @@ async fn a_swapped_in_guest_that_keeps_failing_is_rolled_back() {
     let text = hostile_config(&endpoint.url(), "").replace("workers = 1", "workers = 1\n    rollback_after = 3");
     let config = Config::parse(&text, Path::new("h.hcl"), Syntax::Hcl).unwrap();
     let builtin = GuestModule::load(None, &config).unwrap();
-    let runtime = Runtime::start(&config, builtin, Sink::Http(HttpSink::new(&config).unwrap()));
+    let runtime = Runtime::start(&config, builtin, Sink::Http(HttpSink::new(&config).unwrap())).unwrap();
     let control = runtime.guest_control();
     control.swap(GuestModule::load(Some(Path::new(HOSTILE_GUEST)), &config).unwrap(), &config);
     let submitter = runtime.submitter();

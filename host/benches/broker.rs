@@ -38,7 +38,7 @@ fn main() {
         );
         let config = Config::parse(&text, Path::new("bench.hcl"), Syntax::Hcl).expect("bench config");
         let guest = GuestModule::load(None, &config).expect("built-in guest");
-        let pipeline = Runtime::start(&config, guest, Sink::Http(HttpSink::new(&config).expect("sink")));
+        let pipeline = Runtime::start(&config, guest, Sink::Http(HttpSink::new(&config).expect("sink"))).expect("runtime");
         let loopback = BrokerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)) };
         let broker = Broker::bind(loopback, pipeline.submitter()).await.expect("broker");
         let broker_addr = broker.local_addr();

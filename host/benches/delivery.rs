@@ -85,7 +85,7 @@ async fn through_host(config: &Config, guest: &GuestModule, events: usize, recei
     let prepared: Vec<Event> = (0..events).map(publish).collect();
     let before = received.load(Ordering::SeqCst);
     let started = Instant::now();
-    let pipeline = Runtime::start(config, module, Sink::Http(HttpSink::new(config).expect("http sink")));
+    let pipeline = Runtime::start(config, module, Sink::Http(HttpSink::new(config).expect("http sink"))).expect("runtime");
     let submitter = pipeline.submitter();
     let feeder = tokio::task::spawn_blocking(move || {
         for event in prepared {

@@ -125,7 +125,8 @@ fn non_matching(c: &mut Criterion) {
         mqhook::delivery::Sink::Print(mqhook::delivery::print::PrintSink::new(
             mqhook::delivery::http::RequestTemplate::new(&config),
         )),
-    );
+    )
+    .unwrap();
     let submitter = pipeline.submitter();
     let disconnected = Event::ClientDisconnected(Disconnection {
         client: Client { clientid: "c".into(), username: None },

@@ -1,10 +1,12 @@
-//! The admin listener: a small HTTP API on its own loopback address for swapping the guest.
+//! The admin listener: a small HTTP API on its own loopback address for swapping the guest and
+//! reading the counters.
 //!
 //! - `GET /guest`: the running guest as JSON — name, SHA-256, load time (ms), generation, and its
 //!   counters (calls, filtered, delivered, traps, timeouts, invalid deliveries, mean time per call);
 //! - `PUT /guest` with a component as the body: compiles it, checks its world, runs its `configure`
 //!   with the running configuration, and swaps it in; `422` with the reason (and the old guest still
-//!   running) when any of that fails.
+//!   running) when any of that fails;
+//! - `GET /metrics`: the pipeline's counters as JSON (the fields of the end-of-run summary).
 //!
 //! It only ever binds loopback addresses: uploading a guest means running code in the host.
 
@@ -19,7 +21,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use std::sync::Arc;
+
 use crate::guest::GuestModule;
+use crate::metrics::Metrics;
 use crate::runtime::GuestControl;
 
 /// Largest component accepted by `PUT /guest`.
@@ -45,16 +50,17 @@ pub enum AdminError {
 pub struct Admin {
     listener: TcpListener,
     control: GuestControl,
+    metrics: Arc<Metrics>,
 }
 
 impl Admin {
     /// Binds `addr`, which must be loopback.
-    pub async fn bind(addr: SocketAddr, control: GuestControl) -> Result<Admin, AdminError> {
+    pub async fn bind(addr: SocketAddr, control: GuestControl, metrics: Arc<Metrics>) -> Result<Admin, AdminError> {
         if !addr.ip().is_loopback() {
             return Err(AdminError::NotLoopback(addr));
         }
         let listener = TcpListener::bind(addr).await.map_err(|source| AdminError::Bind { addr, source })?;
-        Ok(Admin { listener, control })
+        Ok(Admin { listener, control, metrics })
     }
 
     /// The bound address (with the real port when port 0 was asked for).
@@ -72,9 +78,9 @@ impl Admin {
                     continue;
                 }
             };
-            let control = self.control.clone();
+            let (control, metrics) = (self.control.clone(), self.metrics.clone());
             tokio::spawn(async move {
-                let service = service_fn(move |request| handle(request, control.clone()));
+                let service = service_fn(move |request| handle(request, control.clone(), metrics.clone()));
                 if let Err(error) =
                     hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await
                 {
@@ -85,15 +91,20 @@ impl Admin {
     }
 }
 
-async fn handle(request: http::Request<Incoming>, control: GuestControl) -> Result<http::Response<Full<Bytes>>, hyper::Error> {
+async fn handle(
+    request: http::Request<Incoming>,
+    control: GuestControl,
+    metrics: Arc<Metrics>,
+) -> Result<http::Response<Full<Bytes>>, hyper::Error> {
     Ok(match (request.method(), request.uri().path()) {
+        (&Method::GET, "/metrics") => json(StatusCode::OK, serde_json::json!(metrics.snapshot())),
         (&Method::GET, "/guest") => json(StatusCode::OK, guest_info(&control)),
         (&Method::PUT, "/guest") => match Limited::new(request.into_body(), MAX_UPLOAD).collect().await {
             Ok(body) => upload(&control, body.to_bytes()).await,
             Err(error) => json(StatusCode::PAYLOAD_TOO_LARGE, serde_json::json!({ "error": error.to_string() })),
         },
         (_, "/guest") => json(StatusCode::METHOD_NOT_ALLOWED, serde_json::json!({ "error": "use GET or PUT" })),
-        _ => json(StatusCode::NOT_FOUND, serde_json::json!({ "error": "the admin API has GET and PUT /guest" })),
+        _ => json(StatusCode::NOT_FOUND, serde_json::json!({ "error": "the admin API has GET and PUT /guest, GET /metrics" })),
     })
 }
 

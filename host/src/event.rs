@@ -263,6 +263,20 @@ impl Event {
         }
     }
 
+    /// The client the event is about: the publisher, for message events.
+    pub fn clientid(&self) -> Option<&str> {
+        match self {
+            Event::ClientConnect(c) | Event::ClientConnected(c) => Some(&c.client.clientid),
+            Event::ClientConnack(c) => Some(&c.client.clientid),
+            Event::ClientDisconnected(d) | Event::SessionTerminated(d) => Some(&d.client.clientid),
+            Event::ClientSubscribe(s)
+            | Event::ClientUnsubscribe(s)
+            | Event::SessionSubscribed(s)
+            | Event::SessionUnsubscribed(s) => Some(&s.client.clientid),
+            Event::MessagePublish(m) | Event::MessageDelivered(m) | Event::MessageAcked(m) => m.from_clientid.as_deref(),
+        }
+    }
+
     /// The topic or topic filter, for events that carry one.
     pub fn topic(&self) -> Option<&str> {
         match self {

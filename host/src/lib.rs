@@ -10,7 +10,8 @@
 //! - [`ingest`]: event sources (NDJSON; a broker embeds through [`Submitter`]);
 //! - [`runtime`]: the bounded queue, guest worker threads, drain on shutdown;
 //! - [`guest`]: compiling and running the filter component in a capped sandbox;
-//! - [`delivery`]: pooled HTTP (or printing, for dry runs);
+//! - [`delivery`]: the delivery queue, pooled HTTP (or printing, for dry runs), retries;
+//! - [`spool`]: the durable on-disk queue behind the delivery queue;
 //! - [`metrics`]: the counters every stage records into;
 //! - [`reload`]: swapping a changed guest or config in while events flow;
 //! - [`admin`]: the loopback HTTP API to read or upload the guest.
@@ -21,7 +22,7 @@
 //! use mqhook::{Config, GuestModule, Runtime, delivery::{Sink, http::HttpSink}};
 //! let config = Config::load("nanomq.conf".as_ref())?;
 //! let guest = GuestModule::load(config.guest.path.as_deref(), &config)?;
-//! let runtime = Runtime::start(&config, guest, Sink::Http(HttpSink::new(&config)?));
+//! let runtime = Runtime::start(&config, guest, Sink::Http(HttpSink::new(&config)?))?;
 //! let submitter = runtime.submitter();
 //! // … submitter.try_submit(event) from broker hooks; never blocks …
 //! let totals = runtime.shutdown().await; // closes the submitters, drains every accepted event
@@ -41,6 +42,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod reload;
 pub mod runtime;
+pub mod spool;
 
 pub use config::Config;
 pub use event::{Event, EventKind};

@@ -138,15 +138,15 @@ fn run(args: RunArgs) -> Result<()> {
         } else {
             Sink::Http(HttpSink::new(&config).with_context(|| format!("webhook.url in {}", args.config.display()))?)
         };
-        let pipeline = Runtime::start(&config, guest, sink);
+        let pipeline = Runtime::start(&config, guest, sink).context("opening webhook.spool")?;
         let submitter = pipeline.submitter();
         // Dropped (and so stopped) when the input ends, before the drain.
         let reloader = Reloader::new(&args.config, args.guest.as_deref(), pipeline.guest_control());
         let watching = AbortOnDrop(tokio::spawn(reloader.watch()));
         let admin = match args.admin {
             Some(addr) => {
-                let admin = Admin::bind(addr, pipeline.guest_control()).await?;
-                tracing::info!(listen = %admin.local_addr()?, "Admin API listening (GET/PUT /guest).");
+                let admin = Admin::bind(addr, pipeline.guest_control(), pipeline.counters()).await?;
+                tracing::info!(listen = %admin.local_addr()?, "Admin API listening (GET/PUT /guest, GET /metrics).");
                 Some(AbortOnDrop(tokio::spawn(admin.serve())))
             }
             None => None,
@@ -169,8 +169,10 @@ fn run(args: RunArgs) -> Result<()> {
             eprintln!("mqhook: signal during the drain; exiting at once.");
             std::process::exit(130);
         });
-        drop((watching, admin));
+        drop(watching);
+        // The admin API stays up through the drain, so its counters show the drain's progress.
         let totals = pipeline.shutdown().await;
+        drop(admin);
         println!("summary: {totals}");
         Ok(())
     });

@@ -18,6 +18,9 @@ pub struct Metrics {
     rejected: AtomicU64,
     malformed: AtomicU64,
     retries: AtomicU64,
+    spooled: AtomicU64,
+    recovered: AtomicU64,
+    dropped: AtomicU64,
 }
 
 /// A point-in-time copy of the counters.
@@ -41,6 +44,12 @@ pub struct MetricsSnapshot {
     pub malformed: u64,
     /// Delivery attempts after the first (each counted once).
     pub retries: u64,
+    /// Requests written to the spool.
+    pub spooled: u64,
+    /// Requests found in the spool at start, left undelivered by an earlier run.
+    pub recovered: u64,
+    /// Accepted requests lost on purpose or by damage: a full spool, unreadable records.
+    pub dropped: u64,
 }
 
 macro_rules! recorders {
@@ -65,6 +74,17 @@ impl Metrics {
         record_retry => retries,
         record_guest_trap => guest_traps,
         record_guest_timeout => guest_timeouts,
+        record_spooled => spooled,
+    }
+
+    /// Counts `n` more recovered requests.
+    pub fn add_recovered(&self, n: u64) {
+        self.recovered.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts `n` more dropped requests.
+    pub fn add_dropped(&self, n: u64) {
+        self.dropped.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Reads every counter.
@@ -80,6 +100,9 @@ impl Metrics {
             rejected: get(&self.rejected),
             malformed: get(&self.malformed),
             retries: get(&self.retries),
+            spooled: get(&self.spooled),
+            recovered: get(&self.recovered),
+            dropped: get(&self.dropped),
         }
     }
 }
@@ -89,7 +112,7 @@ impl fmt::Display for MetricsSnapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "received={} filtered={} delivered={} failed={} guest_traps={} guest_timeouts={} rejected={} malformed={} retries={}",
+            "received={} filtered={} delivered={} failed={} guest_traps={} guest_timeouts={} rejected={} malformed={} retries={} spooled={} recovered={} dropped={}",
             self.received,
             self.filtered,
             self.delivered,
@@ -98,7 +121,10 @@ impl fmt::Display for MetricsSnapshot {
             self.guest_timeouts,
             self.rejected,
             self.malformed,
-            self.retries
+            self.retries,
+            self.spooled,
+            self.recovered,
+            self.dropped
         )
     }
 }

@@ -4,7 +4,8 @@
 //! the config, builds the guest (recompiling only when its file changed), runs its `configure` with
 //! that config, and only then swaps it in through [`GuestControl`]; any failure is logged and the
 //! running guest stays. Rules, encoding, guest settings, URL and headers take effect at once;
-//! the pool, timeouts, retries, TLS and dead letters are read at start only, and a change to them
+//! the pool, timeouts, retries, TLS, dead letters, the spool, ordering and queue sizes are read at
+//! start only, and a change to them
 //! is reported as needing a restart.
 
 use std::path::{Path, PathBuf};
@@ -135,13 +136,16 @@ impl Reloader {
 }
 
 /// The delivery settings read at start only, and whether each differs between `old` and `new`.
-fn delivery_changes(old: &Config, new: &Config) -> [(&'static str, bool); 5] {
+fn delivery_changes(old: &Config, new: &Config) -> [(&'static str, bool); 8] {
     [
         ("pool_size", old.pool_size != new.pool_size),
         ("cancel_timeout", old.cancel_timeout != new.cancel_timeout),
         ("retry", old.retry != new.retry),
         ("tls", old.tls != new.tls),
         ("dead_letter", old.dead_letter != new.dead_letter),
+        ("spool", old.spool != new.spool),
+        ("ordering", old.ordering != new.ordering),
+        ("queue_size", old.queue_size != new.queue_size),
     ]
 }
 

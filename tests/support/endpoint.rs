@@ -47,11 +47,13 @@ pub struct Behaviour {
     pub fail_first: Option<usize>,
     /// A `Retry-After` (seconds) sent with non-2xx answers.
     pub retry_after: Option<u64>,
+    /// Serve HTTPS with this server configuration instead of plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for Behaviour {
     fn default() -> Self {
-        Behaviour { status: StatusCode::OK, delay: Duration::ZERO, fail_first: None, retry_after: None }
+        Behaviour { status: StatusCode::OK, delay: Duration::ZERO, fail_first: None, retry_after: None, tls: None }
     }
 }
 
@@ -67,6 +69,7 @@ struct State {
 /// The running server; stopped when dropped.
 pub struct Endpoint {
     pub addr: SocketAddr,
+    tls: bool,
     state: Arc<State>,
     stop: watch::Sender<bool>,
 }
@@ -74,10 +77,16 @@ pub struct Endpoint {
 impl Endpoint {
     /// Starts a server on a free loopback port.
     pub async fn start(behaviour: Behaviour) -> Endpoint {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding 127.0.0.1:0");
+        Endpoint::start_at("127.0.0.1:0".parse().unwrap(), behaviour).await
+    }
+
+    /// Starts a server on `addr` (a loopback address), e.g. where a stopped one listened.
+    pub async fn start_at(addr: SocketAddr, behaviour: Behaviour) -> Endpoint {
+        let listener = TcpListener::bind(addr).await.unwrap_or_else(|e| panic!("binding {addr}: {e}"));
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State::default());
         let (stop, mut stopped) = watch::channel(false);
+        let tls = behaviour.tls.is_some();
         let server_state = state.clone();
         tokio::spawn(async move {
             loop {
@@ -90,9 +99,19 @@ impl Endpoint {
                 let behaviour = behaviour.clone();
                 let mut stop_conn = stopped.clone();
                 tokio::spawn(async move {
+                    let tls = behaviour.tls.clone();
                     let service = service_fn(move |request| handle(request, state.clone(), behaviour.clone()));
-                    let connection = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service);
+                    let http = hyper::server::conn::http1::Builder::new();
+                    let connection = async move {
+                        match tls {
+                            // A failed handshake (an untrusted client, say) just ends the connection.
+                            Some(config) => match tokio_rustls::TlsAcceptor::from(config).accept(stream).await {
+                                Ok(stream) => drop(http.serve_connection(TokioIo::new(stream), service).await),
+                                Err(_) => {}
+                            },
+                            None => drop(http.serve_connection(TokioIo::new(stream), service).await),
+                        }
+                    };
                     tokio::select! {
                         _ = connection => {}
                         _ = stop_conn.changed() => {}
@@ -100,15 +119,26 @@ impl Endpoint {
                 });
             }
         });
-        Endpoint { addr, state, stop }
+        Endpoint { addr, tls, state, stop }
     }
 
+    /// `http://` or `https://`, as it serves, with its address.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     pub fn recorded(&self) -> Vec<Recorded> {
         self.state.recorded.lock().unwrap().clone()
+    }
+
+    /// Stops listening and drops open connections (as a crashed server would); returns what it
+    /// recorded.
+    pub async fn stop(self) -> Vec<Recorded> {
+        let _ = self.stop.send(true);
+        // Connection tasks see the stop at their next poll; let them.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.recorded()
     }
 
     pub fn in_flight(&self) -> usize {

@@ -114,15 +114,27 @@ pub fn fixtures_dir() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/nanomq"))
 }
 
-/// One request to the admin API; returns the status and the JSON body.
+/// One request to the admin API's `/guest`; returns the status and the JSON body.
 pub async fn admin(addr: &str, method: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
+    admin_request(addr, method, "/guest", body).await
+}
+
+/// The counters from the admin API's `GET /metrics`.
+pub async fn admin_metrics(addr: &str) -> serde_json::Value {
+    let (status, metrics) = admin_request(addr, "GET", "/metrics", Vec::new()).await;
+    assert_eq!(status, 200, "{metrics}");
+    metrics
+}
+
+/// One request to the admin API; returns the status and the JSON body.
+pub async fn admin_request(addr: &str, method: &str, path: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
     use http_body_util::{BodyExt, Full};
     let client: hyper_util::client::legacy::Client<_, Full<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build(hyper_util::client::legacy::connect::HttpConnector::new());
     let request = hyper::Request::builder()
         .method(method)
-        .uri(format!("http://{addr}/guest"))
+        .uri(format!("http://{addr}{path}"))
         .body(Full::new(bytes::Bytes::from(body)))
         .unwrap();
     let response = tokio::time::timeout(RUN_LIMIT, client.request(request)).await.expect("the admin API answers").unwrap();

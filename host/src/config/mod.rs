@@ -48,8 +48,63 @@ pub struct Config {
     pub rules: Vec<Rule>,
     /// The filter guest and its sandbox.
     pub guest: GuestConfig,
-    /// How many accepted events may wait for the guest before `try_submit` refuses more.
+    /// How many accepted events may wait for the guest before `try_submit` refuses more; also how
+    /// many requests the delivery queue holds in memory.
     pub queue_size: NonZeroUsize,
+    /// The durable on-disk queue in front of delivery; `None` keeps requests in memory only.
+    pub spool: Option<SpoolConfig>,
+    /// Whether each client's events are delivered in order.
+    pub ordering: DeliveryOrder,
+}
+
+/// The spool (`spool { … }`): where and how requests are kept on disk until delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SpoolConfig {
+    /// The spool directory, created if missing. One running mqhook per directory.
+    pub dir: PathBuf,
+    /// Bytes on disk at most; beyond it `on_full` decides.
+    pub max_size: u64,
+    /// A segment file is closed and a new one begun past this size.
+    pub segment_size: u64,
+    /// When written records are flushed to the disk itself.
+    pub fsync: FsyncPolicy,
+    /// What a full spool does.
+    pub on_full: FullPolicy,
+}
+
+/// When the spool calls `fsync`. A killed process loses nothing either way (the data is in the
+/// kernel); this is about power loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    /// After every batch written.
+    Always,
+    /// After a batch when this long has passed since the last sync.
+    Interval(#[serde(serialize_with = "serialize_millis")] Duration),
+    /// Never; the OS writes back when it likes.
+    Never,
+}
+
+/// What a full spool does with a new request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FullPolicy {
+    /// Deletes its oldest segment, undelivered requests and all (counted as dropped).
+    DropOldest,
+    /// Refuses the new request (counted as dropped).
+    RejectNew,
+}
+
+/// Delivery order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryOrder {
+    /// Requests go out as the pool has room; a retried one may land after later ones.
+    None,
+    /// Requests of one client id go out one at a time, in order (a retry holds back that client
+    /// only); different clients in parallel. Events run through one guest worker, so that the
+    /// guest, too, sees each client's events in order.
+    PerClient,
 }
 
 /// One HTTP header from the config.
@@ -89,14 +144,25 @@ pub struct Rule {
 }
 
 /// TLS files (`tls { … }` or NanoMQ's `ssl { … }`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TlsFiles {
+    /// The block's key as the file spells it (`webhook.tls`, `webhook.ssl`, `web.hook.ssl`), for
+    /// errors about its files.
+    #[serde(skip)]
+    pub section: String,
     /// Client private key (PEM), for mTLS.
     pub keyfile: Option<PathBuf>,
     /// Client certificate chain (PEM), for mTLS.
     pub certfile: Option<PathBuf>,
     /// CA bundle (PEM) the server is verified against; the system roots when absent.
     pub cacertfile: Option<PathBuf>,
+}
+
+impl Default for TlsFiles {
+    /// No files: the system's roots, no client certificate.
+    fn default() -> Self {
+        TlsFiles { section: "webhook.tls".into(), keyfile: None, certfile: None, cacertfile: None }
+    }
 }
 
 /// The filter guest and the limits of its sandbox.
@@ -156,6 +222,12 @@ pub const DEFAULT_POOL_SIZE: usize = 32;
 pub const DEFAULT_CANCEL_TIMEOUT: Duration = Duration::from_millis(5000);
 /// Default bound of the runtime queue.
 pub const DEFAULT_QUEUE_SIZE: usize = 65_536;
+/// Default cap on the spool's size on disk: 1 GiB.
+pub const DEFAULT_SPOOL_MAX_SIZE: u64 = 1 << 30;
+/// Default spool segment size: 64 MiB.
+pub const DEFAULT_SPOOL_SEGMENT_SIZE: u64 = 64 << 20;
+/// Default fsync interval of the spool.
+pub const DEFAULT_SPOOL_FSYNC: FsyncPolicy = FsyncPolicy::Interval(Duration::from_secs(1));
 
 /// Why a config could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -249,12 +321,16 @@ impl Config {
             column: e.column,
             message: e.message,
         })?;
-        typed::config_from_tree(&tree, path).map_err(|error| match (syntax, error) {
+        let mut config = typed::config_from_tree(&tree, path).map_err(|error| match (syntax, error) {
             (Syntax::Legacy, ConfigError::Invalid { file, line, key, message }) => {
                 ConfigError::Invalid { file, line, key: legacy::spelling(&key), message }
             }
             (_, error) => error,
-        })
+        })?;
+        if let (Syntax::Legacy, Some(tls)) = (syntax, &mut config.tls) {
+            tls.section = legacy::spelling(&tls.section);
+        }
+        Ok(config)
     }
 
     /// The event kinds some rule selects, indexed by [`EventKind::index`].

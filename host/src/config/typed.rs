@@ -10,17 +10,19 @@ use std::time::Duration;
 
 use super::tree::{Node, Value};
 use super::{
-    Config, ConfigError, FailurePolicy, GuestConfig, Header, PayloadEncoding, Rule, TlsFiles, DEFAULT_CANCEL_TIMEOUT,
-    DEFAULT_GUEST_MAX_BODY, DEFAULT_GUEST_MEMORY, DEFAULT_GUEST_TIMEOUT, DEFAULT_POOL_SIZE, DEFAULT_QUEUE_SIZE,
-    DEFAULT_ROLLBACK_AFTER,
+    Config, ConfigError, DeliveryOrder, FailurePolicy, FsyncPolicy, FullPolicy, GuestConfig, Header, PayloadEncoding,
+    Rule, SpoolConfig, TlsFiles, DEFAULT_CANCEL_TIMEOUT, DEFAULT_GUEST_MAX_BODY, DEFAULT_GUEST_MEMORY,
+    DEFAULT_GUEST_TIMEOUT, DEFAULT_POOL_SIZE, DEFAULT_QUEUE_SIZE, DEFAULT_ROLLBACK_AFTER, DEFAULT_SPOOL_FSYNC,
+    DEFAULT_SPOOL_MAX_SIZE, DEFAULT_SPOOL_SEGMENT_SIZE,
 };
 use crate::delivery::retry::RetryPolicy;
 use crate::event::EventKind;
 
 const WEBHOOK_KEYS: &[&str] = &[
     "enable", "url", "headers", "body", "pool_size", "cancel_timeout", "tls", "ssl", "events", "guest", "queue_size",
-    "retry", "dead_letter",
+    "retry", "dead_letter", "spool", "ordering",
 ];
+const SPOOL_KEYS: &[&str] = &["dir", "max_size", "segment_size", "fsync", "on_full"];
 const RETRY_KEYS: &[&str] = &["max_attempts", "base", "cap", "max_age"];
 const TLS_KEYS: &[&str] = &["enable", "keyfile", "certfile", "cacertfile", "verify", "server_name_indication"];
 const GUEST_KEYS: &[&str] =
@@ -99,7 +101,36 @@ pub(crate) fn config_from_tree(root: &Node, file: &Path) -> Result<Config, Confi
         Some(node) => ctx.positive(node, "webhook.queue_size")?,
         None => NonZeroUsize::new(DEFAULT_QUEUE_SIZE).expect("non-zero"),
     };
-    Ok(Config { enabled, url, headers, encoding, pool_size, cancel_timeout, tls, retry, dead_letter, rules, guest, queue_size })
+    let spool = match get("spool") {
+        Some(node) => Some(ctx.spool(node)?),
+        None => None,
+    };
+    let ordering = match get("ordering") {
+        Some(node) => match ctx.text(node, "webhook.ordering", "an ordering")? {
+            "none" => DeliveryOrder::None,
+            "per_client" => DeliveryOrder::PerClient,
+            other => {
+                return Err(ctx.invalid(node, "webhook.ordering", format!("unknown ordering `{other}`; accepted: none, per_client")))
+            }
+        },
+        None => DeliveryOrder::None,
+    };
+    Ok(Config {
+        enabled,
+        url,
+        headers,
+        encoding,
+        pool_size,
+        cancel_timeout,
+        tls,
+        retry,
+        dead_letter,
+        rules,
+        guest,
+        queue_size,
+        spool,
+        ordering,
+    })
 }
 
 fn disabled_default() -> Config {
@@ -116,6 +147,8 @@ fn disabled_default() -> Config {
         rules: Vec::new(),
         guest: default_guest(),
         queue_size: NonZeroUsize::new(DEFAULT_QUEUE_SIZE).expect("non-zero"),
+        spool: None,
+        ordering: DeliveryOrder::None,
     }
 }
 
@@ -291,7 +324,12 @@ impl Ctx<'_> {
         let path = |name: &str| -> Result<Option<PathBuf>, ConfigError> {
             node.get(name).map(|n| self.path(n, &format!("{key}.{name}"))).transpose()
         };
-        Ok(Some(TlsFiles { keyfile: path("keyfile")?, certfile: path("certfile")?, cacertfile: path("cacertfile")? }))
+        Ok(Some(TlsFiles {
+            section: key.to_string(),
+            keyfile: path("keyfile")?,
+            certfile: path("certfile")?,
+            cacertfile: path("cacertfile")?,
+        }))
     }
 
     /// A path; relative paths are taken from the config file's directory.
@@ -365,6 +403,49 @@ impl Ctx<'_> {
             return Err(self.invalid(line_node, "webhook.retry.cap", "must not be shorter than `retry.base`"));
         }
         Ok(retry)
+    }
+
+    fn spool(&self, node: &Node) -> Result<SpoolConfig, ConfigError> {
+        let fields = self.object(node, "webhook.spool")?;
+        self.reject_unknown(fields, "webhook.spool", SPOOL_KEYS)?;
+        let Some(dir) = node.get("dir") else {
+            return Err(self.invalid(node, "webhook.spool.dir", "is required: the directory the spool keeps its files in"));
+        };
+        let mut spool = SpoolConfig {
+            dir: self.path(dir, "webhook.spool.dir")?,
+            max_size: DEFAULT_SPOOL_MAX_SIZE,
+            segment_size: DEFAULT_SPOOL_SEGMENT_SIZE,
+            fsync: DEFAULT_SPOOL_FSYNC,
+            on_full: FullPolicy::RejectNew,
+        };
+        if let Some(n) = node.get("max_size") {
+            spool.max_size = self.size(n, "webhook.spool.max_size")?;
+        }
+        if let Some(n) = node.get("segment_size") {
+            spool.segment_size = self.size(n, "webhook.spool.segment_size")?;
+        }
+        // Several segments fit, so dropping the oldest one frees room without emptying the spool.
+        spool.segment_size = spool.segment_size.min(spool.max_size / 4).max(1);
+        if let Some(n) = node.get("fsync") {
+            spool.fsync = match self.text(n, "webhook.spool.fsync", "always, never or an interval")? {
+                "always" => FsyncPolicy::Always,
+                "never" => FsyncPolicy::Never,
+                _ => FsyncPolicy::Interval(self.duration(n, "webhook.spool.fsync").map_err(|_| {
+                    self.invalid(n, "webhook.spool.fsync", "expected `always`, `never` or an interval such as `1s`")
+                })?),
+            };
+        }
+        if let Some(n) = node.get("on_full") {
+            spool.on_full = match self.text(n, "webhook.spool.on_full", "a policy")? {
+                "drop_oldest" => FullPolicy::DropOldest,
+                "reject_new" => FullPolicy::RejectNew,
+                other => {
+                    let message = format!("unknown policy `{other}`; accepted: drop_oldest, reject_new");
+                    return Err(self.invalid(n, "webhook.spool.on_full", message));
+                }
+            };
+        }
+        Ok(spool)
     }
 
     fn guest(&self, node: &Node) -> Result<GuestConfig, ConfigError> {

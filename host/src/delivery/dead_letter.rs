@@ -39,6 +39,9 @@ pub struct DeadLetter {
     pub error: String,
     /// Attempts made.
     pub attempts: u32,
+    /// The idempotency key it was sent with; a replay sends it again.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub idempotency_key: Option<String>,
 }
 
 /// Why a dead letter cannot be written or read.
@@ -81,6 +84,7 @@ impl DeadLetter {
             status,
             error,
             attempts,
+            idempotency_key: request.idempotency_key.clone(),
         }
     }
 
@@ -103,7 +107,7 @@ impl DeadLetter {
                 Ok((name, value))
             })
             .collect::<Result<_, String>>()?;
-        Ok(Request { kind, body, headers, path: self.path.clone() })
+        Ok(Request { kind, body, headers, path: self.path.clone(), client: None, idempotency_key: self.idempotency_key.clone() })
     }
 }
 

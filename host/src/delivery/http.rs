@@ -1,7 +1,7 @@
 //! The HTTP sink: POSTs over pooled HTTP/1.1 keep-alive connections (hyper-util's client).
 //!
 //! Headers go out in NanoMQ's order: `Host`, the configured headers in config order, the guest's
-//! headers, then `Content-Length`. The response status is read: 2xx is delivered, anything else is
+//! headers, then `Content-Length`, then `Idempotency-Key`. The response status is read: 2xx is delivered, anything else is
 //! a failure; the response body is read (up to a cap) so the connection can be reused. A failed
 //! attempt is tried again as [`RetryPolicy`] says.
 
@@ -12,15 +12,21 @@ use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use super::dead_letter::{DeadLetterError, DeadLetters};
 use super::retry::{RetryPolicy, Verdict};
+use super::tls::{self, TlsError};
 use super::Request;
 use crate::config::Config;
 use crate::metrics::Metrics;
+
+/// The header that names each request, the same across its retries, dead letter, replay and a
+/// restart, so endpoints can drop duplicates (at-least-once delivery makes some).
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// Response bodies are read up to this size, then the connection is dropped instead of reused.
 const MAX_RESPONSE_BODY: usize = 1 << 20;
@@ -28,9 +34,16 @@ const MAX_RESPONSE_BODY: usize = 1 << 20;
 /// Why a request was not delivered.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
-    /// The URL's scheme is not supported by this build.
-    #[error("`{0}` URLs are not supported yet; use http://")]
+    /// The URL's scheme is neither http nor https.
+    #[error("`{0}` URLs are not supported; use http:// or https://")]
     UnsupportedScheme(String),
+    /// The TLS settings cannot be used.
+    #[error(transparent)]
+    TlsConfig(#[from] TlsError),
+    /// The TLS handshake failed: the server's certificate is not trusted, or it refused ours.
+    /// Not retried: it fails the same way every time until the configuration changes.
+    #[error("TLS failed: {0}")]
+    Tls(String),
     /// The endpoint answered with a status other than 2xx.
     #[error("endpoint answered {status}")]
     Status {
@@ -119,6 +132,9 @@ impl RequestTemplate {
             headers.append(name.clone(), value.clone());
         }
         headers.insert(CONTENT_LENGTH, HeaderValue::from(request.body.len()));
+        if let Some(key) = request.idempotency_key.as_deref().and_then(|key| HeaderValue::from_str(key).ok()) {
+            headers.insert(IDEMPOTENCY_KEY, key);
+        }
         let mut http_request = http::Request::new(Full::new(request.body.clone()));
         *http_request.method_mut() = Method::POST;
         // Both parts were validated (config URL, guest path), so the URI parses.
@@ -131,7 +147,7 @@ impl RequestTemplate {
 /// Sends requests to the configured endpoint over a keep-alive pool.
 #[derive(Clone)]
 pub struct HttpSink {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     template: RequestTemplate,
     timeout: Duration,
     retry: RetryPolicy,
@@ -142,11 +158,18 @@ impl HttpSink {
     /// A client for the config's URL with up to `pool_size` idle connections kept alive.
     pub fn new(config: &Config) -> Result<Self, DeliveryError> {
         match config.url.scheme_str() {
-            Some("http") => {}
+            Some("http") | Some("https") => {}
             other => return Err(DeliveryError::UnsupportedScheme(other.unwrap_or("").to_string())),
         }
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        // http:// URLs stay plain; https:// ones (also after a reload) use these TLS settings.
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls::client_config(config.tls.as_ref())?)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(config.pool_size.get())
             .build(connector);
@@ -201,7 +224,10 @@ impl HttpSink {
             .client
             .request(self.template.build(request))
             .await
-            .map_err(|e| DeliveryError::Transport(error_chain(&e)))?;
+            .map_err(|e| match tls_failure(&e) {
+                Some(tls) => DeliveryError::Tls(tls),
+                None => DeliveryError::Transport(error_chain(&e)),
+            })?;
         let status = response.status();
         let retry_after = response
             .headers()
@@ -217,6 +243,27 @@ impl HttpSink {
             Err(DeliveryError::Status { status, retry_after })
         }
     }
+}
+
+/// The TLS error behind a failed request, if that is why it failed. rustls reports through
+/// `io::Error`s (nested, by hyper-rustls), whose `source` skips the error they wrap, so each
+/// `io::Error` is opened by hand.
+fn tls_failure(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cause = Some(error);
+    while let Some(current) = cause {
+        let mut layer = current;
+        loop {
+            if let Some(tls) = layer.downcast_ref::<rustls::Error>() {
+                return Some(tls.to_string());
+            }
+            match layer.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+                Some(inner) => layer = inner,
+                None => break,
+            }
+        }
+        cause = current.source();
+    }
+    None
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {

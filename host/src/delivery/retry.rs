@@ -80,7 +80,10 @@ fn is_transient(error: &DeliveryError) -> bool {
                 || status.is_server_error()
         }
         DeliveryError::Timeout(_) | DeliveryError::Transport(_) => true,
-        DeliveryError::UnsupportedScheme(_) | DeliveryError::DeadLetter(_) => false,
+        DeliveryError::UnsupportedScheme(_)
+        | DeliveryError::DeadLetter(_)
+        | DeliveryError::TlsConfig(_)
+        | DeliveryError::Tls(_) => false,
     }
 }
 

@@ -136,5 +136,5 @@ pub(crate) fn request(kind: EventKind, delivery: wit::Delivery) -> Result<Reques
             return Err(GuestError::InvalidDelivery(format!("invalid path {path:?}: must start with `/`")));
         }
     }
-    Ok(Request { kind, body: delivery.body.into(), headers, path: delivery.path })
+    Ok(Request { kind, body: delivery.body.into(), headers, path: delivery.path, client: None, idempotency_key: None })
 }

@@ -4,7 +4,8 @@
 //!   counted as filtered right there, without a trip through the sandbox.
 //! - Guest workers (OS threads, one guest instance each) take events off the queue in batches, so
 //!   a worker that is busy never sleeps between events, and pass each batch of requests to delivery.
-//! - Delivery runs on the tokio runtime that started the [`Runtime`].
+//! - Workers push requests onto the delivery queue (memory, or the spool on disk); delivery
+//!   runs on the tokio runtime that started the [`Runtime`].
 //!
 //! The guest can be swapped while events flow ([`GuestControl::swap`]): workers pick the new
 //! version up at their next event, so each event is filtered by exactly one version and none is
@@ -19,19 +20,16 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Sender, TrySendError};
-use tokio::sync::mpsc;
-
-use crate::config::{Config, FailurePolicy};
+use crate::config::{Config, DeliveryOrder, FailurePolicy};
+use crate::delivery::queue::DeliveryQueue;
 use crate::delivery::{self, Sink};
+use crate::spool::SpoolError;
 use crate::event::Event;
 use crate::guest::{GuestModule, GuestSlot};
 use crate::metrics::{Metrics, MetricsSnapshot};
 
 mod worker;
 use worker::Worker;
-
-/// Batches of requests that may wait for delivery before workers pause.
-const DELIVERY_QUEUE: usize = 64;
 
 /// Why an event was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -225,17 +223,20 @@ pub struct Runtime {
     /// Dropped to tell the workers to drain the queue and stop.
     stop: crossbeam_channel::Sender<()>,
     workers: Vec<JoinHandle<()>>,
+    requests: Arc<DeliveryQueue>,
     delivery: tokio::task::JoinHandle<()>,
     metrics: Arc<Metrics>,
 }
 
 impl Runtime {
     /// Starts guest workers and delivery. Must be called inside a tokio runtime, which runs delivery.
-    pub fn start(config: &Config, guest: GuestModule, sink: Sink) -> Runtime {
+    /// Fails only when the configured spool cannot be opened; requests it holds from an earlier
+    /// run are delivered first.
+    pub fn start(config: &Config, guest: GuestModule, sink: Sink) -> Result<Runtime, SpoolError> {
         let metrics = Arc::new(Metrics::default());
+        let requests = Arc::new(DeliveryQueue::open(config, metrics.clone())?);
         let (queue, events) = crossbeam_channel::bounded(config.queue_size.get());
         let (stop, stopping) = crossbeam_channel::bounded::<()>(0);
-        let (requests_tx, requests_rx) = mpsc::channel(DELIVERY_QUEUE);
         let wanted = Arc::new(WantedKinds::new(config));
         let control = GuestControl {
             slot: Arc::new(GuestSlot::new(guest)),
@@ -246,13 +247,18 @@ impl Runtime {
             sink: sink.clone(),
         };
         control.set_fallback(config);
-        let workers = (0..config.guest.workers.get())
+        // Per-client order starts at the guest: two workers would race a client's events.
+        let worker_count = match config.ordering {
+            DeliveryOrder::PerClient => 1,
+            DeliveryOrder::None => config.guest.workers.get(),
+        };
+        let workers = (0..worker_count)
             .map(|index| {
                 let worker = Worker {
                     control: control.clone(),
                     events: events.clone(),
                     stopping: stopping.clone(),
-                    requests: requests_tx.clone(),
+                    requests: requests.clone(),
                     metrics: metrics.clone(),
                 };
                 std::thread::Builder::new()
@@ -261,9 +267,10 @@ impl Runtime {
                     .expect("spawning a guest worker thread")
             })
             .collect();
-        let delivery = tokio::spawn(delivery::run(requests_rx, sink, config.pool_size.get(), metrics.clone()));
+        let delivery =
+            tokio::spawn(delivery::run(requests.clone(), sink, config.pool_size.get(), config.ordering, metrics.clone()));
         let submitter = Submitter { queue, wanted, metrics: metrics.clone(), closed: Arc::default() };
-        Runtime { submitter, control, stop, workers, delivery, metrics }
+        Ok(Runtime { submitter, control, stop, workers, requests, delivery, metrics })
     }
 
     /// A handle for submitting events.
@@ -281,10 +288,15 @@ impl Runtime {
         self.metrics.snapshot()
     }
 
+    /// The live counters, for reading while the runtime runs (the admin API).
+    pub fn counters(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
     /// Stops accepting events (every `Submitter` now answers `Closed`) and waits until every
     /// accepted event is delivered, failed or filtered.
     pub async fn shutdown(self) -> MetricsSnapshot {
-        let Runtime { submitter, stop, workers, delivery, metrics, .. } = self;
+        let Runtime { submitter, stop, workers, requests, delivery, metrics, .. } = self;
         // Waits for sends under way; none can start after this.
         *submitter.closed.write().unwrap_or_else(PoisonError::into_inner) = true;
         drop(stop);
@@ -300,6 +312,7 @@ impl Runtime {
         if joined.is_err() {
             tracing::error!("Joining the guest workers failed.");
         }
+        requests.close();
         if delivery.await.is_err() {
             tracing::error!("The delivery task panicked.");
         }

@@ -9,10 +9,10 @@
 use std::sync::Arc;
 
 use crossbeam_channel::Receiver;
-use tokio::sync::mpsc;
 
 use super::GuestControl;
 use crate::config::FailurePolicy;
+use crate::delivery::queue::DeliveryQueue;
 use crate::delivery::Request;
 use crate::event::Event;
 use crate::guest::{GuestError, GuestInstance, GuestModule};
@@ -27,7 +27,7 @@ pub(super) struct Worker {
     pub events: Receiver<Event>,
     /// Disconnected when the runtime shuts down: drain `events`, then stop.
     pub stopping: Receiver<()>,
-    pub requests: mpsc::Sender<Vec<Request>>,
+    pub requests: Arc<DeliveryQueue>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -87,12 +87,7 @@ impl Worker {
                 }
             }
             if !batch.is_empty() {
-                let count = batch.len();
-                if self.requests.blocking_send(batch).is_err() {
-                    // Delivery only stops after every worker has; this is a bug guard, counted.
-                    tracing::error!("Delivery stopped early; {count} requests are lost.");
-                    (0..count).for_each(|_| self.metrics.record_failed());
-                }
+                self.requests.push(batch);
             }
         }
     }
@@ -112,6 +107,14 @@ impl Worker {
 
     /// Runs one event through the guest; on failure, through the fallback if there is one.
     fn handle(&self, running: &mut Running, fallback: Option<&mut Fallback>, event: Event) -> Option<Request> {
+        let client = event.clientid().map(str::to_owned);
+        let mut request = self.filter(running, fallback, event)?;
+        request.client = client;
+        Some(request)
+    }
+
+    /// The guest's request for `event`, or the fallback's, or none.
+    fn filter(&self, running: &mut Running, fallback: Option<&mut Fallback>, event: Event) -> Option<Request> {
         // The event is moved into the call; keep a copy only when a fallback may need it.
         let spare = fallback.is_some().then(|| event.clone());
         let error = match running.call(event) {

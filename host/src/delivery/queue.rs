@@ -1,0 +1,315 @@
+//! The delivery queue: the buffer between guest workers and the HTTP pool, in memory up to a
+//! bound and, with a spool configured, on disk before it is accepted.
+//!
+//! Every request gets a sequence number and, from it, an idempotency key that stays with it
+//! through retries, dead letters and restarts. Without a spool the queue is memory only and a
+//! full queue makes the workers wait (and so, further up, the runtime queue refuse events). With
+//! a spool every request is appended to disk first (write-ahead: that is what "accepted" means)
+//! and kept in memory only while the memory part has room and nothing older waits on disk;
+//! beyond that it is read back from disk as delivery catches up. Memory stays bounded and
+//! ingest never waits for the endpoint.
+//!
+//! Delivery acknowledges each request when it is done (delivered, or failed for good and dead-
+//! lettered); the spool deletes what is acknowledged. This module owns every position.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::Notify;
+
+use super::Request;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::spool::{Spool, SpoolError};
+
+/// One request and its place in the queue.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    /// Its sequence number; acknowledged when done.
+    pub seq: u64,
+    /// The request, its idempotency key set.
+    pub request: Request,
+}
+
+/// Requests waiting for delivery. Shared by the workers (push) and delivery (pop, ack).
+pub struct DeliveryQueue {
+    state: Mutex<State>,
+    /// Woken when requests arrive or the queue closes.
+    readable: Notify,
+    /// Woken when memory frees up (memory-only queues make pushers wait).
+    writable: Condvar,
+    /// Requests held in memory at most.
+    bound: usize,
+    metrics: Arc<Metrics>,
+}
+
+struct State {
+    /// Requests ready to hand out, oldest first.
+    memory: VecDeque<Entry>,
+    spool: Option<Spool>,
+    /// The prefix of idempotency keys: the spool's id, or a random one per process.
+    key_prefix: String,
+    next_seq: u64,
+    /// The oldest sequence number neither in memory nor handed out: `[disk_next, next_seq)` is
+    /// on disk only. Always `next_seq` without a spool.
+    disk_next: u64,
+    /// Everything below is acknowledged.
+    acked: u64,
+    /// Acknowledged sequence numbers above `acked`.
+    done: BTreeSet<u64>,
+    /// Reused buffer for framing records.
+    frames: Vec<u8>,
+    closed: bool,
+}
+
+impl DeliveryQueue {
+    /// The queue `config` asks for: memory only, or backed by its spool (opened and recovered
+    /// here; recovered requests are delivered first).
+    pub fn open(config: &Config, metrics: Arc<Metrics>) -> Result<DeliveryQueue, SpoolError> {
+        let bound = config.queue_size.get();
+        let Some(spool_config) = &config.spool else {
+            return Ok(DeliveryQueue::in_memory(bound, metrics));
+        };
+        let (spool, recovered) = Spool::open(spool_config)?;
+        let pending = recovered.next_seq - recovered.acked;
+        if pending > 0 {
+            tracing::info!(spool = %spool_config.dir.display(), "Recovered {pending} requests not yet delivered.");
+        }
+        metrics.add_recovered(pending);
+        metrics.add_dropped(recovered.corrupt);
+        let state = State {
+            memory: VecDeque::new(),
+            key_prefix: spool.id().to_string(),
+            spool: Some(spool),
+            next_seq: recovered.next_seq,
+            disk_next: recovered.acked,
+            acked: recovered.acked,
+            done: BTreeSet::new(),
+            frames: Vec::new(),
+            closed: false,
+        };
+        Ok(DeliveryQueue::with_state(state, bound, metrics))
+    }
+
+    /// A memory-only queue of at most `bound` requests.
+    pub fn in_memory(bound: usize, metrics: Arc<Metrics>) -> DeliveryQueue {
+        let state = State {
+            memory: VecDeque::new(),
+            spool: None,
+            key_prefix: format!("{:016x}", fastrand::u64(..)),
+            next_seq: 0,
+            disk_next: 0,
+            acked: 0,
+            done: BTreeSet::new(),
+            frames: Vec::new(),
+            closed: false,
+        };
+        DeliveryQueue::with_state(state, bound, metrics)
+    }
+
+    fn with_state(state: State, bound: usize, metrics: Arc<Metrics>) -> DeliveryQueue {
+        DeliveryQueue { state: Mutex::new(state), readable: Notify::new(), writable: Condvar::new(), bound: bound.max(1), metrics }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Accepts a batch. With a spool this writes it to disk and never waits; without one it
+    /// waits while memory is full.
+    pub(crate) fn push(&self, batch: Vec<Request>) {
+        let mut state = self.lock();
+        if state.spool.is_some() {
+            self.push_spooled(&mut state, batch);
+        } else {
+            for mut request in batch {
+                while state.memory.len() >= self.bound {
+                    state = self.writable.wait(state).unwrap_or_else(PoisonError::into_inner);
+                }
+                let seq = state.take_seq(&mut request);
+                state.memory.push_back(Entry { seq, request });
+                state.disk_next = state.next_seq;
+            }
+        }
+        drop(state);
+        self.readable.notify_one();
+    }
+
+    fn push_spooled(&self, state: &mut State, batch: Vec<Request>) {
+        // Taken out for the batch, so `state` can be updated beside it; put back below.
+        let mut spool = state.spool.take().expect("called with a spool");
+        let mut frames = std::mem::take(&mut state.frames);
+        frames.clear();
+        let first = state.next_seq;
+        for mut request in batch {
+            let seq = state.next_seq;
+            state.key_for(seq, &mut request);
+            match spool.frame(seq, &request, &mut frames) {
+                Err(()) => {
+                    self.metrics.add_dropped(1);
+                    tracing::warn!(
+                        bytes = spool.bytes(),
+                        "The spool is full (on_full = reject_new): a {} request is dropped.",
+                        request.kind.action()
+                    );
+                    continue;
+                }
+                Ok(Some(dropped)) => {
+                    let lost = dropped.to.saturating_sub(dropped.from.max(state.disk_next));
+                    state.disk_next = state.disk_next.max(dropped.to);
+                    self.metrics.add_dropped(lost);
+                    tracing::warn!("The spool is full (on_full = drop_oldest): {lost} undelivered requests are dropped.");
+                    state.ack_range(dropped.from, dropped.to);
+                }
+                Ok(None) => {}
+            }
+            state.next_seq += 1;
+            self.metrics.record_spooled();
+            if state.disk_next == seq && state.memory.len() < self.bound {
+                state.memory.push_back(Entry { seq, request });
+                state.disk_next = seq + 1;
+            }
+        }
+        if let Err(error) = spool.write(&frames, first) {
+            // What is in memory is still delivered; the rest of the batch never reached the disk.
+            let from = state.disk_next.max(first);
+            let to = state.next_seq;
+            tracing::error!("Cannot write to the spool: {error}; {} requests are lost.", to - from);
+            (from..to).for_each(|_| self.metrics.record_failed());
+            state.ack_range(from, to);
+            state.disk_next = to;
+        }
+        if state.disk_next == state.next_seq {
+            spool.skip_to_end();
+        }
+        state.spool = Some(spool);
+        state.frames = frames;
+    }
+
+    /// Up to `max` requests, waiting for some; `None` once the queue is closed and empty.
+    pub(crate) async fn pop(&self, max: usize) -> Option<Vec<Entry>> {
+        loop {
+            let notified = self.readable.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut state = self.lock();
+                if state.memory.is_empty() {
+                    self.refill(&mut state);
+                }
+                if !state.memory.is_empty() {
+                    let take = max.min(state.memory.len());
+                    let entries = state.memory.drain(..take).collect();
+                    drop(state);
+                    self.writable.notify_all();
+                    return Some(entries);
+                }
+                if state.closed {
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Reads what waits on disk into memory, up to the bound.
+    fn refill(&self, state: &mut State) {
+        if state.disk_next >= state.next_seq {
+            return;
+        }
+        let from = state.disk_next;
+        let mut corrupt = 0;
+        let Some(spool) = state.spool.as_mut() else { return };
+        let records = match spool.read(from, self.bound, &mut corrupt) {
+            Ok(records) => records,
+            Err(error) => {
+                tracing::error!("Cannot read the spool: {error}.");
+                Vec::new()
+            }
+        };
+        for (seq, request) in records {
+            if seq > state.disk_next {
+                // Records that could not be read (bad checksum): counted, and never waited for.
+                let (from, to) = (state.disk_next, seq);
+                state.ack_range(from, to);
+            }
+            state.disk_next = seq + 1;
+            state.memory.push_back(Entry { seq, request });
+        }
+        if state.memory.is_empty() {
+            // The reader reached the end: whatever is still missing is unreadable.
+            let (from, to) = (state.disk_next, state.next_seq);
+            corrupt = corrupt.max(to - from);
+            state.ack_range(from, to);
+            state.disk_next = to;
+        }
+        if corrupt > 0 {
+            tracing::error!("{corrupt} spooled requests could not be read back; they are lost.");
+            self.metrics.add_dropped(corrupt);
+        }
+    }
+
+    /// `seq` is done: delivered, or failed for good (and dead-lettered).
+    pub(crate) fn ack(&self, seq: u64) {
+        let mut state = self.lock();
+        if state.spool.is_none() {
+            return;
+        }
+        state.ack_range(seq, seq + 1);
+        let acked = state.acked;
+        if let Err(error) = state.spool.as_mut().expect("checked").release(acked, false) {
+            tracing::error!("Cannot record delivered requests in the spool: {error}.");
+        }
+    }
+
+    /// No more pushes: `pop` returns `None` once everything is handed out.
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.readable.notify_one();
+    }
+
+    /// Writes the acknowledged position down and syncs the spool; for the end of a run.
+    pub(crate) fn finish(&self) {
+        let mut state = self.lock();
+        let acked = state.acked;
+        if let Some(spool) = state.spool.as_mut() {
+            if let Err(error) = spool.release(acked, true).and_then(|()| spool.sync()) {
+                tracing::error!("Cannot sync the spool: {error}.");
+            }
+        }
+    }
+}
+
+impl State {
+    /// Numbers a request and gives it its idempotency key, unless it has one (a replay).
+    fn take_seq(&mut self, request: &mut Request) -> u64 {
+        let seq = self.next_seq;
+        self.key_for(seq, request);
+        self.next_seq += 1;
+        seq
+    }
+
+    fn key_for(&self, seq: u64, request: &mut Request) {
+        if request.idempotency_key.is_none() {
+            request.idempotency_key = Some(format!("{}-{seq}", self.key_prefix));
+        }
+    }
+
+    /// Marks `[from, to)` done and moves `acked` over everything contiguous.
+    fn ack_range(&mut self, from: u64, to: u64) {
+        if to <= self.acked {
+            return;
+        }
+        if from <= self.acked {
+            self.acked = to;
+        } else {
+            self.done.extend(from..to);
+        }
+        while self.done.first().is_some_and(|&first| first <= self.acked) {
+            let first = self.done.pop_first().expect("checked");
+            if first == self.acked {
+                self.acked += 1;
+            }
+        }
+    }
+}

@@ -1,0 +1,393 @@
+//! The spool: a durable, append-only queue of requests on disk, so that a dead endpoint neither
+//! grows memory nor loses what was accepted, not even across `kill -9`.
+//!
+//! A spool directory holds numbered segment files (`<first seq>.seg`) of checksummed records
+//! ([`record`]), a `spool.id` naming this spool (the prefix of every idempotency key it hands
+//! out), and `acked`, the sequence number below which everything is done. Records are appended
+//! whole under one lock; a reader follows behind. Delivered (or dead-lettered) records are
+//! acknowledged; a segment whose records are all acknowledged is deleted.
+//!
+//! On start the segments are scanned: a torn record at the end of the newest segment (a crash
+//! mid-write) is cut off, a record with a bad checksum elsewhere is skipped — both logged — and
+//! every record from `acked` on is delivered again (at least once; endpoints de-duplicate by
+//! the idempotency key). The owner of all this state is [`crate::delivery::queue`].
+
+mod record;
+
+use std::collections::VecDeque;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::config::{FsyncPolicy, FullPolicy, SpoolConfig};
+use crate::delivery::Request;
+
+/// How often, at most, the acknowledged position is written to disk. A crash loses at most this
+/// much of it: those records are delivered again after a restart.
+const ACK_PERSIST_INTERVAL: Duration = Duration::from_millis(250);
+/// Bytes read from a segment at once.
+const READ_CHUNK: usize = 256 << 10;
+
+/// Why the spool cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// A file or the directory could not be read, written or created.
+    #[error("spool {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
+    move |source| SpoolError::Io { path: path.to_path_buf(), source }
+}
+
+/// One segment file.
+#[derive(Debug)]
+struct Segment {
+    first_seq: u64,
+    path: PathBuf,
+    bytes: u64,
+}
+
+/// Where the reader is: a segment (by its first sequence number) and a byte offset in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Position {
+    segment: u64,
+    offset: u64,
+}
+
+/// What [`Spool::open`] found on disk.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Recovered {
+    /// Everything below this is done.
+    pub acked: u64,
+    /// The next sequence number to hand out.
+    pub next_seq: u64,
+    /// Records skipped because their checksum did not match.
+    pub corrupt: u64,
+}
+
+/// Records dropped to make room, when the spool is full and drops its oldest.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Dropped {
+    /// Sequence numbers `[from, to)` of the segment dropped.
+    pub from: u64,
+    /// End (exclusive).
+    pub to: u64,
+}
+
+/// The spool's files and positions. Not synchronised: [`crate::delivery::queue`] owns it.
+#[derive(Debug)]
+pub struct Spool {
+    dir: PathBuf,
+    id: String,
+    config: SpoolConfig,
+    segments: VecDeque<Segment>,
+    writer: File,
+    reader: Position,
+    total_bytes: u64,
+    last_sync: Instant,
+    acked_persisted: u64,
+    last_persist: Instant,
+}
+
+impl Spool {
+    /// Opens (or creates) the spool in `config.dir` and recovers what it holds.
+    pub fn open(config: &SpoolConfig) -> Result<(Spool, Recovered), SpoolError> {
+        let dir = config.dir.clone();
+        fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+        let id = read_or_create_id(&dir)?;
+        let acked_path = dir.join("acked");
+        let acked = match fs::read_to_string(&acked_path) {
+            Ok(text) => text.trim().parse::<u64>().unwrap_or(0),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => 0,
+            Err(error) => return Err(io_error(&acked_path)(error)),
+        };
+        let mut recovered = Recovered { acked, next_seq: acked, corrupt: 0 };
+        let mut segments = VecDeque::new();
+        let mut found = segment_files(&dir)?;
+        found.sort();
+        let newest = found.last().map(|(first, _)| *first);
+        for (first_seq, path) in found {
+            let scan = scan_segment(&path, Some(first_seq) == newest)?;
+            recovered.corrupt += scan.corrupt;
+            if let Some(last) = scan.last_seq {
+                recovered.next_seq = recovered.next_seq.max(last + 1);
+            }
+            recovered.next_seq = recovered.next_seq.max(first_seq);
+            segments.push_back(Segment { first_seq, path, bytes: scan.valid_bytes });
+        }
+        // Segments wholly below `acked` are done; the newest is kept to append to.
+        while segments.len() > 1 && segments[1].first_seq <= acked {
+            let done = segments.pop_front().expect("two segments");
+            fs::remove_file(&done.path).map_err(io_error(&done.path))?;
+        }
+        if segments.is_empty() {
+            let first_seq = recovered.next_seq;
+            let path = segment_path(&dir, first_seq);
+            File::create(&path).map_err(io_error(&path))?;
+            segments.push_back(Segment { first_seq, path, bytes: 0 });
+        }
+        let active = segments.back().expect("one segment");
+        let writer = File::options().append(true).open(&active.path).map_err(io_error(&active.path))?;
+        let reader = Position { segment: segments[0].first_seq, offset: 0 };
+        let total_bytes = segments.iter().map(|s| s.bytes).sum();
+        let spool = Spool {
+            dir,
+            id,
+            config: config.clone(),
+            segments,
+            writer,
+            reader,
+            total_bytes,
+            last_sync: Instant::now(),
+            acked_persisted: acked,
+            last_persist: Instant::now(),
+        };
+        Ok((spool, recovered))
+    }
+
+    /// This spool's name, the prefix of the idempotency keys it hands out.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Bytes on disk now.
+    pub fn bytes(&self) -> u64 {
+        self.total_bytes
+    }
+
+    /// Appends one record to `batch` for writing with [`Spool::write`]. `Err` when the spool is
+    /// full and the policy refuses it; `Ok(Some)` when the oldest segment was dropped for room.
+    pub fn frame(&mut self, seq: u64, request: &Request, batch: &mut Vec<u8>) -> Result<Option<Dropped>, ()> {
+        let start = batch.len();
+        record::encode(seq, request, batch);
+        let needed = self.total_bytes + batch.len() as u64;
+        if needed <= self.config.max_size {
+            return Ok(None);
+        }
+        if self.config.on_full == FullPolicy::DropOldest && self.segments.len() > 1 {
+            if let Ok(dropped) = self.drop_oldest() {
+                return Ok(Some(dropped));
+            }
+        }
+        batch.truncate(start);
+        Err(())
+    }
+
+    /// Writes framed records (one `write` call, so a crash leaves at most one torn record) and
+    /// syncs them as the fsync policy says. Rolls over to a new segment first when the active
+    /// one is full; `next_seq` is the sequence number of the batch's first record.
+    pub fn write(&mut self, batch: &[u8], next_seq: u64) -> Result<(), SpoolError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let active = self.segments.back().expect("one segment");
+        if active.bytes >= self.config.segment_size && active.first_seq < next_seq {
+            let path = segment_path(&self.dir, next_seq);
+            self.writer = File::options().create(true).append(true).open(&path).map_err(io_error(&path))?;
+            self.segments.push_back(Segment { first_seq: next_seq, path, bytes: 0 });
+        }
+        let active = self.segments.back_mut().expect("one segment");
+        self.writer.write_all(batch).map_err(io_error(&active.path))?;
+        active.bytes += batch.len() as u64;
+        self.total_bytes += batch.len() as u64;
+        let due = match self.config.fsync {
+            FsyncPolicy::Always => true,
+            FsyncPolicy::Interval(every) => self.last_sync.elapsed() >= every,
+            FsyncPolicy::Never => false,
+        };
+        if due {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Puts the reader at the end of what is written: every record so far is being delivered
+    /// from memory, so it need not be read back.
+    pub fn skip_to_end(&mut self) {
+        let active = self.segments.back().expect("one segment");
+        self.reader = Position { segment: active.first_seq, offset: active.bytes };
+    }
+
+    /// Reads up to `max` records from the reader's position on, skipping those below `from`
+    /// (already handed out). Records with a bad checksum are skipped and counted in `corrupt`.
+    pub fn read(&mut self, from: u64, max: usize, corrupt: &mut u64) -> Result<Vec<(u64, Request)>, SpoolError> {
+        let mut records = Vec::new();
+        while records.len() < max {
+            let Some(index) = self.segments.iter().position(|s| s.first_seq == self.reader.segment) else {
+                // The reader's segment was dropped; go on with the oldest left.
+                self.reader = Position { segment: self.segments[0].first_seq, offset: 0 };
+                continue;
+            };
+            let segment = &self.segments[index];
+            if self.reader.offset >= segment.bytes {
+                match self.segments.get(index + 1) {
+                    Some(next) => {
+                        self.reader = Position { segment: next.first_seq, offset: 0 };
+                        continue;
+                    }
+                    None => break,
+                }
+            }
+            let file = File::open(&segment.path).map_err(io_error(&segment.path))?;
+            let end = segment.bytes;
+            let mut offset = self.reader.offset;
+            let length = READ_CHUNK.min((end - offset) as usize);
+            let mut chunk = vec![0; length];
+            file.read_exact_at(&mut chunk, offset).map_err(io_error(&segment.path))?;
+            let mut at = 0;
+            while records.len() < max && at + record::FRAME_HEADER <= chunk.len() {
+                let (size, checksum) = record::frame_header(chunk[at..at + record::FRAME_HEADER].try_into().expect("8 bytes"));
+                let frame_end = at + record::FRAME_HEADER + size;
+                let payload = if frame_end <= chunk.len() {
+                    chunk[at + record::FRAME_HEADER..frame_end].to_vec()
+                } else if at == 0 {
+                    // A record larger than the chunk: read it whole.
+                    let mut whole = vec![0; size];
+                    file.read_exact_at(&mut whole, offset + record::FRAME_HEADER as u64).map_err(io_error(&segment.path))?;
+                    whole
+                } else {
+                    break;
+                };
+                at = frame_end;
+                match (crc32fast::hash(&payload) == checksum).then(|| record::decode(&payload)).flatten() {
+                    Some((seq, request)) if seq >= from => records.push((seq, request)),
+                    Some(_) => {}
+                    None => *corrupt += 1,
+                }
+            }
+            offset += at as u64;
+            self.reader.offset = offset;
+            if at == 0 {
+                // Not even one frame fits in what is left: the segment's tail is unreadable.
+                self.reader.offset = end;
+            }
+        }
+        Ok(records)
+    }
+
+    /// Everything below `acked` is done: deletes the segments that hold nothing else, and writes
+    /// the position down (at most every [`ACK_PERSIST_INTERVAL`], or now with `force`).
+    pub fn release(&mut self, acked: u64, force: bool) -> Result<(), SpoolError> {
+        if acked == self.acked_persisted || (!force && self.last_persist.elapsed() < ACK_PERSIST_INTERVAL) {
+            return Ok(());
+        }
+        let path = self.dir.join("acked");
+        let temporary = self.dir.join("acked.tmp");
+        fs::write(&temporary, acked.to_string()).map_err(io_error(&temporary))?;
+        fs::rename(&temporary, &path).map_err(io_error(&path))?;
+        self.acked_persisted = acked;
+        self.last_persist = Instant::now();
+        while self.segments.len() > 1 && self.segments[1].first_seq <= acked && self.segments[0].first_seq != self.reader.segment {
+            let done = self.segments.pop_front().expect("two segments");
+            self.total_bytes -= done.bytes;
+            fs::remove_file(&done.path).map_err(io_error(&done.path))?;
+        }
+        Ok(())
+    }
+
+    /// Flushes written records to the disk itself.
+    pub fn sync(&mut self) -> Result<(), SpoolError> {
+        self.last_sync = Instant::now();
+        let active = self.segments.back().expect("one segment");
+        self.writer.sync_data().map_err(io_error(&active.path))
+    }
+
+    /// Deletes the oldest segment to make room; its records are lost (the caller counts them).
+    fn drop_oldest(&mut self) -> Result<Dropped, SpoolError> {
+        let oldest = self.segments.pop_front().expect("more than one segment");
+        let to = self.segments[0].first_seq;
+        self.total_bytes -= oldest.bytes;
+        fs::remove_file(&oldest.path).map_err(io_error(&oldest.path))?;
+        if self.reader.segment == oldest.first_seq {
+            self.reader = Position { segment: to, offset: 0 };
+        }
+        Ok(Dropped { from: oldest.first_seq, to })
+    }
+}
+
+fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
+    dir.join(format!("{first_seq:020}.seg"))
+}
+
+fn segment_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, SpoolError> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_error(dir))? {
+        let path = entry.map_err(io_error(dir))?.path();
+        let first = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .and_then(|name| name.strip_suffix(".seg"))
+            .and_then(|stem| stem.parse::<u64>().ok());
+        if let Some(first) = first {
+            found.push((first, path));
+        }
+    }
+    Ok(found)
+}
+
+fn read_or_create_id(dir: &Path) -> Result<String, SpoolError> {
+    let path = dir.join("spool.id");
+    match fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
+        Ok(_) => write_new_id(&path),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => write_new_id(&path),
+        Err(error) => Err(io_error(&path)(error)),
+    }
+}
+
+fn write_new_id(path: &Path) -> Result<String, SpoolError> {
+    let id = format!("{:016x}", fastrand::u64(..));
+    fs::write(path, &id).map_err(io_error(path))?;
+    Ok(id)
+}
+
+/// What a segment holds, found by reading it through.
+struct Scan {
+    last_seq: Option<u64>,
+    valid_bytes: u64,
+    corrupt: u64,
+}
+
+/// Reads a segment through, checking every checksum. In the newest segment a torn tail (a crash
+/// mid-write) is cut off; elsewhere, and for bad checksums, records are skipped and counted.
+fn scan_segment(path: &Path, newest: bool) -> Result<Scan, SpoolError> {
+    let bytes = fs::read(path).map_err(io_error(path))?;
+    let mut scan = Scan { last_seq: None, valid_bytes: 0, corrupt: 0 };
+    let mut at = 0;
+    while at + record::FRAME_HEADER <= bytes.len() {
+        let (size, checksum) = record::frame_header(bytes[at..at + record::FRAME_HEADER].try_into().expect("8 bytes"));
+        let end = at + record::FRAME_HEADER + size;
+        if size > record::MAX_PAYLOAD || end > bytes.len() {
+            break;
+        }
+        let payload = &bytes[at + record::FRAME_HEADER..end];
+        match (crc32fast::hash(payload) == checksum).then(|| record::decode(payload)).flatten() {
+            Some((seq, _)) => scan.last_seq = Some(seq),
+            None => scan.corrupt += 1,
+        }
+        at = end;
+    }
+    scan.valid_bytes = at as u64;
+    if at < bytes.len() {
+        let lost = bytes.len() - at;
+        if newest {
+            tracing::warn!(segment = %path.display(), "Cutting off {lost} bytes of a record torn by a crash mid-write.");
+            let file = File::options().write(true).open(path).map_err(io_error(path))?;
+            file.set_len(at as u64).map_err(io_error(path))?;
+        } else {
+            tracing::error!(segment = %path.display(), "The last {lost} bytes of this segment are unreadable; skipped.");
+        }
+    }
+    if scan.corrupt > 0 {
+        tracing::error!(segment = %path.display(), "Skipped {} records whose checksum does not match.", scan.corrupt);
+    }
+    Ok(scan)
+}
