@@ -9,7 +9,7 @@ use hyper::StatusCode;
 use tokio::io::AsyncWriteExt;
 
 use crate::support::endpoint::{Behaviour, Endpoint, Recorded};
-use crate::support::{admin_metrics, free_loopback_addr, mqhook, spawn_mqhook, wait_for_listener, Scratch};
+use crate::support::{admin_metrics, free_loopback_addr, mqhook, signal, spawn_mqhook, wait_for_listener, Scratch};
 
 /// Bound on every wait in this file.
 const WAIT_LIMIT: Duration = Duration::from_secs(180);
@@ -128,6 +128,34 @@ async fn kill_9_mid_stream_then_restart_delivers_every_accepted_event() {
     // A third run finds nothing left to send.
     let again = mqhook(&["run", "--ingest", "ndjson:-", "--config", &config], "").await;
     assert_eq!(again.summary("recovered"), 0, "{}", again.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once_and_the_spool_keeps_the_rest() {
+    const EVENTS: usize = 500;
+    let scratch = Scratch::new();
+    let addr = free_loopback_addr();
+    // Nothing listens yet: every request fails and waits to be retried.
+    let config = config(&scratch, &format!("http://{addr}"), "  retry { max_attempts = 10000, base = 100, cap = 1000 }");
+    let admin = free_loopback_addr();
+    let mut child = spawn_mqhook(&["run", "--ingest", "ndjson:-", "--config", &config, "--admin", &admin]);
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(publishes(EVENTS, 5).as_bytes()).await.unwrap();
+    input.flush().await.unwrap();
+    wait_for_listener(&admin).await;
+    wait_until("every event is spooled", async || admin_metrics(&admin).await["spooled"] == EVENTS).await;
+    signal(&child, "-TERM").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(&child, "-TERM").await;
+    let output = tokio::time::timeout(WAIT_LIMIT, child.wait_with_output()).await.expect("it exits").unwrap();
+    assert_eq!(output.status.code(), Some(130), "{}", String::from_utf8_lossy(&output.stderr));
+    drop(input);
+
+    let endpoint = Endpoint::start_at(addr.parse().unwrap(), Behaviour::default()).await;
+    let run = mqhook(&["run", "--ingest", "ndjson:-", "--config", &config], "").await;
+    assert_eq!(run.summary("recovered"), EVENTS as u64, "{}", run.stderr);
+    assert_eq!(run.summary("delivered"), EVENTS as u64);
+    assert_eq!(check_at_least_once(&endpoint.recorded(), EVENTS), 0);
 }
 
 /// Peak resident memory of a process, from `/proc`.

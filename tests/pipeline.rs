@@ -5,7 +5,7 @@ use std::time::Duration;
 use hyper::StatusCode;
 
 use crate::support::endpoint::{Behaviour, Endpoint};
-use crate::support::{mqhook, Scratch};
+use crate::support::{mqhook, signal, Scratch};
 
 /// Every event once, with `ts`/`connected_at` given so bodies are deterministic; and the exact
 /// body each must produce under the all-events config below.
@@ -303,23 +303,22 @@ async fn failed_requests_go_to_the_dead_letter_file_and_replay_delivers_them() {
     let run = mqhook(&["replay", dead.to_str().unwrap(), "--config", replay_config.to_str().unwrap()], "").await;
     assert!(run.status.success(), "{}", run.stderr);
     assert_eq!((run.summary("delivered"), run.summary("failed")), (2, 0));
-    let mut replayed: Vec<String> = accepting.recorded().iter().map(|r| r.body_text()).collect();
-    let mut original: Vec<String> = refusing.recorded().iter().map(|r| r.body_text()).collect();
-    replayed.sort();
-    original.sort();
-    assert_eq!(replayed, original, "replay sends the same bytes");
+    let sent = |endpoint: &Endpoint| {
+        let mut sent: Vec<(String, String)> = endpoint
+            .recorded()
+            .iter()
+            .map(|r| (r.body_text(), r.header("idempotency-key").unwrap_or_default().to_string()))
+            .collect();
+        sent.sort();
+        sent
+    };
+    assert_eq!(sent(&accepting), sent(&refusing), "replay sends the same bytes with the same idempotency keys");
     assert!(accepting.recorded().iter().all(|r| r.path == "/hook" && r.header("x-api-key") == Some("secret")));
 }
 
 /// Starts `mqhook run` reading NDJSON from a pipe that stays open.
 fn spawn_reading(config: &std::path::Path) -> tokio::process::Child {
     crate::support::spawn_mqhook(&["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap()])
-}
-
-async fn signal(child: &tokio::process::Child, name: &str) {
-    let pid = child.id().expect("still running").to_string();
-    let status = tokio::process::Command::new("kill").args([name, &pid]).status().await.unwrap();
-    assert!(status.success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -74,6 +74,13 @@ pub fn spawn_mqhook(args: &[&str]) -> tokio::process::Child {
         .expect("starting mqhook")
 }
 
+/// Sends signal `name` (`-TERM`, `-INT`, …) to a running child.
+pub async fn signal(child: &tokio::process::Child, name: &str) {
+    let pid = child.id().expect("still running").to_string();
+    let status = tokio::process::Command::new("kill").args([name, &pid]).status().await.unwrap();
+    assert!(status.success());
+}
+
 /// A free loopback address: bound, then released for the process under test to take.
 pub fn free_loopback_addr() -> String {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();

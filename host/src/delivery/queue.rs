@@ -75,8 +75,8 @@ impl DeliveryQueue {
         if pending > 0 {
             tracing::info!(spool = %spool_config.dir.display(), "Recovered {pending} requests not yet delivered.");
         }
+        // Damaged records are counted as dropped when the reader reaches them.
         metrics.add_recovered(pending);
-        metrics.add_dropped(recovered.corrupt);
         let state = State {
             memory: VecDeque::new(),
             key_prefix: spool.id().to_string(),
@@ -311,5 +311,157 @@ impl State {
                 self.acked += 1;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::config::{DeliveryOrder, FsyncPolicy, FullPolicy, SpoolConfig};
+    use crate::event::EventKind;
+
+    fn request(i: usize) -> Request {
+        Request {
+            kind: EventKind::MessagePublish,
+            body: Bytes::from(format!("{{\"payload\":\"{i:04}\"}}").into_bytes()),
+            headers: Vec::new(),
+            path: None,
+            client: Some(format!("c{}", i % 3)),
+            idempotency_key: None,
+        }
+    }
+
+    fn config(dir: &Path, max_size: u64, on_full: FullPolicy, queue_size: usize) -> Config {
+        let mut config = Config::parse("webhook { url = \"http://127.0.0.1:1/\" }", Path::new("t.conf"), crate::config::Syntax::Hocon).unwrap();
+        config.queue_size = queue_size.try_into().unwrap();
+        config.ordering = DeliveryOrder::None;
+        config.spool = Some(SpoolConfig { dir: dir.to_path_buf(), max_size, segment_size: max_size / 4, fsync: FsyncPolicy::Never, on_full });
+        config
+    }
+
+    fn open(config: &Config) -> (DeliveryQueue, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::default());
+        (DeliveryQueue::open(config, metrics.clone()).unwrap(), metrics)
+    }
+
+    /// Every body the queue hands out until it is empty, acknowledging each.
+    fn drain(queue: &DeliveryQueue) -> Vec<String> {
+        queue.close();
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let mut bodies = Vec::new();
+        while let Some(entries) = runtime.block_on(queue.pop(7)) {
+            for entry in entries {
+                bodies.push(String::from_utf8(entry.request.body.to_vec()).unwrap());
+                queue.ack(entry.seq);
+            }
+        }
+        queue.finish();
+        bodies
+    }
+
+    fn expected(range: std::ops::Range<usize>) -> Vec<String> {
+        range.map(|i| String::from_utf8(request(i).body.to_vec()).unwrap()).collect()
+    }
+
+    #[test]
+    fn beyond_the_memory_bound_requests_come_back_from_disk_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (queue, metrics) = open(&config(dir.path(), 1 << 20, FullPolicy::RejectNew, 5));
+        for start in (0..100).step_by(10) {
+            queue.push((start..start + 10).map(request).collect());
+        }
+        assert!(queue.lock().memory.len() <= 5, "memory stays within queue_size");
+        assert_eq!(drain(&queue), expected(0..100));
+        assert_eq!(metrics.snapshot().spooled, 100);
+        // All acknowledged: a restart finds nothing to send.
+        drop(queue);
+        let (queue, metrics) = open(&config(dir.path(), 1 << 20, FullPolicy::RejectNew, 5));
+        assert_eq!(metrics.snapshot().recovered, 0);
+        assert!(drain(&queue).is_empty());
+    }
+
+    #[test]
+    fn a_restart_delivers_what_was_not_acknowledged_with_the_same_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), 1 << 20, FullPolicy::RejectNew, 1000);
+        let (queue, _) = open(&config);
+        queue.push((0..50).map(request).collect());
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let first = runtime.block_on(queue.pop(20)).unwrap();
+        let keys: Vec<String> = first.iter().map(|e| e.request.idempotency_key.clone().unwrap()).collect();
+        for entry in &first[..10] {
+            queue.ack(entry.seq);
+        }
+        queue.finish();
+        drop(queue); // as if killed: 10 acknowledged, 40 not
+
+        let (queue, metrics) = open(&config);
+        assert_eq!(metrics.snapshot().recovered, 40);
+        queue.close();
+        let again = runtime.block_on(queue.pop(100)).unwrap();
+        assert_eq!(again.len(), 40);
+        assert_eq!(again[0].request.idempotency_key.as_deref(), Some(keys[10].as_str()), "keys survive a restart");
+        assert_eq!(again[0].request.client.as_deref(), Some("c1"));
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_off_and_a_damaged_record_skipped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), 1 << 20, FullPolicy::RejectNew, 1000);
+        let (queue, _) = open(&config);
+        queue.push((0..10).map(request).collect());
+        queue.finish();
+        drop(queue);
+        let segment = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "seg"))
+            .unwrap();
+        let mut bytes = std::fs::read(&segment).unwrap();
+        let record = bytes.len() / 10;
+        bytes[record * 3 + 20] ^= 0xff; // flips a byte inside the fourth record
+        bytes.extend_from_slice(&[7, 0, 0]); // and a crash mid-write left half a header
+        std::fs::write(&segment, &bytes).unwrap();
+
+        let (queue, metrics) = open(&config);
+        let mut want = expected(0..10);
+        want.remove(3);
+        assert_eq!(drain(&queue), want);
+        assert_eq!(metrics.snapshot().dropped, 1, "the damaged record is counted");
+        assert_eq!(std::fs::metadata(&segment).unwrap().len() as usize, bytes.len() - 3, "the torn tail is cut off");
+    }
+
+    #[test]
+    fn a_full_spool_rejects_new_requests_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (queue, metrics) = open(&config(dir.path(), 4096, FullPolicy::RejectNew, 1));
+        for i in 0..400 {
+            queue.push(vec![request(i)]);
+        }
+        let snapshot = metrics.snapshot();
+        assert!(snapshot.dropped > 0 && snapshot.spooled + snapshot.dropped == 400, "{snapshot:?}");
+        let bodies = drain(&queue);
+        assert_eq!(bodies, expected(0..snapshot.spooled as usize), "the oldest are kept");
+    }
+
+    #[test]
+    fn a_full_spool_drops_its_oldest_segment_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (queue, metrics) = open(&config(dir.path(), 4096, FullPolicy::DropOldest, 1));
+        for i in 0..400 {
+            queue.push(vec![request(i)]);
+        }
+        let snapshot = metrics.snapshot();
+        assert_eq!(snapshot.spooled, 400);
+        let bodies = drain(&queue);
+        assert!(snapshot.dropped > 0, "{snapshot:?}");
+        assert_eq!(bodies.len() as u64 + snapshot.dropped, 400, "every request delivered or counted as dropped");
+        assert_eq!(bodies.last(), expected(399..400).last(), "the newest are kept");
+        let on_disk: u64 = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+        assert!(on_disk <= 4096 + 1024, "the spool stays near its size: {on_disk}");
     }
 }

@@ -69,8 +69,6 @@ pub struct Recovered {
     pub acked: u64,
     /// The next sequence number to hand out.
     pub next_seq: u64,
-    /// Records skipped because their checksum did not match.
-    pub corrupt: u64,
 }
 
 /// Records dropped to make room, when the spool is full and drops its oldest.
@@ -109,14 +107,13 @@ impl Spool {
             Err(error) if error.kind() == io::ErrorKind::NotFound => 0,
             Err(error) => return Err(io_error(&acked_path)(error)),
         };
-        let mut recovered = Recovered { acked, next_seq: acked, corrupt: 0 };
+        let mut recovered = Recovered { acked, next_seq: acked };
         let mut segments = VecDeque::new();
         let mut found = segment_files(&dir)?;
         found.sort();
         let newest = found.last().map(|(first, _)| *first);
         for (first_seq, path) in found {
             let scan = scan_segment(&path, Some(first_seq) == newest)?;
-            recovered.corrupt += scan.corrupt;
             if let Some(last) = scan.last_seq {
                 recovered.next_seq = recovered.next_seq.max(last + 1);
             }
