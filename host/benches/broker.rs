@@ -1,7 +1,9 @@
 //! End to end through the embedded broker: MQTT publishers → rmqtt → wasm guest → HTTP pool →
 //! an in-process hyper server, all on 127.0.0.1. Reports events/s, publish-to-arrival latency
 //! (p50, p99) and loss, which must be 0. Publishers use QoS 1 and wait for each PUBACK, so every
-//! counted publish was accepted by the broker.
+//! counted publish was accepted by the broker. The baseline, run first in the same process: the
+//! same broker and publishers with the webhook disabled; the ratio of publish rates says what the
+//! webhook costs the broker.
 //!
 //! Run: `cargo bench -p mqhook --bench broker` (env `PUBLISHERS`, `MESSAGES` per publisher).
 
@@ -31,53 +33,77 @@ fn main() {
     let messages: usize = env_or("MESSAGES", 2000);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     runtime.block_on(async move {
-        let epoch = Instant::now();
-        let (endpoint, arrivals) = serve(epoch).await;
-        let text = format!(
-            "webhook {{\n url = \"http://{endpoint}/hook\"\n pool_size = 32\n events = [{{ event = \"on_message_publish\", topic = \"bench/#\" }}]\n}}\n"
-        );
-        let config = Config::parse(&text, Path::new("bench.hcl"), Syntax::Hcl).expect("bench config");
-        let guest = GuestModule::load(None, &config).expect("built-in guest");
-        let pipeline = Runtime::start(&config, guest, Sink::Http(HttpSink::new(&config).expect("sink"))).expect("runtime");
-        let loopback = BrokerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)) };
-        let broker = Broker::bind(loopback, pipeline.submitter()).await.expect("broker");
-        let broker_addr = broker.local_addr();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let serving = tokio::spawn(broker.serve(async move {
-            let _ = stopped.await;
-        }));
-
-        let started = Instant::now();
-        let clients: Vec<_> = (0..publishers)
-            .map(|index| tokio::spawn(publish(broker_addr, index, messages, epoch)))
-            .collect();
-        for client in clients {
-            client.await.expect("publisher");
-        }
+        // The baseline first: the same broker and publishers, with no webhook selecting anything.
+        let baseline = round(false, publishers, messages).await;
+        let hooked = round(true, publishers, messages).await;
         let sent = publishers * messages;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while arrivals.lock().unwrap().len() < sent && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let elapsed = started.elapsed();
-        let _ = stop.send(());
-        serving.await.expect("broker task").expect("broker");
-        let totals = pipeline.shutdown().await;
-
-        let mut latencies = arrivals.lock().unwrap().clone();
+        let mut latencies = hooked.latencies.clone();
         latencies.sort_unstable();
         let received = latencies.len();
         let percentile = |p: f64| latencies.get(((received as f64 * p) as usize).min(received.saturating_sub(1))).copied();
+        let rate = |secs: f64| sent as f64 / secs;
         println!("publishers: {publishers}, messages each: {messages}, QoS 1, pool_size 32");
-        println!("events/s (publish start → last webhook): {:.0}", received as f64 / elapsed.as_secs_f64());
+        println!("broker alone (no webhook): {:.0} publishes/s", rate(baseline.publishing));
+        println!("broker + webhook:          {:.0} publishes/s", rate(hooked.publishing));
+        println!("ratio with / without webhook: {:.2}", baseline.publishing / hooked.publishing);
+        println!("events/s (publish start → last webhook): {:.0}", received as f64 / hooked.delivering);
         println!(
             "publish-to-arrival latency: p50 {} µs, p99 {} µs",
             percentile(0.50).unwrap_or(0),
             percentile(0.99).unwrap_or(0)
         );
         println!("sent {sent}, received {received}, loss {}", sent.saturating_sub(received));
-        println!("runtime: {totals}");
+        println!("runtime: {}", hooked.totals);
     });
+}
+
+/// What one round measured.
+struct Round {
+    /// Seconds from the first publish to the last PUBACK.
+    publishing: f64,
+    /// Seconds from the first publish to the last webhook arrival.
+    delivering: f64,
+    /// Publish-to-arrival times (µs) of the webhooks that arrived.
+    latencies: Vec<u64>,
+    totals: mqhook::MetricsSnapshot,
+}
+
+/// Runs the publishers once through a fresh broker; with `webhooks`, every publish is a webhook.
+async fn round(webhooks: bool, publishers: usize, messages: usize) -> Round {
+    let epoch = Instant::now();
+    let (endpoint, arrivals) = serve(epoch).await;
+    let text = format!(
+        "webhook {{\n enable = {webhooks}\n url = \"http://{endpoint}/hook\"\n pool_size = 32\n events = [{{ event = \"on_message_publish\", topic = \"bench/#\" }}]\n}}\n"
+    );
+    let config = Config::parse(&text, Path::new("bench.hcl"), Syntax::Hcl).expect("bench config");
+    let guest = GuestModule::load(None, &config).expect("built-in guest");
+    let pipeline = Runtime::start(&config, guest, Sink::Http(HttpSink::new(&config).expect("sink"))).expect("runtime");
+    let loopback = BrokerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)) };
+    let broker = Broker::bind(loopback, pipeline.submitter()).await.expect("broker");
+    let broker_addr = broker.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(broker.serve(async move {
+        let _ = stopped.await;
+    }));
+
+    let started = Instant::now();
+    let clients: Vec<_> =
+        (0..publishers).map(|index| tokio::spawn(publish(broker_addr, index, messages, epoch))).collect();
+    for client in clients {
+        client.await.expect("publisher");
+    }
+    let publishing = started.elapsed().as_secs_f64();
+    let expected = if webhooks { publishers * messages } else { 0 };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while arrivals.lock().unwrap().len() < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let delivering = started.elapsed().as_secs_f64();
+    let _ = stop.send(());
+    serving.await.expect("broker task").expect("broker");
+    let totals = pipeline.shutdown().await;
+    let latencies = arrivals.lock().unwrap().clone();
+    Round { publishing, delivering, latencies, totals }
 }
 
 fn env_or(name: &str, default: usize) -> usize {

@@ -40,6 +40,8 @@ pub struct DeliveryQueue {
     writable: Condvar,
     /// Requests held in memory at most.
     bound: usize,
+    /// Whether a spool backs the queue (read without the lock: acknowledging is free without one).
+    spooled: bool,
     metrics: Arc<Metrics>,
 }
 
@@ -108,7 +110,8 @@ impl DeliveryQueue {
     }
 
     fn with_state(state: State, bound: usize, metrics: Arc<Metrics>) -> DeliveryQueue {
-        DeliveryQueue { state: Mutex::new(state), readable: Notify::new(), writable: Condvar::new(), bound: bound.max(1), metrics }
+        let spooled = state.spool.is_some();
+        DeliveryQueue { state: Mutex::new(state), readable: Notify::new(), writable: Condvar::new(), bound: bound.max(1), spooled, metrics }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -251,13 +254,13 @@ impl DeliveryQueue {
 
     /// `seq` is done: delivered, or failed for good (and dead-lettered).
     pub(crate) fn ack(&self, seq: u64) {
-        let mut state = self.lock();
-        if state.spool.is_none() {
+        if !self.spooled {
             return;
         }
+        let mut state = self.lock();
         state.ack_range(seq, seq + 1);
         let acked = state.acked;
-        if let Err(error) = state.spool.as_mut().expect("checked").release(acked, false) {
+        if let Err(error) = state.spool.as_mut().expect("a spooled queue").release(acked, false) {
             tracing::error!("Cannot record delivered requests in the spool: {error}.");
         }
     }
