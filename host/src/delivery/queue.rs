@@ -438,14 +438,19 @@ mod tests {
         assert_eq!(std::fs::metadata(&segment).unwrap().len() as usize, bytes.len() - 3, "the torn tail is cut off");
     }
 
-    #[test]
-    fn a_full_spool_rejects_new_requests_counted() {
+    /// Pushes 400 requests, one at a time, into a 4 KiB spool with `policy`.
+    fn overfill(policy: FullPolicy) -> (tempfile::TempDir, DeliveryQueue, crate::MetricsSnapshot) {
         let dir = tempfile::tempdir().unwrap();
-        let (queue, metrics) = open(&config(dir.path(), 4096, FullPolicy::RejectNew, 1));
+        let (queue, metrics) = open(&config(dir.path(), 4096, policy, 1));
         for i in 0..400 {
             queue.push(vec![request(i)]);
         }
-        let snapshot = metrics.snapshot();
+        (dir, queue, metrics.snapshot())
+    }
+
+    #[test]
+    fn a_full_spool_rejects_new_requests_counted() {
+        let (_dir, queue, snapshot) = overfill(FullPolicy::RejectNew);
         assert!(snapshot.dropped > 0 && snapshot.spooled + snapshot.dropped == 400, "{snapshot:?}");
         let bodies = drain(&queue);
         assert_eq!(bodies, expected(0..snapshot.spooled as usize), "the oldest are kept");
@@ -453,12 +458,7 @@ mod tests {
 
     #[test]
     fn a_full_spool_drops_its_oldest_segment_counted() {
-        let dir = tempfile::tempdir().unwrap();
-        let (queue, metrics) = open(&config(dir.path(), 4096, FullPolicy::DropOldest, 1));
-        for i in 0..400 {
-            queue.push(vec![request(i)]);
-        }
-        let snapshot = metrics.snapshot();
+        let (dir, queue, snapshot) = overfill(FullPolicy::DropOldest);
         assert_eq!(snapshot.spooled, 400);
         let bodies = drain(&queue);
         assert!(snapshot.dropped > 0, "{snapshot:?}");
