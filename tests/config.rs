@@ -131,7 +131,17 @@ fn mqhook_extensions_parse() {
     cap = "5s"
     max_age = "1m"
   }
-  tls { cacertfile = "ca.pem" }
+  tls {
+    cacertfile = "ca.pem"
+    server_name_indication = "hooks.example"
+  }
+  spool {
+    dir = "spool"
+    max_size = "2GiB"
+    fsync = "always"
+    on_full = "drop_oldest"
+  }
+  ordering = "per_client"
   guest {
     memory_limit = "16MiB"
     timeout = 250
@@ -149,7 +159,15 @@ fn mqhook_extensions_parse() {
     assert_eq!(config.guest.timeout.as_millis(), 250);
     assert_eq!(config.guest.workers.get(), 3);
     assert_eq!(config.guest.settings, vec![("field".into(), "temp".into()), ("min".into(), "10".into())]);
-    assert!(config.tls.unwrap().cacertfile.unwrap().ends_with("ca.pem"));
+    let tls = config.tls.unwrap();
+    assert!(tls.cacertfile.unwrap().ends_with("ca.pem"));
+    assert_eq!(tls.server_name, mqhook::config::ServerNameCheck::Name("hooks.example".into()));
+    assert!(tls.verify);
+    let spool = config.spool.unwrap();
+    assert!(spool.dir.ends_with("spool") && spool.dir.is_absolute(), "relative to the config file: {:?}", spool.dir);
+    assert_eq!((spool.max_size, spool.segment_size), (2 << 30, 64 << 20));
+    assert_eq!((spool.fsync, spool.on_full), (mqhook::config::FsyncPolicy::Always, mqhook::config::FullPolicy::DropOldest));
+    assert_eq!(config.ordering, mqhook::config::DeliveryOrder::PerClient);
 }
 
 /// Each malformed config: file name, text, the line and the key the error must name, and a piece
@@ -179,6 +197,12 @@ const MALFORMED: &[(&str, &str, usize, &str, &str)] = &[
     ("policy.hcl", "webhook {\n  url = \"http://h\"\n  guest {\n    on_failure = \"retry\"\n  }\n}\n", 4, "webhook.guest.on_failure", "skip, builtin, dead_letter"),
     ("policy-file.hcl", "webhook {\n  url = \"http://h\"\n  guest {\n    on_failure = \"dead_letter\"\n  }\n}\n", 4, "webhook.guest.on_failure", "webhook.dead_letter"),
     ("memory.hcl", "webhook {\n  url = \"http://h\"\n  guest {\n    memory_limit = \"lots\"\n  }\n}\n", 4, "webhook.guest.memory_limit", "64MiB"),
+    ("spool-dir.conf", "webhook {\n url = \"http://h\"\n spool {\n  max_size = 1GiB\n }\n}\n", 3, "webhook.spool.dir", "required"),
+    ("spool-full.conf", "webhook {\n url = \"http://h\"\n spool {\n  dir = s\n  on_full = block\n }\n}\n", 5, "webhook.spool.on_full", "drop_oldest, reject_new"),
+    ("spool-fsync.hcl", "webhook {\n  url = \"http://h\"\n  spool {\n    dir = \"s\"\n    fsync = \"sometimes\"\n  }\n}\n", 5, "webhook.spool.fsync", "always"),
+    ("ordering.conf", "webhook {\n url = \"http://h\"\n ordering = per_topic\n}\n", 3, "webhook.ordering", "none, per_client"),
+    ("sni.conf", "webhook {\n url = \"https://h\"\n ssl {\n  server_name_indication = \"not a host\"\n }\n}\n", 4, "webhook.ssl.server_name_indication", "host name"),
+    ("verify.conf", "webhook {\n url = \"https://h\"\n tls { verify = sometimes }\n}\n", 3, "webhook.tls.verify", "true or false"),
 ];
 
 #[test]

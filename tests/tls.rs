@@ -48,10 +48,15 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// A server config presenting a certificate from `authority`; with `client_ca`, it demands a
-/// client certificate signed by that authority.
+/// A server config presenting a certificate for 127.0.0.1 from `authority`; with `client_ca`, it
+/// demands a client certificate signed by that authority.
 fn server_config(authority: &Authority, client_ca: Option<&Authority>) -> Arc<rustls::ServerConfig> {
-    let (certificate, key) = authority.issue(&["127.0.0.1"]);
+    server_config_for(authority, client_ca, "127.0.0.1")
+}
+
+/// The same, with a certificate for `name`.
+fn server_config_for(authority: &Authority, client_ca: Option<&Authority>, name: &str) -> Arc<rustls::ServerConfig> {
+    let (certificate, key) = authority.issue(&[name]);
     let chain = vec![CertificateDer::from_pem_slice(certificate.as_bytes()).unwrap()];
     let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
     let builder = rustls::ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions().unwrap();
@@ -154,4 +159,37 @@ async fn missing_or_unusable_tls_files_stop_the_start_naming_the_key() {
         assert!(!result.status.success(), "{block}");
         assert!(result.stderr.contains(key), "{block}: the error names `{key}`:\n{}", result.stderr);
     }
+}
+
+#[tokio::test]
+async fn nanomqs_verify_and_server_name_indication_keys_relax_the_checks_they_name() {
+    let scratch = Scratch::new();
+    let authority = Authority::new("test server CA");
+    let ca = write(&scratch, "ca.pem", &authority.pem());
+    // A certificate for another name than the URL's host (127.0.0.1).
+    let elsewhere = Endpoint::start(Behaviour {
+        tls: Some(server_config_for(&authority, None, "hooks.example")),
+        ..Behaviour::default()
+    })
+    .await;
+    let strict = run(&scratch, &elsewhere, &format!("  tls {{ cacertfile = \"{}\" }}", ca.display())).await;
+    assert_eq!(strict.summary("failed"), 1, "by default the name must match");
+    assert!(strict.stderr.contains("not valid for name"), "{}", strict.stderr);
+    for sni in ["\"hooks.example\"", "false"] {
+        let block = format!("  tls {{\n    cacertfile = \"{}\"\n    server_name_indication = {sni}\n  }}", ca.display());
+        let relaxed = run(&scratch, &elsewhere, &block).await;
+        assert_eq!(relaxed.summary("delivered"), 1, "server_name_indication = {sni}: {}", relaxed.stderr);
+    }
+    // Still checked with server_name_indication = false: the chain.
+    let stranger = Endpoint::start(Behaviour {
+        tls: Some(server_config_for(&Authority::new("some other CA"), None, "hooks.example")),
+        ..Behaviour::default()
+    })
+    .await;
+    let block = format!("  tls {{\n    cacertfile = \"{}\"\n    server_name_indication = false\n  }}", ca.display());
+    assert_eq!(run(&scratch, &stranger, &block).await.summary("failed"), 1, "an unknown CA still fails");
+    // verify = false takes anything, and says so.
+    let anything = run(&scratch, &stranger, "  ssl { verify = false }").await;
+    assert_eq!(anything.summary("delivered"), 1, "{}", anything.stderr);
+    assert!(anything.stderr.contains("any server certificate is accepted"), "{}", anything.stderr);
 }

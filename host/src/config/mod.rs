@@ -156,12 +156,35 @@ pub struct TlsFiles {
     pub certfile: Option<PathBuf>,
     /// CA bundle (PEM) the server is verified against; the system roots when absent.
     pub cacertfile: Option<PathBuf>,
+    /// `verify = false` accepts any server certificate (NanoMQ's key; logged as a warning).
+    pub verify: bool,
+    /// The name sent as SNI and checked against the server's certificate.
+    pub server_name: ServerNameCheck,
+}
+
+/// `server_name_indication`, as NanoMQ documents it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerNameCheck {
+    /// The URL's host (the default, and `true`).
+    Url,
+    /// `false`: no SNI, and a certificate for another name is accepted (the chain is still checked).
+    Off,
+    /// A host name to send and check instead of the URL's.
+    Name(String),
 }
 
 impl Default for TlsFiles {
     /// No files: the system's roots, no client certificate.
     fn default() -> Self {
-        TlsFiles { section: "webhook.tls".into(), keyfile: None, certfile: None, cacertfile: None }
+        TlsFiles {
+            section: "webhook.tls".into(),
+            keyfile: None,
+            certfile: None,
+            cacertfile: None,
+            verify: true,
+            server_name: ServerNameCheck::Url,
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::tree::{Node, Value};
 use super::{
     Config, ConfigError, DeliveryOrder, FailurePolicy, FsyncPolicy, FullPolicy, GuestConfig, Header, PayloadEncoding,
-    Rule, SpoolConfig, TlsFiles, DEFAULT_CANCEL_TIMEOUT, DEFAULT_GUEST_MAX_BODY, DEFAULT_GUEST_MEMORY,
+    Rule, ServerNameCheck, SpoolConfig, TlsFiles, DEFAULT_CANCEL_TIMEOUT, DEFAULT_GUEST_MAX_BODY, DEFAULT_GUEST_MEMORY,
     DEFAULT_GUEST_TIMEOUT, DEFAULT_POOL_SIZE, DEFAULT_QUEUE_SIZE, DEFAULT_ROLLBACK_AFTER, DEFAULT_SPOOL_FSYNC,
     DEFAULT_SPOOL_MAX_SIZE, DEFAULT_SPOOL_SEGMENT_SIZE,
 };
@@ -324,11 +324,31 @@ impl Ctx<'_> {
         let path = |name: &str| -> Result<Option<PathBuf>, ConfigError> {
             node.get(name).map(|n| self.path(n, &format!("{key}.{name}"))).transpose()
         };
+        let verify = match node.get("verify") {
+            Some(n) => self.boolean(n, &format!("{key}.verify"))?,
+            None => true,
+        };
+        let server_name = match node.get("server_name_indication") {
+            Some(n) => {
+                let name_key = format!("{key}.server_name_indication");
+                match self.text(n, &name_key, "true, false or a host name")? {
+                    "true" => ServerNameCheck::Url,
+                    "false" => ServerNameCheck::Off,
+                    name => match rustls::pki_types::ServerName::try_from(name) {
+                        Ok(_) => ServerNameCheck::Name(name.to_string()),
+                        Err(_) => return Err(self.invalid(n, &name_key, format!("`{name}` is not a host name; use true, false or a host name"))),
+                    },
+                }
+            }
+            None => ServerNameCheck::Url,
+        };
         Ok(Some(TlsFiles {
             section: key.to_string(),
             keyfile: path("keyfile")?,
             certfile: path("certfile")?,
             cacertfile: path("cacertfile")?,
+            verify,
+            server_name,
         }))
     }
 

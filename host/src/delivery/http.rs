@@ -165,11 +165,14 @@ impl HttpSink {
         http.set_nodelay(true);
         http.enforce_http(false);
         // http:// URLs stay plain; https:// ones (also after a reload) use these TLS settings.
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls::client_config(config.tls.as_ref())?)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+            .https_or_http();
+        let builder = match tls::server_name(config.tls.as_ref()) {
+            Some(name) => builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name)),
+            None => builder,
+        };
+        let connector = builder.enable_http1().wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(config.pool_size.get())
             .build(connector);

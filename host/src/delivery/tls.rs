@@ -2,17 +2,22 @@
 //! to present.
 //!
 //! The server is verified against `cacertfile` (PEM) or, without one, the system's roots; `certfile`
-//! and `keyfile` together present a client certificate (mTLS). SNI is the URL's host name. Every
-//! problem with a file is found here, at start-up, and names the config key.
+//! and `keyfile` together present a client certificate (mTLS). SNI is the URL's host name, or
+//! NanoMQ's `server_name_indication` (a name to use instead, or `false`: none, and a certificate
+//! for another name is accepted); NanoMQ's `verify = false` accepts any certificate. Every problem
+//! with a file is found here, at start-up, and names the config key.
 
 use std::path::Path;
 use std::sync::Arc;
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use crate::config::TlsFiles;
+use crate::config::{ServerNameCheck, TlsFiles};
 
 /// Why a TLS setting cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -61,10 +66,13 @@ pub fn client_config(files: Option<&TlsFiles>) -> Result<ClientConfig, TlsError>
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider)
+    let invalid = |message: String| TlsError::Invalid { key: files.section.clone(), message };
+    let lenient = !files.verify || files.server_name == ServerNameCheck::Off;
+    let roots = Arc::new(roots);
+    let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Invalid { key: files.section.clone(), message: e.to_string() })?
-        .with_root_certificates(roots);
+        .map_err(|e| invalid(e.to_string()))?
+        .with_root_certificates(roots.clone());
     let config = match (&files.certfile, &files.keyfile) {
         (Some(certfile), Some(keyfile)) => {
             let chain = certificates(certfile, &key("certfile"))?;
@@ -82,7 +90,82 @@ pub fn client_config(files: Option<&TlsFiles>) -> Result<ClientConfig, TlsError>
             return Err(TlsError::Invalid { key: key("certfile"), message: "is required with `keyfile` (mTLS)".into() })
         }
     };
+    let mut config = config;
+    if files.server_name == ServerNameCheck::Off {
+        config.enable_sni = false;
+    }
+    if lenient {
+        if !files.verify {
+            tracing::warn!("`{}` is false: any server certificate is accepted; the endpoint is not authenticated.", key("verify"));
+        }
+        let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+            .build()
+            .map_err(|e| invalid(format!("no usable root certificates: {e}")))?;
+        let verifier = Lenient { webpki, provider, check_chain: files.verify };
+        config.dangerous().set_certificate_verifier(Arc::new(verifier));
+    }
     Ok(config)
+}
+
+/// The name to send as SNI and check the certificate against, when the config gives one.
+pub fn server_name(files: Option<&TlsFiles>) -> Option<ServerName<'static>> {
+    match &files?.server_name {
+        ServerNameCheck::Name(name) => ServerName::try_from(name.clone()).ok(),
+        ServerNameCheck::Url | ServerNameCheck::Off => None,
+    }
+}
+
+/// NanoMQ's relaxations: with `check_chain` off any certificate is accepted; otherwise only a
+/// certificate for another name is (`server_name_indication = false`). Handshake signatures are
+/// always checked, so the peer still proves it holds the certificate's key.
+#[derive(Debug)]
+struct Lenient {
+    webpki: Arc<WebPkiServerVerifier>,
+    provider: Arc<CryptoProvider>,
+    check_chain: bool,
+}
+
+impl ServerCertVerifier for Lenient {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if !self.check_chain {
+            return Ok(ServerCertVerified::assertion());
+        }
+        match self.webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 fn certificates(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
