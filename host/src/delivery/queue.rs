@@ -2,7 +2,8 @@
 //! bound and, with a spool configured, on disk before it is accepted.
 //!
 //! Every request gets a sequence number and, from it, an idempotency key that stays with it
-//! through retries, dead letters and restarts. Without a spool the queue is memory only and a
+//! through retries, dead letters and restarts. The memory part holds at most `queue_size`
+//! requests and [`MEMORY_BYTES`] of bodies. Without a spool the queue is memory only and a
 //! full queue makes the workers wait (and so, further up, the runtime queue refuse events). With
 //! a spool every request is appended to disk first (write-ahead: that is what "accepted" means)
 //! and kept in memory only while the memory part has room and nothing older waits on disk;
@@ -19,6 +20,10 @@ use tokio::sync::Notify;
 
 use super::Request;
 use crate::config::Config;
+
+/// Bytes of bodies the memory part holds at most, whatever `queue_size` says: a count alone would
+/// let large payloads take gigabytes.
+pub const MEMORY_BYTES: usize = 64 << 20;
 use crate::metrics::Metrics;
 use crate::spool::{Spool, SpoolError};
 
@@ -48,6 +53,8 @@ pub struct DeliveryQueue {
 struct State {
     /// Requests ready to hand out, oldest first.
     memory: VecDeque<Entry>,
+    /// Their bodies' bytes.
+    memory_bytes: usize,
     spool: Option<Spool>,
     /// The prefix of idempotency keys: the spool's id, or a random one per process.
     key_prefix: String,
@@ -81,6 +88,7 @@ impl DeliveryQueue {
         metrics.add_recovered(pending);
         let state = State {
             memory: VecDeque::new(),
+            memory_bytes: 0,
             key_prefix: spool.id().to_string(),
             spool: Some(spool),
             next_seq: recovered.next_seq,
@@ -97,6 +105,7 @@ impl DeliveryQueue {
     pub fn in_memory(bound: usize, metrics: Arc<Metrics>) -> DeliveryQueue {
         let state = State {
             memory: VecDeque::new(),
+            memory_bytes: 0,
             spool: None,
             key_prefix: format!("{:016x}", fastrand::u64(..)),
             next_seq: 0,
@@ -126,11 +135,11 @@ impl DeliveryQueue {
             self.push_spooled(&mut state, batch);
         } else {
             for mut request in batch {
-                while state.memory.len() >= self.bound {
+                while !state.has_room(self.bound) {
                     state = self.writable.wait(state).unwrap_or_else(PoisonError::into_inner);
                 }
                 let seq = state.take_seq(&mut request);
-                state.memory.push_back(Entry { seq, request });
+                state.keep(Entry { seq, request });
                 state.disk_next = state.next_seq;
             }
         }
@@ -168,8 +177,8 @@ impl DeliveryQueue {
             }
             state.next_seq += 1;
             self.metrics.record_spooled();
-            if state.disk_next == seq && state.memory.len() < self.bound {
-                state.memory.push_back(Entry { seq, request });
+            if state.disk_next == seq && state.has_room(self.bound) {
+                state.keep(Entry { seq, request });
                 state.disk_next = seq + 1;
             }
         }
@@ -202,7 +211,8 @@ impl DeliveryQueue {
                 }
                 if !state.memory.is_empty() {
                     let take = max.min(state.memory.len());
-                    let entries = state.memory.drain(..take).collect();
+                    let entries: Vec<Entry> = state.memory.drain(..take).collect();
+                    state.memory_bytes -= entries.iter().map(|e| e.request.body.len()).sum::<usize>();
                     drop(state);
                     self.writable.notify_all();
                     return Some(entries);
@@ -223,7 +233,7 @@ impl DeliveryQueue {
         let from = state.disk_next;
         let mut corrupt = 0;
         let Some(spool) = state.spool.as_mut() else { return };
-        let records = match spool.read(from, self.bound, &mut corrupt) {
+        let records = match spool.read(from, self.bound, MEMORY_BYTES, &mut corrupt) {
             Ok(records) => records,
             Err(error) => {
                 tracing::error!("Cannot read the spool: {error}.");
@@ -237,7 +247,7 @@ impl DeliveryQueue {
                 state.ack_range(from, to);
             }
             state.disk_next = seq + 1;
-            state.memory.push_back(Entry { seq, request });
+            state.keep(Entry { seq, request });
         }
         if state.memory.is_empty() {
             // The reader reached the end: whatever is still missing is unreadable.
@@ -284,6 +294,16 @@ impl DeliveryQueue {
 }
 
 impl State {
+    /// Whether the memory part may take another request.
+    fn has_room(&self, bound: usize) -> bool {
+        self.memory.is_empty() || (self.memory.len() < bound && self.memory_bytes < MEMORY_BYTES)
+    }
+
+    fn keep(&mut self, entry: Entry) {
+        self.memory_bytes += entry.request.body.len();
+        self.memory.push_back(entry);
+    }
+
     /// Numbers a request and gives it its idempotency key, unless it has one (a replay).
     fn take_seq(&mut self, request: &mut Request) -> u64 {
         let seq = self.next_seq;
@@ -385,6 +405,25 @@ mod tests {
         let (queue, metrics) = open(&config(dir.path(), 1 << 20, FullPolicy::RejectNew, 5));
         assert_eq!(metrics.snapshot().recovered, 0);
         assert!(drain(&queue).is_empty());
+    }
+
+    #[test]
+    fn large_bodies_wait_on_disk_once_memory_holds_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (queue, _) = open(&config(dir.path(), 1 << 30, FullPolicy::RejectNew, 10_000));
+        let big = |i: usize| Request { body: Bytes::from(vec![b'a' + (i % 26) as u8; 1 << 20]), ..request(i) };
+        queue.push((0..100).map(big).collect());
+        let held = queue.lock().memory_bytes;
+        assert!(held <= MEMORY_BYTES, "{held} bytes held in memory");
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        queue.close();
+        let mut firsts = Vec::new();
+        while let Some(entries) = runtime.block_on(queue.pop(1000)) {
+            assert!(queue.lock().memory_bytes <= MEMORY_BYTES);
+            firsts.extend(entries.iter().map(|e| e.request.body[0]));
+            entries.iter().for_each(|e| queue.ack(e.seq));
+        }
+        assert_eq!(firsts, (0..100).map(|i| b'a' + (i % 26) as u8).collect::<Vec<_>>(), "all of them, in order");
     }
 
     #[test]

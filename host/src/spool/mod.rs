@@ -213,11 +213,19 @@ impl Spool {
         self.reader = Position { segment: active.first_seq, offset: active.bytes };
     }
 
-    /// Reads up to `max` records from the reader's position on, skipping those below `from`
-    /// (already handed out). Records with a bad checksum are skipped and counted in `corrupt`.
-    pub fn read(&mut self, from: u64, max: usize, corrupt: &mut u64) -> Result<Vec<(u64, Request)>, SpoolError> {
+    /// Reads up to `max` records, or until their bodies reach `max_bytes`, from the reader's
+    /// position on, skipping those below `from` (already handed out). Records with a bad checksum
+    /// are skipped and counted in `corrupt`.
+    pub fn read(
+        &mut self,
+        from: u64,
+        max: usize,
+        max_bytes: usize,
+        corrupt: &mut u64,
+    ) -> Result<Vec<(u64, Request)>, SpoolError> {
         let mut records = Vec::new();
-        while records.len() < max {
+        let mut bytes = 0;
+        while records.len() < max && bytes < max_bytes {
             let Some(index) = self.segments.iter().position(|s| s.first_seq == self.reader.segment) else {
                 // The reader's segment was dropped; go on with the oldest left.
                 self.reader = Position { segment: self.segments[0].first_seq, offset: 0 };
@@ -240,7 +248,7 @@ impl Spool {
             let mut chunk = vec![0; length];
             file.read_exact_at(&mut chunk, offset).map_err(io_error(&segment.path))?;
             let mut at = 0;
-            while records.len() < max && at + record::FRAME_HEADER <= chunk.len() {
+            while records.len() < max && bytes < max_bytes && at + record::FRAME_HEADER <= chunk.len() {
                 let (size, checksum) = record::frame_header(chunk[at..at + record::FRAME_HEADER].try_into().expect("8 bytes"));
                 let frame_end = at + record::FRAME_HEADER + size;
                 let payload = if frame_end <= chunk.len() {
@@ -255,7 +263,10 @@ impl Spool {
                 };
                 at = frame_end;
                 match (crc32fast::hash(&payload) == checksum).then(|| record::decode(&payload)).flatten() {
-                    Some((seq, request)) if seq >= from => records.push((seq, request)),
+                    Some((seq, request)) if seq >= from => {
+                        bytes += request.body.len();
+                        records.push((seq, request));
+                    }
                     Some(_) => {}
                     None => *corrupt += 1,
                 }
