@@ -158,6 +158,9 @@ async fn missing_or_unusable_tls_files_stop_the_start_naming_the_key() {
         let result = run(&scratch, &endpoint, &block).await;
         assert!(!result.status.success(), "{block}");
         assert!(result.stderr.contains(key), "{block}: the error names `{key}`:\n{}", result.stderr);
+        let config = scratch.0.path().join("nanomq.conf");
+        let checked = mqhook(&["check", "--config", config.to_str().unwrap()], "").await;
+        assert!(!checked.status.success() && checked.stderr.contains(key), "check finds it too: {}", checked.stderr);
     }
 }
 

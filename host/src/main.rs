@@ -99,6 +99,8 @@ fn check(path: &Path) -> Result<()> {
     if !config.enabled {
         eprintln!("note: the webhook is disabled in {} (no webhook section, or enable = false)", path.display());
     }
+    // The certificate files are read at start-up; check them here too.
+    mqhook::delivery::tls::client_config(config.tls.as_ref()).with_context(|| format!("in {}", path.display()))?;
     println!("{}", serde_json::to_string_pretty(&config)?);
     Ok(())
 }
