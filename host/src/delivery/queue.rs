@@ -25,7 +25,7 @@ use crate::config::Config;
 /// let large payloads take gigabytes.
 pub const MEMORY_BYTES: usize = 64 << 20;
 use crate::metrics::Metrics;
-use crate::spool::{Spool, SpoolError};
+use crate::spool::{Admission, Spool, SpoolError};
 
 /// One request and its place in the queue.
 #[derive(Debug)]
@@ -68,7 +68,32 @@ struct State {
     done: BTreeSet<u64>,
     /// Reused buffer for framing records.
     frames: Vec<u8>,
+    /// Requests a full spool refused, for a log line at most once a second.
+    refused: RefusedLog,
     closed: bool,
+}
+
+/// Counts what a full spool refuses and logs it at most once a second, so a flood of refusals
+/// makes one line per second, not one per request.
+#[derive(Default)]
+struct RefusedLog {
+    unreported: u64,
+    last: Option<std::time::Instant>,
+}
+
+impl RefusedLog {
+    fn record(&mut self, spool_bytes: u64) {
+        self.unreported += 1;
+        if self.last.is_none_or(|last| last.elapsed() >= std::time::Duration::from_secs(1)) {
+            tracing::warn!(
+                spool_bytes,
+                "The spool is full: {} requests dropped (counted as dropped; spool.on_full = reject_new).",
+                self.unreported
+            );
+            self.unreported = 0;
+            self.last = Some(std::time::Instant::now());
+        }
+    }
 }
 
 impl DeliveryQueue {
@@ -96,6 +121,7 @@ impl DeliveryQueue {
             acked: recovered.acked,
             done: BTreeSet::new(),
             frames: Vec::new(),
+            refused: RefusedLog::default(),
             closed: false,
         };
         Ok(DeliveryQueue::with_state(state, bound, metrics))
@@ -113,6 +139,7 @@ impl DeliveryQueue {
             acked: 0,
             done: BTreeSet::new(),
             frames: Vec::new(),
+            refused: RefusedLog::default(),
             closed: false,
         };
         DeliveryQueue::with_state(state, bound, metrics)
@@ -157,23 +184,19 @@ impl DeliveryQueue {
             let seq = state.next_seq;
             state.key_for(seq, &mut request);
             match spool.frame(seq, &request, &mut frames) {
-                Err(()) => {
+                Admission::Refused => {
                     self.metrics.add_dropped(1);
-                    tracing::warn!(
-                        bytes = spool.bytes(),
-                        "The spool is full (on_full = reject_new): a {} request is dropped.",
-                        request.kind.action()
-                    );
+                    state.refused.record(spool.bytes());
                     continue;
                 }
-                Ok(Some(dropped)) => {
+                Admission::DroppedOldest(dropped) => {
                     let lost = dropped.to.saturating_sub(dropped.from.max(state.disk_next));
                     state.disk_next = state.disk_next.max(dropped.to);
                     self.metrics.add_dropped(lost);
                     tracing::warn!("The spool is full (on_full = drop_oldest): {lost} undelivered requests are dropped.");
                     state.ack_range(dropped.from, dropped.to);
                 }
-                Ok(None) => {}
+                Admission::Fits => {}
             }
             state.next_seq += 1;
             self.metrics.record_spooled();

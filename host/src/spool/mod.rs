@@ -71,6 +71,17 @@ pub struct Recovered {
     pub next_seq: u64,
 }
 
+/// Whether a new record got into the spool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// It fits.
+    Fits,
+    /// It fits now that the oldest segment, with these records, is gone (`drop_oldest`).
+    DroppedOldest(Dropped),
+    /// The spool is full and refuses it (`reject_new`, or nothing left to drop).
+    Refused,
+}
+
 /// Records dropped to make room, when the spool is full and drops its oldest.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Dropped {
@@ -160,22 +171,23 @@ impl Spool {
         self.total_bytes
     }
 
-    /// Appends one record to `batch` for writing with [`Spool::write`]. `Err` when the spool is
-    /// full and the policy refuses it; `Ok(Some)` when the oldest segment was dropped for room.
-    pub fn frame(&mut self, seq: u64, request: &Request, batch: &mut Vec<u8>) -> Result<Option<Dropped>, ()> {
+    /// Appends one record to `batch` for writing with [`Spool::write`], unless the spool is full
+    /// and its policy refuses it; with `drop_oldest` it first makes room.
+    pub fn frame(&mut self, seq: u64, request: &Request, batch: &mut Vec<u8>) -> Admission {
         let start = batch.len();
         record::encode(seq, request, batch);
         let needed = self.total_bytes + batch.len() as u64;
         if needed <= self.config.max_size {
-            return Ok(None);
+            return Admission::Fits;
         }
         if self.config.on_full == FullPolicy::DropOldest && self.segments.len() > 1 {
-            if let Ok(dropped) = self.drop_oldest() {
-                return Ok(Some(dropped));
+            match self.drop_oldest() {
+                Ok(dropped) => return Admission::DroppedOldest(dropped),
+                Err(error) => tracing::error!("Cannot drop the spool's oldest segment: {error}."),
             }
         }
         batch.truncate(start);
-        Err(())
+        Admission::Refused
     }
 
     /// Writes framed records (one `write` call, so a crash leaves at most one torn record) and
