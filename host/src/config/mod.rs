@@ -60,7 +60,8 @@ pub struct Config {
 /// The spool (`spool { … }`): where and how requests are kept on disk until delivered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SpoolConfig {
-    /// The spool directory, created if missing. One running mqhook per directory.
+    /// The spool directory, created if missing. One running mqhook per directory (a lock file
+    /// enforces it).
     pub dir: PathBuf,
     /// Bytes on disk at most; beyond it `on_full` decides.
     pub max_size: u64,

@@ -450,6 +450,17 @@ mod tests {
     }
 
     #[test]
+    fn a_spool_in_use_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), 1 << 20, FullPolicy::RejectNew, 10);
+        let (first, _) = open(&config);
+        let error = DeliveryQueue::open(&config, Arc::new(Metrics::default())).err().expect("a second opener is refused");
+        assert!(error.to_string().contains("in use by another mqhook"), "{error}");
+        drop(first);
+        open(&config);
+    }
+
+    #[test]
     fn a_restart_delivers_what_was_not_acknowledged_with_the_same_keys() {
         let dir = tempfile::tempdir().unwrap();
         let config = config(dir.path(), 1 << 20, FullPolicy::RejectNew, 1000);

@@ -2,7 +2,7 @@
 //! grows memory nor loses what was accepted, not even across `kill -9`.
 //!
 //! A spool directory holds numbered segment files (`<first seq>.seg`) of checksummed records
-//! ([`record`]), a `spool.id` naming this spool (the prefix of every idempotency key it hands
+//! ([`record`]), a `lock` file one process holds while it uses the spool, a `spool.id` naming this spool (the prefix of every idempotency key it hands
 //! out), and `acked`, the sequence number below which everything is done. Records are appended
 //! whole under one lock; a reader follows behind. Delivered (or dead-lettered) records are
 //! acknowledged; a segment whose records are all acknowledged is deleted.
@@ -33,6 +33,9 @@ const READ_CHUNK: usize = 256 << 10;
 /// Why the spool cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
+    /// Another process has the spool open: two writers would interleave their records.
+    #[error("spool {0}: in use by another mqhook (one process per spool directory)")]
+    InUse(PathBuf),
     /// A file or the directory could not be read, written or created.
     #[error("spool {path}: {source}")]
     Io {
@@ -94,6 +97,8 @@ pub struct Dropped {
 /// The spool's files and positions. Not synchronised: [`crate::delivery::queue`] owns it.
 #[derive(Debug)]
 pub struct Spool {
+    /// Held (locked) while the spool is open; the lock goes with the process, even on `kill -9`.
+    _lock: File,
     dir: PathBuf,
     id: String,
     config: SpoolConfig,
@@ -111,6 +116,13 @@ impl Spool {
     pub fn open(config: &SpoolConfig) -> Result<(Spool, Recovered), SpoolError> {
         let dir = config.dir.clone();
         fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+        let lock_path = dir.join("lock");
+        let lock = File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(io_error(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(SpoolError::InUse(dir)),
+            Err(fs::TryLockError::Error(error)) => return Err(io_error(&lock_path)(error)),
+        }
         let id = read_or_create_id(&dir)?;
         let acked_path = dir.join("acked");
         let acked = match fs::read_to_string(&acked_path) {
@@ -147,6 +159,7 @@ impl Spool {
         let reader = Position { segment: segments[0].first_seq, offset: 0 };
         let total_bytes = segments.iter().map(|s| s.bytes).sum();
         let spool = Spool {
+            _lock: lock,
             dir,
             id,
             config: config.clone(),
