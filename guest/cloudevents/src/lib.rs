@@ -180,28 +180,14 @@ mqhook_guest_nanomq::export_guest!(crate::CloudEvents, "cloudevents");
 
 #[cfg(test)]
 mod tests {
-    use mqhook_guest_nanomq::mqhook::filter::types::{
-        Client, Connack, Connection, EventKind, Message, PayloadEncoding, Rule,
-    };
+    use mqhook_guest_nanomq::mqhook::filter::types::{Client, Connack, Connection, EventKind, Message};
+    use mqhook_guest_nanomq::sample;
 
     use super::*;
 
     fn config(settings: &[(&str, &str)]) -> FilterConfig {
-        FilterConfig {
-            rules: [
-                EventKind::MessagePublish,
-                EventKind::ClientConnack,
-                EventKind::ClientConnected,
-            ]
-            .into_iter()
-            .map(|event| Rule { event, topic: None })
-            .collect(),
-            encoding: PayloadEncoding::Plain,
-            settings: settings
-                .iter()
-                .map(|&(key, value)| (key.to_owned(), value.to_owned()))
-                .collect(),
-        }
+        let kinds = [EventKind::MessagePublish, EventKind::ClientConnack, EventKind::ClientConnected];
+        sample::config(&kinds, settings)
     }
 
     fn client() -> Client {

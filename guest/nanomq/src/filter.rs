@@ -81,7 +81,8 @@ impl Filter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Client, Connack, Message, Rule as ConfiguredRule, SubscribeOptions, Subscription};
+    use crate::sample::{self, publish};
+    use crate::{Client, Rule as ConfiguredRule, SubscribeOptions, Subscription};
 
     fn config(rules: &[(EventKind, Option<&str>)]) -> FilterConfig {
         FilterConfig {
@@ -108,26 +109,8 @@ mod tests {
         }
     }
 
-    fn publish(topic: &str) -> Event {
-        Event::MessagePublish(Message {
-            ts: 1,
-            topic: topic.to_owned(),
-            qos: 0,
-            retain: false,
-            from_clientid: Some("c1".to_owned()),
-            from_username: None,
-            receiver: None,
-            payload: b"p".to_vec(),
-        })
-    }
-
     fn connack() -> Event {
-        Event::ClientConnack(Connack {
-            client: client(),
-            keepalive: 60,
-            proto_ver: 4,
-            reason_code: 0,
-        })
+        sample::connack(client())
     }
 
     fn subscribe(topic: &str) -> Event {

@@ -15,6 +15,7 @@ pub mod encoding;
 pub mod event;
 mod filter;
 mod json;
+pub mod sample;
 pub mod topic;
 
 pub use filter::Filter;

@@ -166,28 +166,14 @@ mqhook_guest_nanomq::export_guest!(crate::Router, "router");
 
 #[cfg(test)]
 mod tests {
-    use mqhook_guest_nanomq::mqhook::filter::types::{
-        Client, Connack, EventKind, Message, PayloadEncoding, Rule, SubscribeOptions, Subscription,
-    };
+    use mqhook_guest_nanomq::mqhook::filter::types::{Client, EventKind, SubscribeOptions, Subscription};
+    use mqhook_guest_nanomq::sample::{self, publish};
 
     use super::*;
 
     fn config(settings: &[(&str, &str)]) -> FilterConfig {
-        FilterConfig {
-            rules: [
-                EventKind::MessagePublish,
-                EventKind::ClientConnack,
-                EventKind::ClientSubscribe,
-            ]
-            .into_iter()
-            .map(|event| Rule { event, topic: None })
-            .collect(),
-            encoding: PayloadEncoding::Plain,
-            settings: settings
-                .iter()
-                .map(|&(key, value)| (key.to_owned(), value.to_owned()))
-                .collect(),
-        }
+        let kinds = [EventKind::MessagePublish, EventKind::ClientConnack, EventKind::ClientSubscribe];
+        sample::config(&kinds, settings)
     }
 
     fn router(settings: &[(&str, &str)]) -> Router {
@@ -201,26 +187,8 @@ mod tests {
         }
     }
 
-    fn publish(topic: &str) -> Event {
-        Event::MessagePublish(Message {
-            ts: 1,
-            topic: topic.to_owned(),
-            qos: 0,
-            retain: false,
-            from_clientid: Some("c1".to_owned()),
-            from_username: None,
-            receiver: None,
-            payload: b"p".to_vec(),
-        })
-    }
-
     fn connack() -> Event {
-        Event::ClientConnack(Connack {
-            client: client(),
-            keepalive: 60,
-            proto_ver: 4,
-            reason_code: 0,
-        })
+        sample::connack(client())
     }
 
     fn path(router: &Router, event: &Event) -> Option<String> {
