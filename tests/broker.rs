@@ -15,27 +15,21 @@ use std::ops::RangeInclusive;
 use std::process::Stdio;
 use std::time::Duration;
 
-use mqhook::delivery::http::HttpSink;
-use mqhook::delivery::Sink;
 use mqhook::event::now_millis;
 use mqhook::ingest::broker::{Broker, BrokerConfig, BrokerError};
-use mqhook::{Config, EventKind, GuestModule, Runtime};
+use mqhook::Runtime;
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio::time::{sleep, timeout, Instant};
+use tokio::time::timeout;
 
 use crate::support::endpoint::{Behaviour, Endpoint};
-use crate::support::{free_loopback_addr, spawn_mqhook, wait_for_listener, Scratch};
+use crate::support::{self, free_loopback_addr, load_guest, spawn_mqhook, wait_for_listener, Scratch, Webhook};
 
-/// Longest wait for requests to reach the endpoint.
-const WAIT_LIMIT: Duration = Duration::from_secs(20);
 /// Longest run of one mosquitto client.
 const CLIENT_LIMIT: Duration = Duration::from_secs(20);
 /// Longest wait for the broker to stop and the runtime to drain.
 const STOP_LIMIT: Duration = Duration::from_secs(10);
-/// How long to keep listening after the expected requests arrived, to catch unexpected ones.
-const SETTLE: Duration = Duration::from_millis(300);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_311_retained_qos1_message_reaches_a_late_subscriber() {
@@ -191,20 +185,13 @@ async fn a_port_in_use_is_a_clear_error() {
 async fn the_binary_runs_the_broker_by_default_and_drains_on_sigterm() {
     let endpoint = Endpoint::start(Behaviour::default()).await;
     let scratch = Scratch::new();
-    let config = scratch.file(
-        "nanomq.conf",
-        &format!("webhook {{\n url = \"{}\"\n events = [{{ event = \"on_message_publish\", topic = \"bin/#\" }}]\n}}\n", endpoint.url()),
-    );
+    let config = Webhook::new(&endpoint.url()).event("on_message_publish", Some("bin/#")).write(&scratch, "nanomq.conf");
     let listen = free_loopback_addr();
     let child = spawn_mqhook(&["run", "--config", config.to_str().unwrap(), "--listen", &listen]);
     wait_for_listener(&listen).await;
     let broker: SocketAddr = listen.parse().unwrap();
     mosquitto("mosquitto_pub", broker, &["-i", "binpub", "-t", "bin/x", "-q", "1", "-m", "via the binary"]).await;
-    let deadline = Instant::now() + WAIT_LIMIT;
-    while endpoint.recorded().is_empty() {
-        assert!(Instant::now() < deadline, "no webhook arrived");
-        sleep(Duration::from_millis(50)).await;
-    }
+    support::wait_until("a webhook arrives", async || !endpoint.recorded().is_empty()).await;
     let pid = child.id().expect("mqhook is running").to_string();
     let killed = Command::new("kill").args(["-TERM", &pid]).status().await.expect("running kill");
     assert!(killed.success());
@@ -248,15 +235,7 @@ impl Running {
 
     /// Waits, bounded, until the bodies received so far satisfy `done`.
     async fn wait_until(&self, what: &str, done: impl Fn(&[String]) -> bool) {
-        let deadline = Instant::now() + WAIT_LIMIT;
-        loop {
-            let bodies = self.bodies();
-            if done(&bodies) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; received:\n{}", bodies.join("\n"));
-            sleep(Duration::from_millis(50)).await;
-        }
+        support::wait_until(what, async || done(&self.bodies())).await;
     }
 
     /// Waits for as many requests as `expected` has, stops the broker, drains the runtime, and
@@ -264,7 +243,8 @@ impl Running {
     async fn finish(self, expected: Vec<String>) {
         let count = expected.len();
         self.wait_until(&format!("{count} requests"), |bodies| bodies.len() >= count).await;
-        sleep(SETTLE).await;
+        // Stopping the broker and draining the runtime delivers everything its hooks submitted, so
+        // an unexpected request shows up in the comparison below.
         let Running { endpoint, runtime, stop, serving, started_at, .. } = self;
         // The receiver only goes away once the broker has stopped.
         let _ = stop.send(());
@@ -290,16 +270,9 @@ impl Running {
 
 /// The pipeline with every event kind selected, posting to `endpoint`.
 fn start_runtime(endpoint: &Endpoint) -> Runtime {
-    let rules: String = EventKind::ALL
-        .iter()
-        .map(|kind| format!("    {{ event = \"{}\" }}\n", kind.config_name()))
-        .collect();
-    let text = format!("webhook {{\n  url = \"{}\"\n  events = [\n{rules}  ]\n}}\n", endpoint.url());
-    let scratch = Scratch::new();
-    let config = Config::load(&scratch.file("nanomq.conf", &text)).expect("the test config loads");
-    let guest = GuestModule::load(None, &config).expect("the built-in guest loads");
-    let sink = Sink::Http(HttpSink::new(&config).expect("an HTTP sink for the endpoint"));
-    Runtime::start(&config, guest, sink).expect("runtime")
+    let config = Webhook::new(&endpoint.url()).all_events().config();
+    let guest = load_guest(None, &config).expect("the built-in guest loads");
+    support::start_runtime(config, guest)
 }
 
 /// Whether any body contains `part`.

@@ -40,12 +40,13 @@ fn seed_rules() -> Vec<Rule> {
 fn seed_block_parses_verbatim() {
     let config = load("nanomq.conf", SEED).unwrap();
     assert!(config.enabled);
-    assert_eq!(config.url.to_string(), "http://127.0.0.1:80/");
-    assert_eq!(config.headers, vec![Header { name: "content-type".into(), value: "application/json".into() }]);
-    assert_eq!(config.encoding, PayloadEncoding::Plain);
-    assert_eq!(config.pool_size, NonZeroUsize::new(32).unwrap());
-    assert_eq!(config.cancel_timeout.as_millis(), 5000);
-    assert_eq!(config.rules, seed_rules());
+    assert_eq!(config.delivery.url.to_string(), "http://127.0.0.1:80/");
+    let content_type = Header::new("content-type".parse().unwrap(), "application/json".parse().unwrap());
+    assert_eq!(config.delivery.headers, vec![content_type]);
+    assert_eq!(config.filter.encoding, PayloadEncoding::Plain);
+    assert_eq!(config.delivery.pool.pool_size, NonZeroUsize::new(32).unwrap());
+    assert_eq!(config.delivery.timeout.as_millis(), 5000);
+    assert_eq!(config.filter.rules, seed_rules());
 }
 
 #[test]
@@ -59,19 +60,19 @@ fn every_nanomq_fixture_parses() {
             // HOCON files with the documented example block.
             "etc_nanomq_example.conf" | "nanonng_nmq_test.conf" => {
                 assert!(config.enabled, "{name}");
-                assert_eq!(config.rules, seed_rules(), "{name}");
-                assert_eq!(config.headers[0].value, "application/json");
+                assert_eq!(config.filter.rules, seed_rules(), "{name}");
+                assert_eq!(config.delivery.headers[0].value, "application/json");
             }
             "github_scripts_nanomq.conf" => {
-                assert_eq!(config.url.to_string(), "http://127.0.0.1:8888/");
-                assert_eq!(config.rules, vec![Rule { event: EventKind::MessagePublish, topic: Some("poc/asan".into()) }]);
+                assert_eq!(config.delivery.url.to_string(), "http://127.0.0.1:8888/");
+                assert_eq!(config.filter.rules, vec![Rule { event: EventKind::MessagePublish, topic: Some("poc/asan".into()) }]);
             }
             // Old format, enabled, one rule per event, event taken from the key.
             "nanonng_nmq_old_test.conf" => {
                 assert!(config.enabled);
-                assert_eq!(config.rules.iter().map(|r| r.event).collect::<Vec<_>>(), EventKind::ALL.to_vec());
-                assert_eq!(config.pool_size.get(), 32);
-                assert_eq!(config.headers[0].name, "content-type");
+                assert_eq!(config.filter.rules.iter().map(|r| r.event).collect::<Vec<_>>(), EventKind::ALL.to_vec());
+                assert_eq!(config.delivery.pool.pool_size.get(), 32);
+                assert_eq!(config.delivery.headers[0].name, "content-type");
             }
             // Old format with `web.hook.enable=false`, and a HOCON file with no webhook section.
             "etc_nanomq_old.conf" | "etc_nanomq.conf" => assert!(!config.enabled, "{name}"),
@@ -151,23 +152,24 @@ fn mqhook_extensions_parse() {
 }"#,
     )
     .unwrap();
-    assert_eq!(config.cancel_timeout.as_millis(), 2000);
-    assert_eq!(config.retry.max_attempts.get(), 7);
-    assert_eq!((config.retry.base.as_millis(), config.retry.cap.as_millis()), (50, 5000));
-    assert_eq!(config.retry.max_age, Some(std::time::Duration::from_secs(60)));
-    assert_eq!(config.guest.memory_limit, 16 << 20);
+    let delivery = &config.delivery;
+    assert_eq!(delivery.timeout.as_millis(), 2000);
+    assert_eq!(delivery.retry.max_attempts.get(), 7);
+    assert_eq!((delivery.retry.backoff.base().as_millis(), delivery.retry.backoff.cap().as_millis()), (50, 5000));
+    assert_eq!(delivery.retry.max_age, Some(std::time::Duration::from_secs(60)));
+    assert_eq!(config.guest.memory_limit.get(), 16 << 20);
     assert_eq!(config.guest.timeout.as_millis(), 250);
     assert_eq!(config.guest.workers.get(), 3);
     assert_eq!(config.guest.settings, vec![("field".into(), "temp".into()), ("min".into(), "10".into())]);
-    let tls = config.tls.unwrap();
+    let tls = config.delivery.tls.clone().unwrap();
     assert!(tls.cacertfile.unwrap().ends_with("ca.pem"));
     assert_eq!(tls.server_name, mqhook::config::ServerNameCheck::Name("hooks.example".into()));
     assert!(tls.verify);
     let spool = config.spool.unwrap();
     assert!(spool.dir.ends_with("spool") && spool.dir.is_absolute(), "relative to the config file: {:?}", spool.dir);
-    assert_eq!((spool.max_size, spool.segment_size), (2 << 30, 64 << 20));
+    assert_eq!((spool.max_size.get(), spool.segment_size.get()), (2 << 30, 64 << 20));
     assert_eq!((spool.fsync, spool.on_full), (mqhook::config::FsyncPolicy::Always, mqhook::config::FullPolicy::DropOldest));
-    assert_eq!(config.ordering, mqhook::config::DeliveryOrder::PerClient);
+    assert_eq!(config.delivery.ordering, mqhook::config::DeliveryOrder::PerClient);
 }
 
 /// Each malformed config: file name, text, the line and the key the error must name, and a piece
@@ -202,6 +204,13 @@ const MALFORMED: &[(&str, &str, usize, &str, &str)] = &[
     ("spool-fsync.hcl", "webhook {\n  url = \"http://h\"\n  spool {\n    dir = \"s\"\n    fsync = \"sometimes\"\n  }\n}\n", 5, "webhook.spool.fsync", "always"),
     ("ordering.conf", "webhook {\n url = \"http://h\"\n ordering = per_topic\n}\n", 3, "webhook.ordering", "none, per_client"),
     ("sni.conf", "webhook {\n url = \"https://h\"\n ssl {\n  server_name_indication = \"not a host\"\n }\n}\n", 4, "webhook.ssl.server_name_indication", "host name"),
+    ("pool-huge.conf", "webhook {\n url = \"http://h\"\n pool_size = 100000000000\n}\n", 3, "webhook.pool_size", "between 1 and 1024"),
+    ("queue-huge.conf", "webhook {\n url = \"http://h\"\n queue_size = 99999999999999999999999\n}\n", 3, "webhook.queue_size", "between 1 and 16777216"),
+    ("queues-key.conf", "webhook {\n url = \"http://h\"\n queues {\n  event = 5\n }\n}\n", 4, "webhook.queues.event", "events, requests, request_bytes"),
+    ("workers.hcl", "webhook {\n  url = \"http://h\"\n  guest {\n    workers = 100000\n  }\n}\n", 4, "webhook.guest.workers", "between 1 and 256"),
+    ("memory-huge.hcl", "webhook {\n  url = \"http://h\"\n  guest {\n    memory_limit = \"8GiB\"\n  }\n}\n", 4, "webhook.guest.memory_limit", "between"),
+    ("timeout-huge.conf", "webhook {\n url = \"http://h\"\n cancel_timeout = 2h\n}\n", 3, "webhook.cancel_timeout", "unknown unit"),
+    ("timeout-long.conf", "webhook {\n url = \"http://h\"\n cancel_timeout = 7200s\n}\n", 3, "webhook.cancel_timeout", "between 1ms and 3600s"),
     ("verify.conf", "webhook {\n url = \"https://h\"\n tls { verify = sometimes }\n}\n", 3, "webhook.tls.verify", "true or false"),
 ];
 
@@ -238,12 +247,22 @@ async fn check_prints_the_effective_config() {
     let run = mqhook(&["check", "--config", path.to_str().unwrap()], "").await;
     assert!(run.status.success(), "{}", run.stderr);
     let printed: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(printed["queues"], serde_json::json!({ "events": 65536, "requests": 65536, "request_bytes": 64 << 20 }));
     assert_eq!(printed["url"], "http://127.0.0.1:80/");
     assert_eq!(printed["pool_size"], 32);
     assert_eq!(printed["encoding"], "plain");
     assert_eq!(printed["rules"][0]["event"], "on_message_publish");
     assert_eq!(printed["rules"][0]["topic"], "a/b/c");
     assert_eq!(printed["headers"][0]["name"], "content-type");
+
+    // Credentials are redacted, every other header is printed as it is.
+    let secret = SEED.replace("pool_size = 32", "pool_size = 32\n  headers.authorization = \"Bearer s3cret-token\"");
+    let run = mqhook(&["check", "--config", scratch.file("secret.conf", &secret).to_str().unwrap()], "").await;
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(!run.stdout.contains("s3cret") && !run.stderr.contains("s3cret"), "{}", run.stdout);
+    let printed: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(printed["headers"][1], serde_json::json!({ "name": "authorization", "value": "<redacted>" }));
+    assert_eq!(printed["headers"][0]["value"], "application/json");
 
     let bad = scratch.file("bad.conf", "webhook {\n url = \"http://h\"\n pool_size = 0\n}\n");
     let run = mqhook(&["check", "--config", bad.to_str().unwrap()], "").await;

@@ -9,10 +9,10 @@ use hyper::StatusCode;
 use tokio::io::AsyncWriteExt;
 
 use crate::support::endpoint::{Behaviour, Endpoint, Recorded};
-use crate::support::{admin_metrics, free_loopback_addr, mqhook, signal, spawn_mqhook, wait_for_listener, Scratch};
-
-/// Bound on every wait in this file.
-const WAIT_LIMIT: Duration = Duration::from_secs(180);
+use crate::support::{
+    admin_metrics, free_loopback_addr, mqhook, signal, spawn_mqhook, wait_for_listener, wait_until, Scratch, Webhook,
+    WAIT_LIMIT,
+};
 
 /// `count` publishes, `clients` publishers taking turns, payload `p-<i>`.
 fn publishes(count: usize, clients: usize) -> String {
@@ -33,22 +33,11 @@ fn payload_id(request: &Recorded) -> usize {
     body[start..].split('"').next().unwrap().parse().unwrap()
 }
 
+/// A spooled config for publishes to `url`, with `extra` lines; returns its path.
 fn config(scratch: &Scratch, url: &str, extra: &str) -> String {
     let spool = scratch.0.path().join("spool");
-    let text = format!(
-        "webhook {{\n  url = \"{url}\"\n  events = [ {{ event = \"on_message_publish\" }} ]\n  spool {{ dir = \"{}\" }}\n{extra}\n}}\n",
-        spool.display()
-    );
-    scratch.file("nanomq.conf", &text).to_str().unwrap().to_string()
-}
-
-/// Waits, bounded, until `done` holds.
-async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT_LIMIT;
-    while !done().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let webhook = Webhook::new(url).publishes().with(&format!("  spool {{ dir = \"{}\" }}", spool.display())).with(extra);
+    webhook.write(scratch, "nanomq.conf").to_str().unwrap().to_string()
 }
 
 /// Each event delivered at least once, and the same idempotency key on every copy of one event

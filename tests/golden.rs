@@ -8,10 +8,12 @@ use mqhook::config::{Config, Syntax};
 use mqhook::event::{Client, Connack, Connection, Disconnection, Message, SubscribeOptions, Subscription};
 use mqhook::{Event, GuestModule};
 
+use crate::support::load_guest;
+
 /// The built-in guest, compiled once for the whole test binary.
 fn compiled() -> &'static GuestModule {
     static MODULE: OnceLock<GuestModule> = OnceLock::new();
-    MODULE.get_or_init(|| GuestModule::load(None, &config("[{ event = \"on_client_connack\" }]", "plain")).unwrap())
+    MODULE.get_or_init(|| load_guest(None, &config("[{ event = \"on_client_connack\" }]", "plain")).unwrap())
 }
 
 fn config(events: &str, encoding: &str) -> Config {
@@ -30,7 +32,7 @@ fn all_events() -> String {
 
 /// The body the guest returns for `event` under `config`, or `None` when it filters it out.
 fn body(config: &Config, event: Event) -> Option<String> {
-    let module = compiled().with_config(config).unwrap();
+    let module = compiled().with_config(&config.guest, &config.filter).unwrap();
     let request = module.instance().unwrap().handle(event).unwrap()?;
     Some(String::from_utf8(request.body.to_vec()).expect("bodies are UTF-8 JSON"))
 }
@@ -240,7 +242,7 @@ fn rules_are_ored_and_deliver_at_most_once() {
         "[{ event = \"on_message_publish\", topic = \"a/#\" }, { event = \"on_message_publish\", topic = \"a/b\" }, { event = \"on_client_connack\", topic = \"ignored/for/clients\" }]",
         "plain",
     );
-    let module = compiled().with_config(&config).unwrap();
+    let module = compiled().with_config(&config.guest, &config.filter).unwrap();
     let mut instance = module.instance().unwrap();
     assert!(instance.handle(Event::MessagePublish(publish("a/b", b"x"))).unwrap().is_some());
     assert!(instance.handle(Event::MessagePublish(publish("b", b"x"))).unwrap().is_none());

@@ -1,40 +1,29 @@
 //! Live swaps: the guest changes while events flow, and every event is delivered exactly once,
 //! filtered by exactly one guest version.
 
-use std::path::Path;
 use std::time::Duration;
 
-use mqhook::config::{Config, Syntax};
-use mqhook::delivery::http::HttpSink;
-use mqhook::delivery::Sink;
+use mqhook::config::Config;
 use mqhook::event::Message;
-use mqhook::{Event, GuestModule, Runtime};
+use mqhook::Event;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use tokio::time::{sleep, timeout, Instant};
 
 use crate::support::endpoint::{Behaviour, Endpoint, Recorded};
-use crate::support::{admin, free_loopback_addr, spawn_mqhook, wait_for_listener, Scratch, HOSTILE_GUEST};
+use crate::support::{
+    admin, free_loopback_addr, load_guest, message, spawn_mqhook, start_runtime, wait_for_listener, Scratch, Webhook,
+    HOSTILE_GUEST, WAIT_LIMIT,
+};
 
 const EVENTS: u64 = 6000;
-const WAIT_LIMIT: Duration = Duration::from_secs(30);
 
 fn config(url: &str, encoding: &str) -> Config {
-    let text = format!("webhook {{\n url = \"{url}\"\n body.encoding = {encoding}\n events = [{{ event = \"on_message_publish\" }}]\n}}\n");
-    Config::parse(&text, Path::new("reload.conf"), Syntax::Hocon).unwrap()
+    Webhook::new(url).publishes().with(&format!("  body.encoding = {encoding}")).config()
 }
 
 fn publish(ts: u64) -> Event {
-    Event::MessagePublish(Message {
-        ts,
-        topic: "swap/t".into(),
-        qos: 0,
-        retain: false,
-        from_clientid: Some("c".into()),
-        from_username: None,
-        receiver: None,
-        payload: b"hello".to_vec(),
-    })
+    Event::MessagePublish(Message { ts, from_clientid: Some("c".into()), payload: b"hello".to_vec(), ..message("swap/t") })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,9 +31,9 @@ async fn swapping_under_load_loses_and_duplicates_nothing() {
     let endpoint = Endpoint::start(Behaviour::default()).await;
     let plain = config(&endpoint.url(), "plain");
     let base64 = config(&endpoint.url(), "base64");
-    let plain_guest = GuestModule::load(None, &plain).unwrap();
-    let runtime = Runtime::start(&plain, plain_guest.with_config(&plain).unwrap(), Sink::Http(HttpSink::new(&plain).unwrap())).unwrap();
-    let control = runtime.guest_control();
+    let plain_guest = load_guest(None, &plain).unwrap();
+    let runtime = start_runtime(plain.clone(), plain_guest.with_config(&plain.guest, &plain.filter).unwrap());
+    let control = runtime.active_guest();
     let submitter = runtime.submitter();
     let feeder = tokio::task::spawn_blocking(move || {
         for ts in 0..EVENTS {
@@ -61,7 +50,7 @@ async fn swapping_under_load_loses_and_duplicates_nothing() {
         }
         assert!(Instant::now() < deadline, "events stopped flowing: {done}");
         let version = if swaps % 2 == 0 { &base64 } else { &plain };
-        control.swap(plain_guest.with_config(version).unwrap(), version);
+        control.swap(plain_guest.with_config(&version.guest, &version.filter).unwrap(), version.clone());
         swaps += 1;
         sleep(Duration::from_millis(2)).await;
     }

@@ -4,27 +4,17 @@
 use std::path::Path;
 
 use mqhook::config::{Config, Syntax};
-use mqhook::event::Message;
-use mqhook::{Event, GuestError, GuestModule};
+use mqhook::{Event, GuestError};
 
 use crate::support::endpoint::{Behaviour, Endpoint};
-use crate::support::{mqhook, Scratch, HOSTILE_GUEST};
+use crate::support::{load_guest, message, mqhook, start_runtime, Scratch, HOSTILE_GUEST};
 
 fn publish_line(topic: &str, ts: u64) -> String {
     format!(r#"{{"event":"message_publish","from_client_id":"c","topic":"{topic}","qos":0,"retain":false,"payload":"p","ts":{ts}}}"#)
 }
 
 fn publish_event(topic: &str) -> Event {
-    Event::MessagePublish(Message {
-        ts: 0,
-        topic: topic.into(),
-        qos: 0,
-        retain: false,
-        from_clientid: None,
-        from_username: None,
-        receiver: None,
-        payload: Vec::new(),
-    })
+    Event::MessagePublish(message(topic))
 }
 
 fn hostile_config(url: &str, settings: &str) -> String {
@@ -64,7 +54,7 @@ async fn hostile_calls_are_contained_and_later_events_delivered() {
 #[test]
 fn a_guest_that_rejects_its_configuration_does_not_start() {
     let config = Config::parse(&hostile_config("http://127.0.0.1:9", "reject = \"yes\""), Path::new("h.hcl"), Syntax::Hcl).unwrap();
-    match GuestModule::load(Some(Path::new(HOSTILE_GUEST)), &config) {
+    match load_guest(Some(HOSTILE_GUEST), &config) {
         Err(GuestError::Rejected { message, .. }) => assert_eq!(message, "rejected by configuration"),
         Err(other) => panic!("expected a rejection, got {other}"),
         Ok(_) => panic!("expected a rejection, the guest started"),
@@ -74,13 +64,13 @@ fn a_guest_that_rejects_its_configuration_does_not_start() {
 #[test]
 fn the_memory_cap_is_what_stops_the_allocating_guest() {
     let config = Config::parse(&hostile_config("http://127.0.0.1:9", ""), Path::new("h.hcl"), Syntax::Hcl).unwrap();
-    let module = GuestModule::load(Some(Path::new(HOSTILE_GUEST)), &config).unwrap();
+    let module = load_guest(Some(HOSTILE_GUEST), &config).unwrap();
     let event = publish_event;
     let mut instance = module.instance().unwrap();
-    // A trap, not a timeout: the memory cap stopped it before the deadline could.
+    // The memory cap stopped it (a growth was refused, then it trapped), not the deadline.
     match instance.handle(event("hostile/alloc")) {
-        Err(GuestError::Trap(_)) => {}
-        other => panic!("expected a trap, got {other:?}"),
+        Err(GuestError::MemoryLimit { limit, .. }) => assert_eq!(limit, 16 << 20),
+        other => panic!("expected the memory limit, got {other:?}"),
     }
     // A fresh instance works again.
     let mut fresh = module.instance().unwrap();
@@ -91,7 +81,7 @@ fn the_memory_cap_is_what_stops_the_allocating_guest() {
 fn guests_see_no_clock_environment_arguments_or_files() {
     // The test process has an environment, arguments and a clock; none of it may reach the guest.
     let config = Config::parse(&hostile_config("http://127.0.0.1:9", ""), Path::new("h.hcl"), Syntax::Hcl).unwrap();
-    let module = GuestModule::load(Some(Path::new(HOSTILE_GUEST)), &config).unwrap();
+    let module = load_guest(Some(HOSTILE_GUEST), &config).unwrap();
     let request = module.instance().unwrap().handle(publish_event("hostile/ambient")).unwrap().unwrap();
     assert_eq!(String::from_utf8_lossy(&request.body), "clock=0 env=0 args=0 fs=false");
 }
@@ -100,7 +90,7 @@ fn guests_see_no_clock_environment_arguments_or_files() {
 fn an_oversized_body_or_a_bad_header_drops_the_event_and_is_counted() {
     let text = hostile_config("http://127.0.0.1:9", "").replace("workers = 1", "workers = 1\n    max_body = 4");
     let config = Config::parse(&text, Path::new("h.hcl"), Syntax::Hcl).unwrap();
-    let module = GuestModule::load(Some(Path::new(HOSTILE_GUEST)), &config).unwrap();
+    let module = load_guest(Some(HOSTILE_GUEST), &config).unwrap();
     let mut instance = module.instance().unwrap();
     assert!(instance.handle(publish_event("ok")).unwrap().is_some());
     match instance.handle(publish_event("too/long")) {
@@ -111,25 +101,26 @@ fn an_oversized_body_or_a_bad_header_drops_the_event_and_is_counted() {
         Err(GuestError::InvalidDelivery(message)) => assert!(message.contains("invalid header name"), "{message}"),
         other => panic!("expected an invalid delivery, got {other:?}"),
     }
+    // A header the host writes itself (one `Host`, never two) is refused.
+    match instance.handle(publish_event("hostile/host-header")) {
+        Err(GuestError::InvalidDelivery(message)) => assert!(message.contains("set by the host"), "{message}"),
+        other => panic!("expected an invalid delivery, got {other:?}"),
+    }
     // The calls themselves worked: the same instance goes on.
     assert!(instance.handle(publish_event("ok")).unwrap().is_some());
     let stats = module.stats().snapshot();
-    assert_eq!((stats.calls, stats.delivered, stats.invalid, stats.failing_streak), (4, 2, 2, 0));
+    assert_eq!((stats.calls, stats.delivered, stats.invalid, stats.failing_streak), (5, 2, 3, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_swapped_in_guest_that_keeps_failing_is_rolled_back() {
-    use mqhook::delivery::http::HttpSink;
-    use mqhook::delivery::Sink;
-    use mqhook::Runtime;
-
     let endpoint = Endpoint::start(Behaviour::default()).await;
     let text = hostile_config(&endpoint.url(), "").replace("workers = 1", "workers = 1\n    rollback_after = 3");
     let config = Config::parse(&text, Path::new("h.hcl"), Syntax::Hcl).unwrap();
-    let builtin = GuestModule::load(None, &config).unwrap();
-    let runtime = Runtime::start(&config, builtin, Sink::Http(HttpSink::new(&config).unwrap())).unwrap();
-    let control = runtime.guest_control();
-    control.swap(GuestModule::load(Some(Path::new(HOSTILE_GUEST)), &config).unwrap(), &config);
+    let builtin = load_guest(None, &config).unwrap();
+    let runtime = start_runtime(config.clone(), builtin);
+    let control = runtime.active_guest();
+    control.swap(load_guest(Some(HOSTILE_GUEST), &config).unwrap(), config);
     let submitter = runtime.submitter();
     for _ in 0..5 {
         submitter.try_submit(publish_event("hostile/trap")).unwrap();
@@ -151,12 +142,12 @@ fn a_guest_seen_before_is_loaded_precompiled_from_the_cache() {
     let cache = scratch.0.path().join("cache");
     let text = hostile_config("http://127.0.0.1:9", "").replace("workers = 1", &format!("workers = 1\n    cache_dir = \"{}\"", cache.display()));
     let config = Config::parse(&text, Path::new("h.hcl"), Syntax::Hcl).unwrap();
-    let first = GuestModule::load(Some(Path::new(HOSTILE_GUEST)), &config).unwrap();
+    let first = load_guest(Some(HOSTILE_GUEST), &config).unwrap();
     assert!(!first.from_cache());
     let artifacts: Vec<_> = std::fs::read_dir(&cache).unwrap().map(|entry| entry.unwrap().file_name()).collect();
     assert_eq!(artifacts.len(), 1, "{artifacts:?}");
     assert!(artifacts[0].to_str().unwrap().starts_with(first.sha256()));
-    let second = GuestModule::load(Some(Path::new(HOSTILE_GUEST)), &config).unwrap();
+    let second = load_guest(Some(HOSTILE_GUEST), &config).unwrap();
     assert!(second.from_cache(), "the second load skips compiling");
     assert_eq!(second.sha256(), first.sha256());
     let request = second.instance().unwrap().handle(publish_event("cached")).unwrap().unwrap();
@@ -164,7 +155,7 @@ fn a_guest_seen_before_is_loaded_precompiled_from_the_cache() {
     // A corrupt artifact is ignored, not trusted: the guest is compiled again.
     let artifact = cache.join(&artifacts[0]);
     std::fs::write(&artifact, b"garbage").unwrap();
-    let third = GuestModule::load(Some(Path::new(HOSTILE_GUEST)), &config).unwrap();
+    let third = load_guest(Some(HOSTILE_GUEST), &config).unwrap();
     assert!(!third.from_cache());
 }
 

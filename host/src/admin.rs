@@ -23,9 +23,9 @@ use tokio::net::TcpListener;
 
 use std::sync::Arc;
 
-use crate::guest::GuestModule;
+use crate::config::Config;
+use crate::guest::{ActiveGuest, GuestError};
 use crate::metrics::Metrics;
-use crate::runtime::GuestControl;
 
 /// Largest component accepted by `PUT /guest`.
 pub const MAX_UPLOAD: usize = 64 << 20;
@@ -49,18 +49,18 @@ pub enum AdminError {
 /// A bound admin listener.
 pub struct Admin {
     listener: TcpListener,
-    control: GuestControl,
+    active: ActiveGuest,
     metrics: Arc<Metrics>,
 }
 
 impl Admin {
     /// Binds `addr`, which must be loopback.
-    pub async fn bind(addr: SocketAddr, control: GuestControl, metrics: Arc<Metrics>) -> Result<Admin, AdminError> {
+    pub async fn bind(addr: SocketAddr, active: ActiveGuest, metrics: Arc<Metrics>) -> Result<Admin, AdminError> {
         if !addr.ip().is_loopback() {
             return Err(AdminError::NotLoopback(addr));
         }
         let listener = TcpListener::bind(addr).await.map_err(|source| AdminError::Bind { addr, source })?;
-        Ok(Admin { listener, control, metrics })
+        Ok(Admin { listener, active, metrics })
     }
 
     /// The bound address (with the real port when port 0 was asked for).
@@ -78,9 +78,9 @@ impl Admin {
                     continue;
                 }
             };
-            let (control, metrics) = (self.control.clone(), self.metrics.clone());
+            let (active, metrics) = (self.active.clone(), self.metrics.clone());
             tokio::spawn(async move {
-                let service = service_fn(move |request| handle(request, control.clone(), metrics.clone()));
+                let service = service_fn(move |request| handle(request, active.clone(), metrics.clone()));
                 if let Err(error) =
                     hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await
                 {
@@ -93,14 +93,14 @@ impl Admin {
 
 async fn handle(
     request: http::Request<Incoming>,
-    control: GuestControl,
+    active: ActiveGuest,
     metrics: Arc<Metrics>,
 ) -> Result<http::Response<Full<Bytes>>, hyper::Error> {
     Ok(match (request.method(), request.uri().path()) {
         (&Method::GET, "/metrics") => json(StatusCode::OK, serde_json::json!(metrics.snapshot())),
-        (&Method::GET, "/guest") => json(StatusCode::OK, guest_info(&control)),
+        (&Method::GET, "/guest") => json(StatusCode::OK, guest_info(&active)),
         (&Method::PUT, "/guest") => match Limited::new(request.into_body(), MAX_UPLOAD).collect().await {
-            Ok(body) => upload(&control, body.to_bytes()).await,
+            Ok(body) => upload(&active, body.to_bytes()).await,
             Err(error) => json(StatusCode::PAYLOAD_TOO_LARGE, serde_json::json!({ "error": error.to_string() })),
         },
         (_, "/guest") => json(StatusCode::METHOD_NOT_ALLOWED, serde_json::json!({ "error": "use GET or PUT" })),
@@ -108,18 +108,19 @@ async fn handle(
     })
 }
 
-async fn upload(control: &GuestControl, component: Bytes) -> http::Response<Full<Bytes>> {
-    let config = control.config();
+async fn upload(active: &ActiveGuest, component: Bytes) -> http::Response<Full<Bytes>> {
+    let config = active.config();
+    let engine = active.current().1.engine().clone();
     // Compiling blocks for a while: off the async threads.
     let loaded = tokio::task::spawn_blocking(move || {
-        let module = GuestModule::from_bytes("admin:upload", &component, &config)?;
-        Ok::<_, crate::GuestError>((module, config))
+        let module = engine.from_bytes("admin:upload", &component, &config.guest, &config.filter)?;
+        Ok::<_, GuestError>((module, config))
     })
     .await;
     match loaded {
         Ok(Ok((module, config))) => {
-            control.swap(module, &config);
-            json(StatusCode::OK, guest_info(control))
+            active.swap(module, Config::clone(&config));
+            json(StatusCode::OK, guest_info(active))
         }
         Ok(Err(error)) => {
             tracing::warn!("Admin upload refused; the running guest stays: {error}");
@@ -129,8 +130,8 @@ async fn upload(control: &GuestControl, component: Bytes) -> http::Response<Full
     }
 }
 
-fn guest_info(control: &GuestControl) -> serde_json::Value {
-    let (generation, guest) = control.current();
+fn guest_info(active: &ActiveGuest) -> serde_json::Value {
+    let (generation, guest) = active.current();
     let loaded_at_ms = guest.loaded_at().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis() as u64);
     serde_json::json!({
         "name": guest.name(),

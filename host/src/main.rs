@@ -1,17 +1,20 @@
 //! The `mqhook` command: a thin CLI over the library (`run`, `check`).
 
-use std::io::BufReader;
+use std::io::{BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use mqhook::delivery::http::{HttpSink, RequestTemplate};
-use mqhook::delivery::print::PrintSink;
-use mqhook::delivery::Sink;
 use mqhook::admin::Admin;
+use mqhook::config::{Config, LiveConfig};
+use mqhook::delivery::dead_letter::{self, DeadLetters};
+use mqhook::delivery::http::HttpSink;
+use mqhook::delivery::print::PrintSink;
+use mqhook::delivery::{self as delivery, Sink};
+use mqhook::guest::GuestEngine;
 use mqhook::reload::Reloader;
-use mqhook::{Config, GuestModule, Runtime};
+use mqhook::runtime::Runtime;
 
 /// The embedded broker when it is built in, else standard input.
 #[cfg(feature = "broker")]
@@ -88,25 +91,34 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            // A closed stderr must not turn an error into a panic.
+            let _ = writeln!(std::io::stderr(), "error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Writes `text` and a newline to standard output; a closed pipe (`mqhook check | head -1`) ends
+/// the output quietly, as it does for any Unix tool.
+fn print_line(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(error).context("writing to standard output"),
+        _ => Ok(()),
     }
 }
 
 fn check(path: &Path) -> Result<()> {
     let config = Config::load(path)?;
     if !config.enabled {
-        eprintln!("note: the webhook is disabled in {} (no webhook section, or enable = false)", path.display());
+        tracing::warn!("The webhook is disabled in {} (no webhook section, or enable = false).", path.display());
     }
     // The certificate files are read at start-up; check them here too.
-    mqhook::delivery::tls::client_config(config.tls.as_ref()).with_context(|| format!("in {}", path.display()))?;
-    println!("{}", serde_json::to_string_pretty(&config)?);
-    Ok(())
+    mqhook::delivery::tls::client_config(config.delivery.tls.as_ref()).with_context(|| format!("in {}", path.display()))?;
+    print_line(&serde_json::to_string_pretty(&config)?)
 }
 
 fn replay(file: &Path, config_path: &Path) -> Result<()> {
-    use mqhook::delivery::dead_letter;
     let config = Config::load(config_path)?;
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let letters = dead_letter::parse(&text).with_context(|| format!("{} is not a dead-letter file", file.display()))?;
@@ -116,11 +128,15 @@ fn replay(file: &Path, config_path: &Path) -> Result<()> {
         .map(|(index, letter)| letter.to_request().map_err(|e| anyhow::anyhow!("{}: entry {}: {e}", file.display(), index + 1)))
         .collect::<Result<Vec<_>>>()?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let dead_letters = match &config.delivery.dead_letter {
+        Some(path) => Some(std::sync::Arc::new(DeadLetters::open(path)?)),
+        None => None,
+    };
+    let settings = config.delivery.clone();
     runtime.block_on(async {
-        let sink = Sink::Http(HttpSink::new(&config).with_context(|| format!("webhook in {}", config_path.display()))?);
-        let totals = mqhook::delivery::send_all(requests, sink, config.pool_size.get()).await;
-        println!("summary: {totals}");
-        Ok(())
+        let sink = HttpSink::new(LiveConfig::new(config)).with_context(|| format!("webhook in {}", config_path.display()))?;
+        let totals = delivery::send_all(requests, Sink::Http(sink), &settings, dead_letters).await;
+        print_line(&format!("summary: {totals}"))
     })
 }
 
@@ -131,23 +147,24 @@ fn run(args: RunArgs) -> Result<()> {
     }
     let input = Ingest::parse(&args.ingest)?;
     let guest_path = args.guest.as_deref().or(config.guest.path.as_deref());
-    let guest = GuestModule::load(guest_path, &config)?;
-    tracing::info!(guest = guest.name(), url = %config.url, "Guest loaded.");
+    let guest = GuestEngine::new()?.load(guest_path, &config.guest, &config.filter)?;
+    tracing::info!(guest = guest.name(), url = %config.delivery.url, "Guest loaded.");
+    let live = LiveConfig::new(config);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let result = runtime.block_on(async {
         let sink = if args.dry_run {
-            Sink::Print(PrintSink::new(RequestTemplate::new(&config)))
+            Sink::Print(PrintSink::new(live.clone()))
         } else {
-            Sink::Http(HttpSink::new(&config).with_context(|| format!("webhook.url in {}", args.config.display()))?)
+            Sink::Http(HttpSink::new(live.clone()).with_context(|| format!("webhook.url in {}", args.config.display()))?)
         };
-        let pipeline = Runtime::start(&config, guest, sink).context("opening webhook.spool")?;
+        let pipeline = Runtime::start(live, guest, sink).with_context(|| format!("in {}", args.config.display()))?;
         let submitter = pipeline.submitter();
         // Dropped (and so stopped) when the input ends, before the drain.
-        let reloader = Reloader::new(&args.config, args.guest.as_deref(), pipeline.guest_control());
+        let reloader = Reloader::new(&args.config, args.guest.as_deref(), pipeline.active_guest());
         let watching = AbortOnDrop(tokio::spawn(reloader.watch()));
         let admin = match args.admin {
             Some(addr) => {
-                let admin = Admin::bind(addr, pipeline.guest_control(), pipeline.counters()).await?;
+                let admin = Admin::bind(addr, pipeline.active_guest(), pipeline.counters()).await?;
                 tracing::info!(listen = %admin.local_addr()?, "Admin API listening (GET/PUT /guest, GET /metrics).");
                 Some(AbortOnDrop(tokio::spawn(admin.serve())))
             }
@@ -168,15 +185,14 @@ fn run(args: RunArgs) -> Result<()> {
         // Ingest is over; the drain below finishes what was accepted. A signal now exits at once.
         tokio::spawn(async {
             stop_signal().await;
-            eprintln!("mqhook: signal during the drain; exiting at once.");
+            let _ = writeln!(std::io::stderr(), "mqhook: signal during the drain; exiting at once.");
             std::process::exit(130);
         });
         drop(watching);
         // The admin API stays up through the drain, so its counters show the drain's progress.
         let totals = pipeline.shutdown().await;
         drop(admin);
-        println!("summary: {totals}");
-        Ok(())
+        print_line(&format!("summary: {totals}"))
     });
     // After a stop signal the input reader may still be blocked on a pipe that never ends: do not
     // wait for it.
@@ -195,7 +211,7 @@ impl Drop for AbortOnDrop {
 
 /// Runs the embedded broker until SIGINT or SIGTERM.
 #[cfg(feature = "broker")]
-async fn serve_broker(listen: std::net::SocketAddr, submitter: mqhook::Submitter) -> Result<()> {
+async fn serve_broker(listen: std::net::SocketAddr, submitter: mqhook::runtime::Submitter) -> Result<()> {
     use mqhook::ingest::broker::{Broker, BrokerConfig};
     let broker = Broker::bind(BrokerConfig { listen }, submitter).await?;
     tracing::info!(listen = %broker.local_addr(), "MQTT broker listening; SIGINT or SIGTERM stops it.");
@@ -247,7 +263,7 @@ impl Ingest {
 }
 
 impl NdjsonSource {
-    fn read_into(self, submitter: &mqhook::Submitter) -> Result<()> {
+    fn read_into(self, submitter: &mqhook::runtime::Submitter) -> Result<()> {
         use mqhook::ingest::ndjson::ingest;
         match self {
             NdjsonSource::Stdin => ingest(std::io::stdin().lock(), "stdin", submitter).context("reading standard input")?,

@@ -2,7 +2,7 @@
 //!
 //! Triggers: the guest file or the config file changes on disk (polled), or SIGHUP. A reload reads
 //! the config, builds the guest (recompiling only when its file changed), runs its `configure` with
-//! that config, and only then swaps it in through [`GuestControl`]; any failure is logged and the
+//! that config, and only then swaps it in through [`ActiveGuest`]; any failure is logged and the
 //! running guest stays. Rules, encoding, guest settings, URL and headers take effect at once;
 //! the pool, timeouts, retries, TLS, dead letters, the spool, ordering and queue sizes are read at
 //! start only, and a change to them
@@ -12,8 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::config::{Config, ConfigError};
-use crate::guest::{GuestError, GuestModule};
-use crate::runtime::GuestControl;
+use crate::guest::{ActiveGuest, GuestError};
 
 /// How often the files are checked for changes.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -33,7 +32,7 @@ pub enum ReloadError {
 pub struct Reloader {
     config_path: PathBuf,
     guest_override: Option<PathBuf>,
-    control: GuestControl,
+    active: ActiveGuest,
     /// Modification times last looked at, to notice changes.
     seen: Stamps,
     /// Modification times of the files the running guest was built from.
@@ -48,13 +47,13 @@ struct Stamps {
 
 impl Reloader {
     /// Watches `config_path` (and the guest it names, or `guest_override` when given) for the
-    /// runtime behind `control`.
-    pub fn new(config_path: &Path, guest_override: Option<&Path>, control: GuestControl) -> Self {
+    /// runtime running `active`.
+    pub fn new(config_path: &Path, guest_override: Option<&Path>, active: ActiveGuest) -> Self {
         let unknown = Stamps { config: None, guest: None };
         let mut reloader = Reloader {
             config_path: config_path.to_path_buf(),
             guest_override: guest_override.map(Path::to_path_buf),
-            control,
+            active,
             seen: unknown,
             loaded: unknown,
         };
@@ -64,7 +63,7 @@ impl Reloader {
     }
 
     fn guest_path(&self) -> Option<PathBuf> {
-        self.guest_override.clone().or_else(|| self.control.config().guest.path)
+        self.guest_override.clone().or_else(|| self.active.config().guest.path.clone())
     }
 
     fn stamps(&self) -> Stamps {
@@ -85,17 +84,18 @@ impl Reloader {
         let guest_stamp = guest_path.as_deref().and_then(modified);
         let same_component =
             !recompile && guest_path == self.guest_path() && guest_stamp == self.loaded.guest;
+        let running = self.active.current().1;
         let guest = if same_component {
-            self.control.current().1.with_config(&config)?
+            running.with_config(&config.guest, &config.filter)?
         } else {
-            GuestModule::load(guest_path.as_deref(), &config)?
+            running.engine().load(guest_path.as_deref(), &config.guest, &config.filter)?
         };
-        for (setting, changed) in delivery_changes(&self.control.config(), &config) {
+        for (setting, changed) in restart_only_changes(&self.active.config(), &config) {
             if changed {
                 tracing::warn!("`webhook.{setting}` changed in {}; it takes effect after a restart.", self.config_path.display());
             }
         }
-        let generation = self.control.swap(guest, &config);
+        let generation = self.active.swap(guest, config);
         self.loaded = Stamps { config: config_stamp, guest: guest_stamp };
         self.seen = self.loaded;
         Ok(generation)
@@ -135,17 +135,19 @@ impl Reloader {
     }
 }
 
-/// The delivery settings read at start only, and whether each differs between `old` and `new`.
-fn delivery_changes(old: &Config, new: &Config) -> [(&'static str, bool); 8] {
+/// The settings read at start only, and whether each differs between `old` and `new`.
+fn restart_only_changes(old: &Config, new: &Config) -> [(&'static str, bool); 9] {
+    let (was, now) = (&old.delivery, &new.delivery);
     [
-        ("pool_size", old.pool_size != new.pool_size),
-        ("cancel_timeout", old.cancel_timeout != new.cancel_timeout),
-        ("retry", old.retry != new.retry),
-        ("tls", old.tls != new.tls),
-        ("dead_letter", old.dead_letter != new.dead_letter),
+        ("pool_size", was.pool.pool_size != now.pool.pool_size),
+        ("pool_idle_timeout", was.pool.idle_timeout != now.pool.idle_timeout),
+        ("cancel_timeout", was.timeout != now.timeout),
+        ("retry", was.retry != now.retry),
+        ("tls", was.tls != now.tls),
+        ("dead_letter", was.dead_letter != now.dead_letter),
+        ("ordering", was.ordering != now.ordering),
         ("spool", old.spool != new.spool),
-        ("ordering", old.ordering != new.ordering),
-        ("queue_size", old.queue_size != new.queue_size),
+        ("queues", old.queues != new.queues),
     ]
 }
 

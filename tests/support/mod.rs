@@ -4,12 +4,119 @@ pub mod endpoint;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::OnceLock;
 use std::time::Duration;
 
+use mqhook::config::{Config, LiveConfig, Syntax};
+use mqhook::delivery::{http::HttpSink, Sink};
+use mqhook::event::Message;
+use mqhook::{GuestEngine, GuestModule, Runtime};
 use tokio::io::AsyncWriteExt;
 
-/// Longest any single run of the binary may take before the test fails.
-const RUN_LIMIT: Duration = Duration::from_secs(60);
+/// Longest any single run of the binary, or any wait for a condition, may take before the test
+/// fails.
+pub const WAIT_LIMIT: Duration = Duration::from_secs(180);
+
+/// How often a condition is looked at again.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Waits, bounded by [`WAIT_LIMIT`], until `done` holds; fails the test naming `what` if it never
+/// does. The only way tests wait for something to happen.
+pub async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT_LIMIT;
+    while !done().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// A test's webhook config: a HOCON `webhook { … }` block built up line by line.
+#[derive(Clone)]
+pub struct Webhook {
+    lines: Vec<String>,
+    events: Vec<String>,
+}
+
+impl Webhook {
+    /// A block posting to `url`, with no rules yet.
+    pub fn new(url: &str) -> Webhook {
+        Webhook { lines: vec![format!("  url = \"{url}\"")], events: Vec::new() }
+    }
+
+    /// Adds a rule for `event` (a config name such as `on_message_publish`), optionally with a
+    /// topic filter.
+    pub fn event(mut self, event: &str, topic: Option<&str>) -> Webhook {
+        self.events.push(match topic {
+            Some(topic) => format!("    {{ event = \"{event}\", topic = \"{topic}\" }}"),
+            None => format!("    {{ event = \"{event}\" }}"),
+        });
+        self
+    }
+
+    /// Adds a rule for publishes on every topic.
+    pub fn publishes(self) -> Webhook {
+        self.event("on_message_publish", None)
+    }
+
+    /// Adds a rule for each of the twelve event kinds.
+    pub fn all_events(self) -> Webhook {
+        mqhook::EventKind::ALL.iter().fold(self, |webhook, kind| webhook.event(&kind.config_name(), None))
+    }
+
+    /// Adds `text` (one or more lines) inside the block.
+    pub fn with(mut self, text: &str) -> Webhook {
+        self.lines.push(text.to_string());
+        self
+    }
+
+    /// The config file's text.
+    pub fn text(&self) -> String {
+        format!("webhook {{\n{}\n  events = [\n{}\n  ]\n}}\n", self.lines.join("\n"), self.events.join("\n"))
+    }
+
+    /// Writes the config into `scratch` as `name`; returns its path.
+    pub fn write(&self, scratch: &Scratch, name: &str) -> PathBuf {
+        scratch.file(name, &self.text())
+    }
+
+    /// The checked config, as `mqhook` would load it.
+    pub fn config(&self) -> Config {
+        Config::parse(&self.text(), Path::new("test.conf"), Syntax::Hocon).expect("the test config loads")
+    }
+}
+
+/// The engine the tests compile guests with: one per test process, as in `mqhook` itself.
+pub fn engine() -> &'static GuestEngine {
+    static ENGINE: OnceLock<GuestEngine> = OnceLock::new();
+    ENGINE.get_or_init(|| GuestEngine::new().expect("a wasmtime engine"))
+}
+
+/// Loads the guest at `path` (the built-in one for `None`) configured by `config`.
+pub fn load_guest(path: Option<&str>, config: &Config) -> Result<GuestModule, mqhook::GuestError> {
+    engine().load(path.map(Path::new), &config.guest, &config.filter)
+}
+
+/// Starts the pipeline of `config` with `guest`, posting over HTTP. Must run inside tokio.
+pub fn start_runtime(config: Config, guest: GuestModule) -> Runtime {
+    let live = LiveConfig::new(config);
+    let sink = Sink::Http(HttpSink::new(live.clone()).expect("an HTTP sink for the endpoint"));
+    Runtime::start(live, guest, sink).expect("the runtime starts")
+}
+
+/// A publish on `topic`: QoS 0, not retained, no publisher, empty payload, `ts` 0; tests change
+/// the fields they care about with `Message { …, ..message(topic) }`.
+pub fn message(topic: &str) -> Message {
+    Message {
+        ts: 0,
+        topic: topic.into(),
+        qos: 0,
+        retain: false,
+        from_clientid: None,
+        from_username: None,
+        receiver: None,
+        payload: Vec::new(),
+    }
+}
 
 /// The misbehaving test guest (guest/hostile).
 pub const HOSTILE_GUEST: &str = env!("MQHOOK_GUEST_HOSTILE");
@@ -89,11 +196,7 @@ pub fn free_loopback_addr() -> String {
 
 /// Waits, bounded, until something listens on `addr`.
 pub async fn wait_for_listener(addr: &str) {
-    let deadline = tokio::time::Instant::now() + RUN_LIMIT;
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "nothing ever listened on {addr}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(&format!("something listens on {addr}"), async || tokio::net::TcpStream::connect(addr).await.is_ok()).await;
 }
 
 /// Runs `mqhook ARGS` with `stdin` as standard input, bounded in time.
@@ -104,7 +207,7 @@ pub async fn mqhook(args: &[&str], stdin: &str) -> Run {
     let writer = tokio::spawn(async move {
         let _ = input.write_all(text.as_bytes()).await;
     });
-    let output = tokio::time::timeout(RUN_LIMIT, child.wait_with_output())
+    let output = tokio::time::timeout(WAIT_LIMIT, child.wait_with_output())
         .await
         .expect("mqhook did not finish in time")
         .expect("waiting for mqhook");
@@ -144,7 +247,7 @@ pub async fn admin_request(addr: &str, method: &str, path: &str, body: Vec<u8>) 
         .uri(format!("http://{addr}{path}"))
         .body(Full::new(bytes::Bytes::from(body)))
         .unwrap();
-    let response = tokio::time::timeout(RUN_LIMIT, client.request(request)).await.expect("the admin API answers").unwrap();
+    let response = tokio::time::timeout(WAIT_LIMIT, client.request(request)).await.expect("the admin API answers").unwrap();
     let status = response.status().as_u16();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     (status, serde_json::from_slice(&bytes).unwrap())

@@ -10,6 +10,7 @@
 //!   - `hostile/trap`: panics, which traps the instance;
 //!   - `hostile/log`: logs "hello from guest" at warn level, then delivers as below;
 //!   - `hostile/header`: delivers with a header whose name HTTP does not allow;
+//!   - `hostile/host-header`: delivers with a `Host` header, which only the host may set;
 //!   - `hostile/ambient`: delivers what it can see of the world (clock, environment, arguments,
 //!     files), so tests can check the sandbox grants none of it.
 //! - Any other event is delivered with, as its body, its topic for message events and its action
@@ -43,6 +44,10 @@ impl Guest for HostileGuest {
                 "hostile/log" => log(Level::Warn, "hello from guest"),
                 "hostile/header" => {
                     let headers = vec![("bad header".to_owned(), "x".to_owned())];
+                    return Some(Delivery { body: b"hdr".to_vec(), headers, path: None });
+                }
+                "hostile/host-header" => {
+                    let headers = vec![("Host".to_owned(), "evil.example".to_owned())];
                     return Some(Delivery { body: b"hdr".to_vec(), headers, path: None });
                 }
                 "hostile/ambient" => {

@@ -2,174 +2,378 @@
 //!
 //! Every error names the file, the line and the full key (`webhook.events[1].event`) and says what
 //! is accepted. Unknown keys inside the webhook section are errors too: a typo must not silently
-//! fall back to a default.
+//! fall back to a default. One function reads each section; each starts from the section's
+//! `Default` and overwrites what the file sets.
 
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU32, NonZeroU64};
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use http::{HeaderName, HeaderValue};
+
 use super::tree::{Node, Value};
 use super::{
-    Config, ConfigError, DeliveryOrder, FailurePolicy, FsyncPolicy, FullPolicy, GuestConfig, Header, PayloadEncoding,
-    Rule, ServerNameCheck, SpoolConfig, TlsFiles, DEFAULT_CANCEL_TIMEOUT, DEFAULT_GUEST_MAX_BODY, DEFAULT_GUEST_MEMORY,
-    DEFAULT_GUEST_TIMEOUT, DEFAULT_POOL_SIZE, DEFAULT_QUEUE_SIZE, DEFAULT_ROLLBACK_AFTER, DEFAULT_SPOOL_FSYNC,
-    DEFAULT_SPOOL_MAX_SIZE, DEFAULT_SPOOL_SEGMENT_SIZE,
+    ranges, Backoff, ByteSize, Config, ConfigError, DeliveryConfig, DeliveryOrder, FailurePolicy, FilterSettings,
+    FsyncPolicy, FullPolicy, GuestConfig, Header, PayloadEncoding, QueueConfig, RetrySettings, Rule, ServerNameCheck,
+    SpoolConfig, TlsFiles,
 };
-use crate::delivery::retry::RetryPolicy;
 use crate::event::EventKind;
 
 const WEBHOOK_KEYS: &[&str] = &[
-    "enable", "url", "headers", "body", "pool_size", "cancel_timeout", "tls", "ssl", "events", "guest", "queue_size",
-    "retry", "dead_letter", "spool", "ordering",
+    "enable",
+    "url",
+    "headers",
+    "body",
+    "pool_size",
+    "pool_idle_timeout",
+    "cancel_timeout",
+    "tls",
+    "ssl",
+    "events",
+    "guest",
+    "queue_size",
+    "queues",
+    "retry",
+    "dead_letter",
+    "spool",
+    "ordering",
 ];
+const QUEUE_KEYS: &[&str] = &["events", "requests", "request_bytes"];
 const SPOOL_KEYS: &[&str] = &["dir", "max_size", "segment_size", "fsync", "on_full"];
 const RETRY_KEYS: &[&str] = &["max_attempts", "base", "cap", "max_age"];
 const TLS_KEYS: &[&str] = &["enable", "keyfile", "certfile", "cacertfile", "verify", "server_name_indication"];
 const GUEST_KEYS: &[&str] =
     &["path", "memory_limit", "timeout", "workers", "settings", "max_body", "rollback_after", "cache_dir", "on_failure"];
-const DEFAULT_URL: &str = "http://127.0.0.1:80/";
 
 pub(crate) fn config_from_tree(root: &Node, file: &Path) -> Result<Config, ConfigError> {
     let ctx = Ctx { file };
     let Some(webhook) = root.get("webhook") else {
-        return Ok(disabled_default());
+        return Ok(Config::default());
     };
     let fields = ctx.object(webhook, "webhook")?;
     ctx.reject_unknown(fields, "webhook", WEBHOOK_KEYS)?;
-    let get = |key: &str| webhook.get(key);
-
-    let enabled = match get("enable") {
+    let enabled = match webhook.get("enable") {
         Some(node) => ctx.boolean(node, "webhook.enable")?,
         None => true,
     };
-    let url = match get("url") {
-        Some(node) => ctx.url(node, "webhook.url")?,
-        None if enabled => {
-            return Err(ctx.invalid(webhook, "webhook.url", "is required: the URL webhooks are POSTed to"))
-        }
-        None => DEFAULT_URL.parse().expect("the default URL is valid"),
+    let config = Config {
+        enabled,
+        filter: ctx.filter(webhook)?,
+        delivery: ctx.delivery(webhook, enabled)?,
+        guest: match webhook.get("guest") {
+            Some(node) => ctx.guest(node)?,
+            None => GuestConfig::default(),
+        },
+        queues: ctx.queues(webhook)?,
+        spool: webhook.get("spool").map(|node| ctx.spool(node)).transpose()?,
     };
-    let headers = match get("headers") {
-        Some(node) => ctx.headers(node)?,
-        None => Vec::new(),
-    };
-    let encoding = match get("body") {
-        Some(body) => {
-            let fields = ctx.object(body, "webhook.body")?;
-            ctx.reject_unknown(fields, "webhook.body", &["encoding"])?;
-            match body.get("encoding") {
-                Some(node) => ctx.encoding(node, "webhook.body.encoding")?,
-                None => PayloadEncoding::Plain,
-            }
-        }
-        None => PayloadEncoding::Plain,
-    };
-    let pool_size = match get("pool_size") {
-        Some(node) => ctx.positive(node, "webhook.pool_size")?,
-        None => NonZeroUsize::new(DEFAULT_POOL_SIZE).expect("non-zero"),
-    };
-    let cancel_timeout = match get("cancel_timeout") {
-        Some(node) => ctx.duration(node, "webhook.cancel_timeout")?,
-        None => DEFAULT_CANCEL_TIMEOUT,
-    };
-    let tls = match (get("tls"), get("ssl")) {
-        (Some(node), _) => ctx.tls(node, "webhook.tls")?,
-        (None, Some(node)) => ctx.tls(node, "webhook.ssl")?,
-        (None, None) => None,
-    };
-    let rules = match get("events") {
-        Some(node) => ctx.rules(node)?,
-        None => Vec::new(),
-    };
-    let guest = match get("guest") {
-        Some(node) => ctx.guest(node)?,
-        None => default_guest(),
-    };
-    let retry = match get("retry") {
-        Some(node) => ctx.retry(node)?,
-        None => RetryPolicy::default(),
-    };
-    let dead_letter = match get("dead_letter") {
-        Some(node) => Some(ctx.path(node, "webhook.dead_letter")?),
-        None => None,
-    };
-    if guest.on_failure == FailurePolicy::DeadLetter && dead_letter.is_none() {
-        let node = get("guest").and_then(|g| g.get("on_failure")).unwrap_or(webhook);
+    if config.guest.on_failure == FailurePolicy::DeadLetter && config.delivery.dead_letter.is_none() {
+        let node = webhook.get("guest").and_then(|g| g.get("on_failure")).unwrap_or(webhook);
         return Err(ctx.invalid(node, "webhook.guest.on_failure", "`dead_letter` needs `webhook.dead_letter` (a file)"));
     }
-    let queue_size = match get("queue_size") {
-        Some(node) => ctx.positive(node, "webhook.queue_size")?,
-        None => NonZeroUsize::new(DEFAULT_QUEUE_SIZE).expect("non-zero"),
-    };
-    let spool = match get("spool") {
-        Some(node) => Some(ctx.spool(node)?),
-        None => None,
-    };
-    let ordering = match get("ordering") {
-        Some(node) => match ctx.text(node, "webhook.ordering", "an ordering")? {
-            "none" => DeliveryOrder::None,
-            "per_client" => DeliveryOrder::PerClient,
-            other => {
-                return Err(ctx.invalid(node, "webhook.ordering", format!("unknown ordering `{other}`; accepted: none, per_client")))
-            }
-        },
-        None => DeliveryOrder::None,
-    };
-    Ok(Config {
-        enabled,
-        url,
-        headers,
-        encoding,
-        pool_size,
-        cancel_timeout,
-        tls,
-        retry,
-        dead_letter,
-        rules,
-        guest,
-        queue_size,
-        spool,
-        ordering,
-    })
-}
-
-fn disabled_default() -> Config {
-    Config {
-        enabled: false,
-        url: DEFAULT_URL.parse().expect("the default URL is valid"),
-        headers: Vec::new(),
-        encoding: PayloadEncoding::Plain,
-        pool_size: NonZeroUsize::new(DEFAULT_POOL_SIZE).expect("non-zero"),
-        cancel_timeout: DEFAULT_CANCEL_TIMEOUT,
-        tls: None,
-        retry: RetryPolicy::default(),
-        dead_letter: None,
-        rules: Vec::new(),
-        guest: default_guest(),
-        queue_size: NonZeroUsize::new(DEFAULT_QUEUE_SIZE).expect("non-zero"),
-        spool: None,
-        ordering: DeliveryOrder::None,
-    }
-}
-
-fn default_guest() -> GuestConfig {
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8));
-    GuestConfig {
-        path: None,
-        memory_limit: DEFAULT_GUEST_MEMORY,
-        timeout: DEFAULT_GUEST_TIMEOUT,
-        max_body: DEFAULT_GUEST_MAX_BODY,
-        rollback_after: DEFAULT_ROLLBACK_AFTER,
-        cache_dir: crate::guest::default_cache_dir(),
-        on_failure: FailurePolicy::Skip,
-        workers: NonZeroUsize::new(workers).expect("clamped to at least 1"),
-        settings: Vec::new(),
-    }
+    Ok(config)
 }
 
 struct Ctx<'a> {
     file: &'a Path,
 }
+
+// === the sections ===
+
+impl Ctx<'_> {
+    fn filter(&self, webhook: &Node) -> Result<FilterSettings, ConfigError> {
+        let mut filter = FilterSettings::default();
+        if let Some(body) = webhook.get("body") {
+            let fields = self.object(body, "webhook.body")?;
+            self.reject_unknown(fields, "webhook.body", &["encoding"])?;
+            if let Some(node) = body.get("encoding") {
+                filter.encoding = self.encoding(node, "webhook.body.encoding")?;
+            }
+        }
+        if let Some(node) = webhook.get("events") {
+            filter.rules = self.rules(node)?;
+        }
+        Ok(filter)
+    }
+
+    fn delivery(&self, webhook: &Node, enabled: bool) -> Result<DeliveryConfig, ConfigError> {
+        let mut delivery = DeliveryConfig::default();
+        match webhook.get("url") {
+            Some(node) => delivery.url = self.url(node, "webhook.url")?,
+            None if enabled => {
+                return Err(self.invalid(webhook, "webhook.url", "is required: the URL webhooks are POSTed to"))
+            }
+            None => {}
+        }
+        if let Some(node) = webhook.get("headers") {
+            delivery.headers = self.headers(node)?;
+        }
+        if let Some(node) = webhook.get("pool_size") {
+            delivery.pool.pool_size = self.count(node, "webhook.pool_size", ranges::POOL_SIZE)?;
+        }
+        if let Some(node) = webhook.get("pool_idle_timeout") {
+            delivery.pool.idle_timeout = self.duration(node, "webhook.pool_idle_timeout", ranges::POOL_IDLE_TIMEOUT)?;
+        }
+        if let Some(node) = webhook.get("cancel_timeout") {
+            delivery.timeout = self.duration(node, "webhook.cancel_timeout", ranges::REQUEST_TIMEOUT)?;
+        }
+        delivery.tls = match (webhook.get("tls"), webhook.get("ssl")) {
+            (Some(node), _) => self.tls(node, "webhook.tls")?,
+            (None, Some(node)) => self.tls(node, "webhook.ssl")?,
+            (None, None) => None,
+        };
+        if let Some(node) = webhook.get("retry") {
+            delivery.retry = self.retry(node)?;
+        }
+        if let Some(node) = webhook.get("dead_letter") {
+            delivery.dead_letter = Some(self.path(node, "webhook.dead_letter")?);
+        }
+        if let Some(node) = webhook.get("ordering") {
+            delivery.ordering = match self.text(node, "webhook.ordering", "an ordering")? {
+                "none" => DeliveryOrder::None,
+                "per_client" => DeliveryOrder::PerClient,
+                other => {
+                    let message = format!("unknown ordering `{other}`; accepted: none, per_client");
+                    return Err(self.invalid(node, "webhook.ordering", message));
+                }
+            };
+        }
+        Ok(delivery)
+    }
+
+    /// `queue_size` sets both queue lengths, as NanoMQ's one knob; `queues { … }` sets each.
+    fn queues(&self, webhook: &Node) -> Result<QueueConfig, ConfigError> {
+        let mut queues = QueueConfig::default();
+        if let Some(node) = webhook.get("queue_size") {
+            let length = self.count(node, "webhook.queue_size", ranges::QUEUE_LENGTH)?;
+            queues.events = length;
+            queues.requests = length;
+        }
+        let Some(section) = webhook.get("queues") else {
+            return Ok(queues);
+        };
+        let fields = self.object(section, "webhook.queues")?;
+        self.reject_unknown(fields, "webhook.queues", QUEUE_KEYS)?;
+        if let Some(node) = section.get("events") {
+            queues.events = self.count(node, "webhook.queues.events", ranges::QUEUE_LENGTH)?;
+        }
+        if let Some(node) = section.get("requests") {
+            queues.requests = self.count(node, "webhook.queues.requests", ranges::QUEUE_LENGTH)?;
+        }
+        if let Some(node) = section.get("request_bytes") {
+            queues.request_bytes = self.size(node, "webhook.queues.request_bytes", ranges::QUEUE_BYTES)?;
+        }
+        Ok(queues)
+    }
+
+    fn retry(&self, node: &Node) -> Result<RetrySettings, ConfigError> {
+        let fields = self.object(node, "webhook.retry")?;
+        self.reject_unknown(fields, "webhook.retry", RETRY_KEYS)?;
+        let mut retry = RetrySettings::default();
+        if let Some(n) = node.get("max_attempts") {
+            let attempts: NonZeroU64 = self.count(n, "webhook.retry.max_attempts", ranges::RETRY_ATTEMPTS)?;
+            retry.max_attempts = NonZeroU32::try_from(attempts).expect("the range fits in u32");
+        }
+        let mut base = retry.backoff.base();
+        let mut cap = retry.backoff.cap();
+        if let Some(n) = node.get("base") {
+            base = self.duration(n, "webhook.retry.base", ranges::RETRY_BACKOFF)?;
+        }
+        if let Some(n) = node.get("cap") {
+            cap = self.duration(n, "webhook.retry.cap", ranges::RETRY_BACKOFF)?;
+        }
+        retry.backoff = Backoff::new(base, cap).map_err(|_| {
+            self.invalid(node.get("cap").unwrap_or(node), "webhook.retry.cap", "must not be shorter than `retry.base`")
+        })?;
+        if let Some(n) = node.get("max_age") {
+            retry.max_age = Some(self.duration(n, "webhook.retry.max_age", ranges::RETRY_MAX_AGE)?);
+        }
+        Ok(retry)
+    }
+
+    fn spool(&self, node: &Node) -> Result<SpoolConfig, ConfigError> {
+        let fields = self.object(node, "webhook.spool")?;
+        self.reject_unknown(fields, "webhook.spool", SPOOL_KEYS)?;
+        let Some(dir) = node.get("dir") else {
+            return Err(self.invalid(node, "webhook.spool.dir", "is required: the directory the spool keeps its files in"));
+        };
+        let mut spool = SpoolConfig::in_dir(self.path(dir, "webhook.spool.dir")?);
+        if let Some(n) = node.get("max_size") {
+            spool.max_size = self.size(n, "webhook.spool.max_size", ranges::SPOOL_MAX_SIZE)?;
+        }
+        if let Some(n) = node.get("segment_size") {
+            spool.segment_size = self.size(n, "webhook.spool.segment_size", ranges::SPOOL_SEGMENT_SIZE)?;
+        }
+        // Several segments fit, so dropping the oldest one frees room without emptying the spool.
+        let quarter = ByteSize::new(spool.max_size.get() / 4).expect("max_size is at least 4 KiB");
+        spool.segment_size = spool.segment_size.min(quarter);
+        if let Some(n) = node.get("fsync") {
+            spool.fsync = match self.text(n, "webhook.spool.fsync", "always, never or an interval")? {
+                "always" => FsyncPolicy::Always,
+                "never" => FsyncPolicy::Never,
+                _ => FsyncPolicy::Interval(self.duration(n, "webhook.spool.fsync", ranges::SPOOL_FSYNC).map_err(
+                    |error| match error {
+                        ConfigError::Invalid { ref message, .. } if message.contains("between") => error,
+                        _ => self.invalid(n, "webhook.spool.fsync", "expected `always`, `never` or an interval such as `1s`"),
+                    },
+                )?),
+            };
+        }
+        if let Some(n) = node.get("on_full") {
+            spool.on_full = match self.text(n, "webhook.spool.on_full", "a policy")? {
+                "drop_oldest" => FullPolicy::DropOldest,
+                "reject_new" => FullPolicy::RejectNew,
+                other => {
+                    let message = format!("unknown policy `{other}`; accepted: drop_oldest, reject_new");
+                    return Err(self.invalid(n, "webhook.spool.on_full", message));
+                }
+            };
+        }
+        Ok(spool)
+    }
+
+    fn guest(&self, node: &Node) -> Result<GuestConfig, ConfigError> {
+        let fields = self.object(node, "webhook.guest")?;
+        self.reject_unknown(fields, "webhook.guest", GUEST_KEYS)?;
+        let mut guest = GuestConfig::default();
+        if let Some(n) = node.get("path") {
+            guest.path = Some(self.path(n, "webhook.guest.path")?);
+        }
+        if let Some(n) = node.get("memory_limit") {
+            guest.memory_limit = self.size(n, "webhook.guest.memory_limit", ranges::GUEST_MEMORY)?;
+        }
+        if let Some(n) = node.get("timeout") {
+            guest.timeout = self.duration(n, "webhook.guest.timeout", ranges::GUEST_TIMEOUT)?;
+        }
+        if let Some(n) = node.get("workers") {
+            guest.workers = self.count(n, "webhook.guest.workers", ranges::GUEST_WORKERS)?;
+        }
+        if let Some(n) = node.get("cache_dir") {
+            let text = self.text(n, "webhook.guest.cache_dir", "a directory, or \"\" for no cache")?;
+            guest.cache_dir = (!text.is_empty()).then(|| self.path(n, "webhook.guest.cache_dir")).transpose()?;
+        }
+        if let Some(n) = node.get("on_failure") {
+            guest.on_failure = match self.text(n, "webhook.guest.on_failure", "a failure policy")? {
+                "skip" => FailurePolicy::Skip,
+                "builtin" => FailurePolicy::Builtin,
+                "dead_letter" => FailurePolicy::DeadLetter,
+                text => {
+                    let message = format!("unknown policy `{text}`; accepted: {}", FailurePolicy::ACCEPTED);
+                    return Err(self.invalid(n, "webhook.guest.on_failure", message));
+                }
+            };
+        }
+        if let Some(n) = node.get("max_body") {
+            guest.max_body = self.size(n, "webhook.guest.max_body", ranges::GUEST_MAX_BODY)?;
+        }
+        if let Some(n) = node.get("rollback_after") {
+            guest.rollback_after = self.count(n, "webhook.guest.rollback_after", ranges::GUEST_ROLLBACK_AFTER)?;
+        }
+        if let Some(n) = node.get("settings") {
+            for (name, value) in self.object(n, "webhook.guest.settings")? {
+                let value = self.string(value, &format!("webhook.guest.settings.{name}"))?;
+                guest.settings.push((name.clone(), value));
+            }
+        }
+        Ok(guest)
+    }
+
+    fn tls(&self, node: &Node, key: &str) -> Result<Option<TlsFiles>, ConfigError> {
+        let fields = self.object(node, key)?;
+        self.reject_unknown(fields, key, TLS_KEYS)?;
+        if let Some(enable) = node.get("enable") {
+            if !self.boolean(enable, &format!("{key}.enable"))? {
+                return Ok(None);
+            }
+        }
+        let path = |name: &str| -> Result<Option<PathBuf>, ConfigError> {
+            node.get(name).map(|n| self.path(n, &format!("{key}.{name}"))).transpose()
+        };
+        let verify = match node.get("verify") {
+            Some(n) => self.boolean(n, &format!("{key}.verify"))?,
+            None => true,
+        };
+        let server_name = match node.get("server_name_indication") {
+            Some(n) => self.server_name(n, &format!("{key}.server_name_indication"))?,
+            None => ServerNameCheck::Url,
+        };
+        Ok(Some(TlsFiles {
+            section: key.to_string(),
+            keyfile: path("keyfile")?,
+            certfile: path("certfile")?,
+            cacertfile: path("cacertfile")?,
+            verify,
+            server_name,
+        }))
+    }
+
+    fn server_name(&self, node: &Node, key: &str) -> Result<ServerNameCheck, ConfigError> {
+        Ok(match self.text(node, key, "true, false or a host name")? {
+            "true" => ServerNameCheck::Url,
+            "false" => ServerNameCheck::Off,
+            name => match rustls::pki_types::ServerName::try_from(name) {
+                Ok(_) => ServerNameCheck::Name(name.to_string()),
+                Err(_) => {
+                    let message = format!("`{name}` is not a host name; use true, false or a host name");
+                    return Err(self.invalid(node, key, message));
+                }
+            },
+        })
+    }
+
+    fn rules(&self, node: &Node) -> Result<Vec<Rule>, ConfigError> {
+        let Value::List(items) = &node.value else {
+            let message = format!("expected a list `[ {{ event = … }} ]`, found {}", describe(&node.value));
+            return Err(self.invalid(node, "webhook.events", message));
+        };
+        items.iter().enumerate().map(|(index, item)| self.rule(item, &format!("webhook.events[{index}]"))).collect()
+    }
+
+    fn rule(&self, item: &Node, prefix: &str) -> Result<Rule, ConfigError> {
+        let fields = self.object(item, prefix)?;
+        self.reject_unknown(fields, prefix, &["event", "topic"])?;
+        let key = format!("{prefix}.event");
+        let Some(event_node) = item.get("event") else {
+            return Err(self.invalid(item, &key, format!("is required; accepted: {}", EventKind::accepted_names())));
+        };
+        let name = self.text(event_node, &key, "an event name")?;
+        let event = name.parse::<EventKind>().map_err(|_| {
+            self.invalid(event_node, &key, format!("unknown event `{name}`; accepted: {}", EventKind::accepted_names()))
+        })?;
+        let topic = match item.get("topic") {
+            Some(topic_node) => {
+                let key = format!("{prefix}.topic");
+                let topic = self.string(topic_node, &key)?;
+                if let Some(problem) = topic_filter_problem(&topic) {
+                    return Err(self.invalid(topic_node, &key, problem));
+                }
+                (!topic.is_empty()).then_some(topic)
+            }
+            None => None,
+        };
+        Ok(Rule { event, topic })
+    }
+
+    fn headers(&self, node: &Node) -> Result<Vec<Header>, ConfigError> {
+        let fields = self.object(node, "webhook.headers")?;
+        let mut headers = Vec::with_capacity(fields.len());
+        for (name, value_node) in fields {
+            let key = format!("webhook.headers.{name}");
+            let value = self.text(value_node, &key, "a header value")?;
+            let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
+                return Err(self.invalid(value_node, &key, format!("`{name}` is not a valid HTTP header name")));
+            };
+            let Ok(value) = HeaderValue::from_str(value) else {
+                return Err(self.invalid(value_node, &key, "the value has characters not allowed in an HTTP header"));
+            };
+            headers.push(Header::new(name, value));
+        }
+        Ok(headers)
+    }
+}
+
+// === the scalars ===
 
 impl Ctx<'_> {
     fn invalid(&self, node: &Node, key: &str, message: impl Into<String>) -> ConfigError {
@@ -215,63 +419,78 @@ impl Ctx<'_> {
         }
     }
 
-    fn positive(&self, node: &Node, key: &str) -> Result<NonZeroUsize, ConfigError> {
-        let text = self.text(node, key, "a positive integer")?;
-        match text.trim().parse::<usize>() {
-            Ok(0) => Err(self.invalid(node, key, "must be at least 1, found 0")),
-            Ok(n) => Ok(NonZeroUsize::new(n).expect("checked non-zero")),
-            Err(_) => Err(self.invalid(node, key, format!("expected a positive integer, found `{text}`"))),
+    /// A whole number within `range` (whose start is at least 1), as any non-zero integer type.
+    fn count<T: TryFrom<NonZeroU64>>(&self, node: &Node, key: &str, range: RangeInclusive<u64>) -> Result<T, ConfigError> {
+        let text = self.text(node, key, "a positive integer")?.trim();
+        let out_of_range = || self.invalid(node, key, format!("must be between {} and {}, found {text}", range.start(), range.end()));
+        let number = match text.parse::<u64>() {
+            Ok(0) => return Err(self.invalid(node, key, format!("must be at least 1, found 0 (accepted: {} to {})", range.start(), range.end()))),
+            Ok(number) => number,
+            Err(_) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => return Err(out_of_range()),
+            Err(_) => return Err(self.invalid(node, key, format!("expected a positive integer, found `{text}`"))),
+        };
+        if !range.contains(&number) {
+            return Err(out_of_range());
         }
+        NonZeroU64::new(number).and_then(|n| T::try_from(n).ok()).ok_or_else(out_of_range)
     }
 
-    /// Milliseconds as a bare number, or a number with a unit: `ms`, `s`, `m`.
-    fn duration(&self, node: &Node, key: &str) -> Result<Duration, ConfigError> {
+    /// Milliseconds as a bare number, or a number with a unit: `ms`, `s`, `m`; within `range`.
+    fn duration(&self, node: &Node, key: &str, range: RangeInclusive<Duration>) -> Result<Duration, ConfigError> {
         let text = self.text(node, key, "a duration")?.trim();
-        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-        let (digits, unit) = text.split_at(split);
+        let (digits, unit) = split_number(text);
         let amount: u64 = digits.parse().map_err(|_| {
             self.invalid(node, key, format!("expected a duration such as 5000 (ms), `500ms`, `5s` or `1m`, found `{text}`"))
         })?;
-        let millis = match unit.trim() {
+        let millis = match unit {
             "" | "ms" => Some(amount),
             "s" => amount.checked_mul(1000),
             "m" => amount.checked_mul(60_000),
-            _ => None,
+            _ => return Err(self.invalid(node, key, format!("unknown unit in `{text}`; accepted: ms, s, m"))),
         };
-        match millis {
-            Some(0) => Err(self.invalid(node, key, "must be more than 0")),
-            Some(ms) => Ok(Duration::from_millis(ms)),
-            None => Err(self.invalid(node, key, format!("unknown unit in `{text}`; accepted: ms, s, m"))),
+        match millis.map(Duration::from_millis) {
+            Some(Duration::ZERO) => Err(self.invalid(node, key, "must be more than 0")),
+            Some(duration) if range.contains(&duration) => Ok(duration),
+            _ => Err(self.invalid(
+                node,
+                key,
+                format!("must be between {:?} and {:?}, found `{text}`", range.start(), range.end()),
+            )),
         }
     }
 
-    /// Bytes as a bare number, or with a unit: KB, MB, GB (powers of 1024, as NanoMQ), KiB, MiB, GiB.
-    fn size(&self, node: &Node, key: &str) -> Result<u64, ConfigError> {
+    /// Bytes as a bare number, or with a unit: KB, MB, GB (powers of 1024, as NanoMQ), KiB, MiB,
+    /// GiB, TiB; within `range`.
+    fn size(&self, node: &Node, key: &str, range: RangeInclusive<u64>) -> Result<ByteSize, ConfigError> {
         let text = self.text(node, key, "a size")?.trim();
-        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-        let (digits, unit) = text.split_at(split);
+        let (digits, unit) = split_number(text);
         let amount: u64 = digits
             .parse()
             .map_err(|_| self.invalid(node, key, format!("expected a size such as `64MiB`, found `{text}`")))?;
-        let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        let shift = match unit.to_ascii_lowercase().as_str() {
             "" | "b" => 0,
             "kb" | "kib" => 10,
             "mb" | "mib" => 20,
             "gb" | "gib" => 30,
-            _ => return Err(self.invalid(node, key, format!("unknown unit in `{text}`; accepted: B, KiB, MiB, GiB"))),
+            "tb" | "tib" => 40,
+            _ => return Err(self.invalid(node, key, format!("unknown unit in `{text}`; accepted: B, KiB, MiB, GiB, TiB"))),
         };
-        match amount.checked_shl(shift).filter(|bytes| *bytes >> shift == amount) {
+        let bytes = amount.checked_shl(shift).filter(|bytes| *bytes >> shift == amount);
+        match bytes {
             Some(0) => Err(self.invalid(node, key, "must be more than 0")),
-            Some(bytes) => Ok(bytes),
-            None => Err(self.invalid(node, key, format!("`{text}` is too large"))),
+            Some(bytes) if range.contains(&bytes) => Ok(ByteSize::new(bytes).expect("checked non-zero")),
+            _ => Err(self.invalid(
+                node,
+                key,
+                format!("must be between {} and {} bytes, found `{text}`", range.start(), range.end()),
+            )),
         }
     }
 
     fn url(&self, node: &Node, key: &str) -> Result<http::Uri, ConfigError> {
         let text = self.text(node, key, "a URL")?.trim();
-        let uri: http::Uri = text
-            .parse()
-            .map_err(|e| self.invalid(node, key, format!("`{text}` is not a valid URL: {e}")))?;
+        let uri: http::Uri =
+            text.parse().map_err(|e| self.invalid(node, key, format!("`{text}` is not a valid URL: {e}")))?;
         match uri.scheme_str() {
             Some("http") | Some("https") => {}
             _ => return Err(self.invalid(node, key, format!("`{text}` must start with http:// or https://"))),
@@ -288,68 +507,8 @@ impl Ctx<'_> {
             "plain" => Ok(PayloadEncoding::Plain),
             "base64" => Ok(PayloadEncoding::Base64),
             "base62" => Ok(PayloadEncoding::Base62),
-            _ => Err(self.invalid(
-                node,
-                key,
-                format!("unknown encoding `{text}`; accepted: {}", PayloadEncoding::ACCEPTED),
-            )),
+            _ => Err(self.invalid(node, key, format!("unknown encoding `{text}`; accepted: {}", PayloadEncoding::ACCEPTED))),
         }
-    }
-
-    fn headers(&self, node: &Node) -> Result<Vec<Header>, ConfigError> {
-        let fields = self.object(node, "webhook.headers")?;
-        let mut headers = Vec::with_capacity(fields.len());
-        for (name, value_node) in fields {
-            let key = format!("webhook.headers.{name}");
-            let value = self.text(value_node, &key, "a header value")?;
-            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                return Err(self.invalid(value_node, &key, format!("`{name}` is not a valid HTTP header name")));
-            }
-            if http::HeaderValue::from_str(value).is_err() {
-                return Err(self.invalid(value_node, &key, "the value has characters not allowed in an HTTP header"));
-            }
-            headers.push(Header { name: name.clone(), value: value.to_string() });
-        }
-        Ok(headers)
-    }
-
-    fn tls(&self, node: &Node, key: &str) -> Result<Option<TlsFiles>, ConfigError> {
-        let fields = self.object(node, key)?;
-        self.reject_unknown(fields, key, TLS_KEYS)?;
-        if let Some(enable) = node.get("enable") {
-            if !self.boolean(enable, &format!("{key}.enable"))? {
-                return Ok(None);
-            }
-        }
-        let path = |name: &str| -> Result<Option<PathBuf>, ConfigError> {
-            node.get(name).map(|n| self.path(n, &format!("{key}.{name}"))).transpose()
-        };
-        let verify = match node.get("verify") {
-            Some(n) => self.boolean(n, &format!("{key}.verify"))?,
-            None => true,
-        };
-        let server_name = match node.get("server_name_indication") {
-            Some(n) => {
-                let name_key = format!("{key}.server_name_indication");
-                match self.text(n, &name_key, "true, false or a host name")? {
-                    "true" => ServerNameCheck::Url,
-                    "false" => ServerNameCheck::Off,
-                    name => match rustls::pki_types::ServerName::try_from(name) {
-                        Ok(_) => ServerNameCheck::Name(name.to_string()),
-                        Err(_) => return Err(self.invalid(n, &name_key, format!("`{name}` is not a host name; use true, false or a host name"))),
-                    },
-                }
-            }
-            None => ServerNameCheck::Url,
-        };
-        Ok(Some(TlsFiles {
-            section: key.to_string(),
-            keyfile: path("keyfile")?,
-            certfile: path("certfile")?,
-            cacertfile: path("cacertfile")?,
-            verify,
-            server_name,
-        }))
     }
 
     /// A path; relative paths are taken from the config file's directory.
@@ -364,156 +523,13 @@ impl Ctx<'_> {
             _ => path,
         })
     }
+}
 
-    fn rules(&self, node: &Node) -> Result<Vec<Rule>, ConfigError> {
-        let Value::List(items) = &node.value else {
-            return Err(self.invalid(node, "webhook.events", format!("expected a list `[ {{ event = … }} ]`, found {}", describe(&node.value))));
-        };
-        let mut rules = Vec::with_capacity(items.len());
-        for (index, item) in items.iter().enumerate() {
-            let prefix = format!("webhook.events[{index}]");
-            let fields = self.object(item, &prefix)?;
-            self.reject_unknown(fields, &prefix, &["event", "topic"])?;
-            let key = format!("{prefix}.event");
-            let Some(event_node) = item.get("event") else {
-                return Err(self.invalid(item, &key, format!("is required; accepted: {}", EventKind::accepted_names())));
-            };
-            let name = self.text(event_node, &key, "an event name")?;
-            let event = name.parse::<EventKind>().map_err(|_| {
-                self.invalid(event_node, &key, format!("unknown event `{name}`; accepted: {}", EventKind::accepted_names()))
-            })?;
-            let topic = match item.get("topic") {
-                Some(topic_node) => {
-                    let key = format!("{prefix}.topic");
-                    let topic = self.string(topic_node, &key)?;
-                    if let Some(problem) = topic_filter_problem(&topic) {
-                        return Err(self.invalid(topic_node, &key, problem));
-                    }
-                    (!topic.is_empty()).then_some(topic)
-                }
-                None => None,
-            };
-            rules.push(Rule { event, topic });
-        }
-        Ok(rules)
-    }
-
-    fn retry(&self, node: &Node) -> Result<RetryPolicy, ConfigError> {
-        let fields = self.object(node, "webhook.retry")?;
-        self.reject_unknown(fields, "webhook.retry", RETRY_KEYS)?;
-        let mut retry = RetryPolicy::default();
-        if let Some(n) = node.get("max_attempts") {
-            let attempts = self.positive(n, "webhook.retry.max_attempts")?;
-            retry.max_attempts = u32::try_from(attempts.get())
-                .ok()
-                .and_then(std::num::NonZeroU32::new)
-                .ok_or_else(|| self.invalid(n, "webhook.retry.max_attempts", "is too large"))?;
-        }
-        if let Some(n) = node.get("base") {
-            retry.base = self.duration(n, "webhook.retry.base")?;
-        }
-        if let Some(n) = node.get("cap") {
-            retry.cap = self.duration(n, "webhook.retry.cap")?;
-        }
-        if let Some(n) = node.get("max_age") {
-            retry.max_age = Some(self.duration(n, "webhook.retry.max_age")?);
-        }
-        if retry.cap < retry.base {
-            let line_node = node.get("cap").unwrap_or(node);
-            return Err(self.invalid(line_node, "webhook.retry.cap", "must not be shorter than `retry.base`"));
-        }
-        Ok(retry)
-    }
-
-    fn spool(&self, node: &Node) -> Result<SpoolConfig, ConfigError> {
-        let fields = self.object(node, "webhook.spool")?;
-        self.reject_unknown(fields, "webhook.spool", SPOOL_KEYS)?;
-        let Some(dir) = node.get("dir") else {
-            return Err(self.invalid(node, "webhook.spool.dir", "is required: the directory the spool keeps its files in"));
-        };
-        let mut spool = SpoolConfig {
-            dir: self.path(dir, "webhook.spool.dir")?,
-            max_size: DEFAULT_SPOOL_MAX_SIZE,
-            segment_size: DEFAULT_SPOOL_SEGMENT_SIZE,
-            fsync: DEFAULT_SPOOL_FSYNC,
-            on_full: FullPolicy::RejectNew,
-        };
-        if let Some(n) = node.get("max_size") {
-            spool.max_size = self.size(n, "webhook.spool.max_size")?;
-        }
-        if let Some(n) = node.get("segment_size") {
-            spool.segment_size = self.size(n, "webhook.spool.segment_size")?;
-        }
-        // Several segments fit, so dropping the oldest one frees room without emptying the spool.
-        spool.segment_size = spool.segment_size.min(spool.max_size / 4).max(1);
-        if let Some(n) = node.get("fsync") {
-            spool.fsync = match self.text(n, "webhook.spool.fsync", "always, never or an interval")? {
-                "always" => FsyncPolicy::Always,
-                "never" => FsyncPolicy::Never,
-                _ => FsyncPolicy::Interval(self.duration(n, "webhook.spool.fsync").map_err(|_| {
-                    self.invalid(n, "webhook.spool.fsync", "expected `always`, `never` or an interval such as `1s`")
-                })?),
-            };
-        }
-        if let Some(n) = node.get("on_full") {
-            spool.on_full = match self.text(n, "webhook.spool.on_full", "a policy")? {
-                "drop_oldest" => FullPolicy::DropOldest,
-                "reject_new" => FullPolicy::RejectNew,
-                other => {
-                    let message = format!("unknown policy `{other}`; accepted: drop_oldest, reject_new");
-                    return Err(self.invalid(n, "webhook.spool.on_full", message));
-                }
-            };
-        }
-        Ok(spool)
-    }
-
-    fn guest(&self, node: &Node) -> Result<GuestConfig, ConfigError> {
-        let fields = self.object(node, "webhook.guest")?;
-        self.reject_unknown(fields, "webhook.guest", GUEST_KEYS)?;
-        let mut guest = default_guest();
-        if let Some(n) = node.get("path") {
-            guest.path = Some(self.path(n, "webhook.guest.path")?);
-        }
-        if let Some(n) = node.get("memory_limit") {
-            guest.memory_limit = self.size(n, "webhook.guest.memory_limit")?;
-        }
-        if let Some(n) = node.get("timeout") {
-            guest.timeout = self.duration(n, "webhook.guest.timeout")?;
-        }
-        if let Some(n) = node.get("workers") {
-            guest.workers = self.positive(n, "webhook.guest.workers")?;
-        }
-        if let Some(n) = node.get("cache_dir") {
-            let text = self.text(n, "webhook.guest.cache_dir", "a directory, or \"\" for no cache")?;
-            guest.cache_dir = (!text.is_empty()).then(|| self.path(n, "webhook.guest.cache_dir")).transpose()?;
-        }
-        if let Some(n) = node.get("on_failure") {
-            let text = self.text(n, "webhook.guest.on_failure", "a failure policy")?;
-            guest.on_failure = match text {
-                "skip" => FailurePolicy::Skip,
-                "builtin" => FailurePolicy::Builtin,
-                "dead_letter" => FailurePolicy::DeadLetter,
-                _ => {
-                    let message = format!("unknown policy `{text}`; accepted: {}", FailurePolicy::ACCEPTED);
-                    return Err(self.invalid(n, "webhook.guest.on_failure", message));
-                }
-            };
-        }
-        if let Some(n) = node.get("max_body") {
-            guest.max_body = self.size(n, "webhook.guest.max_body")?;
-        }
-        if let Some(n) = node.get("rollback_after") {
-            guest.rollback_after = self.positive(n, "webhook.guest.rollback_after")?.get() as u64;
-        }
-        if let Some(n) = node.get("settings") {
-            for (name, value) in self.object(n, "webhook.guest.settings")? {
-                let value = self.string(value, &format!("webhook.guest.settings.{name}"))?;
-                guest.settings.push((name.clone(), value));
-            }
-        }
-        Ok(guest)
-    }
+/// `"500ms"` → `("500", "ms")`; the unit is trimmed.
+fn split_number(text: &str) -> (&str, &str) {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    (digits, unit.trim())
 }
 
 /// What makes `filter` unusable as an MQTT topic filter, if anything. The guest matches topics;

@@ -14,9 +14,9 @@ use base64::Engine as _;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::http::DeliveryError;
-use super::Request;
+use super::error::DeliveryError;
 use crate::event::EventKind;
+use crate::request::Request;
 
 /// One dead letter, as written and as read back.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -131,10 +131,7 @@ impl DeadLetters {
     /// Appends a request that failed for good. A write error is logged: the failure itself is
     /// already counted.
     pub(crate) fn record(&self, request: &Request, error: &DeliveryError, attempts: u32) {
-        let status = match error {
-            DeliveryError::Status { status, .. } => Some(status.as_u16()),
-            _ => None,
-        };
+        let status = error.status().map(|status| status.as_u16());
         self.append(&DeadLetter::new(request, status, error.to_string(), attempts));
     }
 

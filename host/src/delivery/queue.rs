@@ -2,8 +2,8 @@
 //! bound and, with a spool configured, on disk before it is accepted.
 //!
 //! Every request gets a sequence number and, from it, an idempotency key that stays with it
-//! through retries, dead letters and restarts. The memory part holds at most `queue_size`
-//! requests and [`MEMORY_BYTES`] of bodies. Without a spool the queue is memory only and a
+//! through retries, dead letters and restarts. The memory part holds at most `queues.requests`
+//! requests and `queues.request_bytes` of bodies. Without a spool the queue is memory only and a
 //! full queue makes the workers wait (and so, further up, the runtime queue refuse events). With
 //! a spool every request is appended to disk first (write-ahead: that is what "accepted" means)
 //! and kept in memory only while the memory part has room and nothing older waits on disk;
@@ -18,13 +18,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::Notify;
 
-use super::Request;
-use crate::config::Config;
-
-/// Bytes of bodies the memory part holds at most, whatever `queue_size` says: a count alone would
-/// let large payloads take gigabytes.
-pub const MEMORY_BYTES: usize = 64 << 20;
+use crate::config::{QueueConfig, SpoolConfig};
 use crate::metrics::Metrics;
+use crate::request::{idempotency_key, Request};
 use crate::spool::{Admission, Spool, SpoolError};
 
 /// One request and its place in the queue.
@@ -45,6 +41,8 @@ pub struct DeliveryQueue {
     writable: Condvar,
     /// Requests held in memory at most.
     bound: usize,
+    /// Bytes of bodies held in memory at most.
+    bound_bytes: usize,
     /// Whether a spool backs the queue (read without the lock: acknowledging is free without one).
     spooled: bool,
     metrics: Arc<Metrics>,
@@ -97,12 +95,11 @@ impl RefusedLog {
 }
 
 impl DeliveryQueue {
-    /// The queue `config` asks for: memory only, or backed by its spool (opened and recovered
+    /// A queue with the `queues` bounds: memory only, or backed by `spool` (opened and recovered
     /// here; recovered requests are delivered first).
-    pub fn open(config: &Config, metrics: Arc<Metrics>) -> Result<DeliveryQueue, SpoolError> {
-        let bound = config.queue_size.get();
-        let Some(spool_config) = &config.spool else {
-            return Ok(DeliveryQueue::in_memory(bound, metrics));
+    pub fn open(queues: &QueueConfig, spool: Option<&SpoolConfig>, metrics: Arc<Metrics>) -> Result<DeliveryQueue, SpoolError> {
+        let Some(spool_config) = spool else {
+            return Ok(DeliveryQueue::in_memory(queues, metrics));
         };
         let (spool, recovered) = Spool::open(spool_config)?;
         let pending = recovered.next_seq - recovered.acked;
@@ -124,11 +121,11 @@ impl DeliveryQueue {
             refused: RefusedLog::default(),
             closed: false,
         };
-        Ok(DeliveryQueue::with_state(state, bound, metrics))
+        Ok(DeliveryQueue::with_state(state, queues, metrics))
     }
 
-    /// A memory-only queue of at most `bound` requests.
-    pub fn in_memory(bound: usize, metrics: Arc<Metrics>) -> DeliveryQueue {
+    /// A memory-only queue with the `queues` bounds.
+    pub fn in_memory(queues: &QueueConfig, metrics: Arc<Metrics>) -> DeliveryQueue {
         let state = State {
             memory: VecDeque::new(),
             memory_bytes: 0,
@@ -142,12 +139,19 @@ impl DeliveryQueue {
             refused: RefusedLog::default(),
             closed: false,
         };
-        DeliveryQueue::with_state(state, bound, metrics)
+        DeliveryQueue::with_state(state, queues, metrics)
     }
 
-    fn with_state(state: State, bound: usize, metrics: Arc<Metrics>) -> DeliveryQueue {
-        let spooled = state.spool.is_some();
-        DeliveryQueue { state: Mutex::new(state), readable: Notify::new(), writable: Condvar::new(), bound: bound.max(1), spooled, metrics }
+    fn with_state(state: State, queues: &QueueConfig, metrics: Arc<Metrics>) -> DeliveryQueue {
+        DeliveryQueue {
+            spooled: state.spool.is_some(),
+            state: Mutex::new(state),
+            readable: Notify::new(),
+            writable: Condvar::new(),
+            bound: queues.requests.get(),
+            bound_bytes: queues.request_bytes.as_usize(),
+            metrics,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -162,7 +166,7 @@ impl DeliveryQueue {
             self.push_spooled(&mut state, batch);
         } else {
             for mut request in batch {
-                while !state.has_room(self.bound) {
+                while !state.has_room(self.bound, self.bound_bytes) {
                     state = self.writable.wait(state).unwrap_or_else(PoisonError::into_inner);
                 }
                 let seq = state.take_seq(&mut request);
@@ -200,7 +204,7 @@ impl DeliveryQueue {
             }
             state.next_seq += 1;
             self.metrics.record_spooled();
-            if state.disk_next == seq && state.has_room(self.bound) {
+            if state.disk_next == seq && state.has_room(self.bound, self.bound_bytes) {
                 state.keep(Entry { seq, request });
                 state.disk_next = seq + 1;
             }
@@ -256,7 +260,7 @@ impl DeliveryQueue {
         let from = state.disk_next;
         let mut corrupt = 0;
         let Some(spool) = state.spool.as_mut() else { return };
-        let records = match spool.read(from, self.bound, MEMORY_BYTES, &mut corrupt) {
+        let records = match spool.read(from, self.bound, self.bound_bytes, &mut corrupt) {
             Ok(records) => records,
             Err(error) => {
                 tracing::error!("Cannot read the spool: {error}.");
@@ -318,8 +322,8 @@ impl DeliveryQueue {
 
 impl State {
     /// Whether the memory part may take another request.
-    fn has_room(&self, bound: usize) -> bool {
-        self.memory.is_empty() || (self.memory.len() < bound && self.memory_bytes < MEMORY_BYTES)
+    fn has_room(&self, bound: usize, bound_bytes: usize) -> bool {
+        self.memory.is_empty() || (self.memory.len() < bound && self.memory_bytes < bound_bytes)
     }
 
     fn keep(&mut self, entry: Entry) {
@@ -337,7 +341,7 @@ impl State {
 
     fn key_for(&self, seq: u64, request: &mut Request) {
         if request.idempotency_key.is_none() {
-            request.idempotency_key = Some(format!("{}-{seq}", self.key_prefix));
+            request.idempotency_key = Some(idempotency_key(&self.key_prefix, seq));
         }
     }
 
@@ -367,8 +371,10 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::config::{DeliveryOrder, FsyncPolicy, FullPolicy, SpoolConfig};
+    use crate::config::{ByteSize, FsyncPolicy, FullPolicy, QueueConfig, SpoolConfig, DEFAULT_QUEUE_BYTES};
     use crate::event::EventKind;
+
+    const MEMORY_BYTES: usize = DEFAULT_QUEUE_BYTES.get() as usize;
 
     fn request(i: usize) -> Request {
         Request {
@@ -381,17 +387,29 @@ mod tests {
         }
     }
 
-    fn config(dir: &Path, max_size: u64, on_full: FullPolicy, queue_size: usize) -> Config {
-        let mut config = Config::parse("webhook { url = \"http://127.0.0.1:1/\" }", Path::new("t.conf"), crate::config::Syntax::Hocon).unwrap();
-        config.queue_size = queue_size.try_into().unwrap();
-        config.ordering = DeliveryOrder::None;
-        config.spool = Some(SpoolConfig { dir: dir.to_path_buf(), max_size, segment_size: max_size / 4, fsync: FsyncPolicy::Never, on_full });
-        config
+    /// A queue of `queue_size` requests in memory over a spool of `max_size` bytes in `dir`.
+    struct Setup {
+        queues: QueueConfig,
+        spool: SpoolConfig,
     }
 
-    fn open(config: &Config) -> (DeliveryQueue, Arc<Metrics>) {
+    fn config(dir: &Path, max_size: u64, on_full: FullPolicy, queue_size: usize) -> Setup {
+        let size = |bytes| ByteSize::new(bytes).unwrap();
+        Setup {
+            queues: QueueConfig { requests: queue_size.try_into().unwrap(), ..QueueConfig::default() },
+            spool: SpoolConfig {
+                dir: dir.to_path_buf(),
+                max_size: size(max_size),
+                segment_size: size(max_size / 4),
+                fsync: FsyncPolicy::Never,
+                on_full,
+            },
+        }
+    }
+
+    fn open(setup: &Setup) -> (DeliveryQueue, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::default());
-        (DeliveryQueue::open(config, metrics.clone()).unwrap(), metrics)
+        (DeliveryQueue::open(&setup.queues, Some(&setup.spool), metrics.clone()).unwrap(), metrics)
     }
 
     /// Every body the queue hands out until it is empty, acknowledging each.
@@ -454,7 +472,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = config(dir.path(), 1 << 20, FullPolicy::RejectNew, 10);
         let (first, _) = open(&config);
-        let error = DeliveryQueue::open(&config, Arc::new(Metrics::default())).err().expect("a second opener is refused");
+        let error = DeliveryQueue::open(&config.queues, Some(&config.spool), Arc::new(Metrics::default())).err().expect("a second opener is refused");
         assert!(error.to_string().contains("in use by another mqhook"), "{error}");
         drop(first);
         open(&config);

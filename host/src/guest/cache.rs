@@ -79,12 +79,3 @@ fn deserialize(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
     // and ones that are not artifacts at all.
     unsafe { Component::deserialize(engine, &bytes) }
 }
-
-/// The default cache directory: `$XDG_CACHE_HOME/mqhook`, else `$HOME/.cache/mqhook`.
-pub fn default_dir() -> Option<PathBuf> {
-    std::env::var_os("XDG_CACHE_HOME")
-        .filter(|dir| !dir.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").filter(|dir| !dir.is_empty()).map(|home| PathBuf::from(home).join(".cache")))
-        .map(|dir| dir.join("mqhook"))
-}

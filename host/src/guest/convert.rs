@@ -4,24 +4,41 @@ use http::{HeaderName, HeaderValue};
 
 use super::bindings::wit;
 use super::GuestError;
-use crate::config::{Config, PayloadEncoding};
-use crate::delivery::Request;
+use crate::config::{FilterSettings, PayloadEncoding};
 use crate::event::{self, Event, EventKind};
+use crate::request::Request;
+
+/// Header names a guest may not set: the host writes them itself (`host`, `content-length`,
+/// `idempotency-key`), or they would change how the request is framed or the connection kept.
+/// A delivery that sets one is invalid. The list is in the WIT's `delivery` doc too.
+pub const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "expect",
+    "idempotency-key",
+];
 
 /// The filter configuration every new instance is given.
-pub(crate) fn filter_config(config: &Config) -> wit::FilterConfig {
+pub(crate) fn filter_config(filter: &FilterSettings, settings: &[(String, String)]) -> wit::FilterConfig {
     wit::FilterConfig {
-        rules: config
+        rules: filter
             .rules
             .iter()
             .map(|rule| wit::Rule { event: event_kind(rule.event), topic: rule.topic.clone() })
             .collect(),
-        encoding: match config.encoding {
+        encoding: match filter.encoding {
             PayloadEncoding::Plain => wit::PayloadEncoding::Plain,
             PayloadEncoding::Base64 => wit::PayloadEncoding::Base64,
             PayloadEncoding::Base62 => wit::PayloadEncoding::Base62,
         },
-        settings: config.guest.settings.clone(),
+        settings: settings.to_vec(),
     }
 }
 
@@ -116,15 +133,18 @@ pub(crate) fn topic(event: &wit::Event) -> Option<&str> {
     }
 }
 
-/// Checks a guest's delivery and turns it into a request; header names and values and the path
-/// come from untrusted code, so each is validated here.
-pub(crate) fn request(kind: EventKind, delivery: wit::Delivery) -> Result<Request, GuestError> {
+/// Checks a guest's delivery and turns it into the request for an event of `kind` from `client`;
+/// header names and values and the path come from untrusted code, so each is validated here.
+pub(crate) fn request(kind: EventKind, client: Option<String>, delivery: wit::Delivery) -> Result<Request, GuestError> {
     let headers = delivery
         .headers
         .into_iter()
         .map(|(name, value)| {
             let header_name = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| GuestError::InvalidDelivery(format!("invalid header name {name:?}")))?;
+            if RESERVED_HEADERS.contains(&header_name.as_str()) {
+                return Err(GuestError::InvalidDelivery(format!("header {name:?} is set by the host, not the guest")));
+            }
             let header_value = HeaderValue::from_str(&value)
                 .map_err(|_| GuestError::InvalidDelivery(format!("invalid value for header {name:?}")))?;
             Ok((header_name, header_value))
@@ -136,5 +156,5 @@ pub(crate) fn request(kind: EventKind, delivery: wit::Delivery) -> Result<Reques
             return Err(GuestError::InvalidDelivery(format!("invalid path {path:?}: must start with `/`")));
         }
     }
-    Ok(Request { kind, body: delivery.body.into(), headers, path: delivery.path, client: None, idempotency_key: None })
+    Ok(Request { kind, body: delivery.body.into(), headers, path: delivery.path, client, idempotency_key: None })
 }

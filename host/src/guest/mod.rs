@@ -1,47 +1,53 @@
 //! The guest runtime: compiles a filter component once and runs it sandboxed, one instance per worker.
 //!
-//! Receives [`Event`]s, hands back [`Request`]s (or nothing, when the guest filters the event out).
-//! Following wasmtime's own hosting pattern: one [`Engine`], the component compiled once, an
-//! `InstancePre` linked once, then a fresh `Store` + instance per worker ([`GuestModule::instance`]).
+//! - **Receives** [`Event`]s from the runtime's guest workers.
+//! - **Owns** the engine ([`GuestEngine`], one per process), the compiled guests
+//!   ([`GuestModule`]), their instances ([`GuestInstance`]), and which guest runs now
+//!   ([`ActiveGuest`]: swaps, the rollback, the built-in fallback).
+//! - **Hands on** one [`Request`] per event the guest wants delivered, built here, once, from the
+//!   guest's delivery (or nothing, when the guest filters the event out).
+//!
+//! Following wasmtime's own hosting pattern: the component compiled once, an `InstancePre` linked
+//! once, then a fresh `Store` + instance per worker ([`GuestModule::instance`]).
 //!
 //! The sandbox: WASI with no capabilities ([`wasi`]: no files, network, environment or clock;
 //! stderr goes to the host log), linear memory capped by a [`StoreLimits`], and every
 //! call time-capped by an epoch deadline driven by one ticker thread. A trap or timeout costs only
 //! the event that caused it: the instance is dropped and the next event gets a fresh one.
 
+mod active;
 mod bindings;
 mod cache;
 mod convert;
-mod slot;
+mod engine;
 mod stats;
 mod wasi;
 
-pub use cache::default_dir as default_cache_dir;
-pub use slot::GuestSlot;
+pub use active::ActiveGuest;
+pub use engine::GuestEngine;
 pub use stats::{GuestStats, GuestStatsSnapshot};
 use stats::CallOutcome;
 
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use self::bindings::{log, wit, Filter, FilterPre};
-use crate::config::Config;
-use crate::delivery::Request;
+use self::engine::EPOCH_TICK;
+use crate::config::{FilterSettings, GuestConfig};
 use crate::event::Event;
+use crate::request::Request;
 
 /// The built-in NanoMQ-compatible guest, compiled to a component by the build script.
 pub const DEFAULT_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/mqhook_guest_builtin.wasm"));
 
-/// How often the epoch advances; call deadlines are counted in these ticks.
-const EPOCH_TICK: Duration = Duration::from_millis(5);
+/// Instances a component may create in one store. A Rust guest needs one, but tools that
+/// compose a component from several (componentize-py, jco) create more.
+const MAX_INSTANCES: usize = 16;
 
 /// Why a guest could not be loaded or a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +82,14 @@ pub enum GuestError {
     /// A call ran past its deadline.
     #[error("guest call exceeded its time limit of {0:?}")]
     Timeout(Duration),
+    /// The guest asked for more memory than `guest.memory_limit` allows, was refused, and trapped.
+    #[error("guest trapped after reaching its memory limit of {limit} bytes (guest.memory_limit): {message}")]
+    MemoryLimit {
+        /// The cap, bytes.
+        limit: usize,
+        /// The trap.
+        message: String,
+    },
     /// The guest returned a delivery the host cannot send.
     #[error("guest returned an invalid delivery: {0}")]
     InvalidDelivery(String),
@@ -102,80 +116,68 @@ struct Compiled {
     loaded_at: SystemTime,
     /// Whether it came from the precompiled cache rather than the compiler.
     from_cache: bool,
-    engine: Engine,
+    engine: GuestEngine,
     pre: FilterPre<HostState>,
-    _ticker: EpochTicker,
 }
 
 impl GuestModule {
-    /// Reads a component file, or takes the built-in guest when `path` is `None`.
-    pub fn load(path: Option<&Path>, config: &Config) -> Result<GuestModule, GuestError> {
-        match path {
-            Some(path) => {
-                let bytes = std::fs::read(path).map_err(|source| GuestError::Read { path: path.to_path_buf(), source })?;
-                GuestModule::from_bytes(&path.display().to_string(), &bytes, config)
-            }
-            None => GuestModule::from_bytes("builtin:nanomq", DEFAULT_GUEST, config),
-        }
-    }
-
-    /// Compiles and links a component, then checks it accepts `config` by building one instance.
-    pub fn from_bytes(name: &str, bytes: &[u8], config: &Config) -> Result<GuestModule, GuestError> {
+    fn compile(
+        engine: GuestEngine,
+        name: &str,
+        bytes: &[u8],
+        guest: &GuestConfig,
+        filter: &FilterSettings,
+    ) -> Result<GuestModule, GuestError> {
         let load_error = |e: wasmtime::Error| GuestError::Load { guest: name.to_string(), message: format!("{e:#}") };
-        let mut engine_config = wasmtime::Config::new();
-        engine_config.epoch_interruption(true);
-        let engine = Engine::new(&engine_config).map_err(load_error)?;
+        let wasmtime_engine = engine.engine();
         let sha256: String = Sha256::digest(bytes).iter().map(|byte| format!("{byte:02x}")).collect();
-        let cache = config.guest.cache_dir.as_deref().and_then(cache::ComponentCache::new);
-        let cached = cache.as_ref().and_then(|cache| cache.load(&engine, &sha256));
+        let cache = guest.cache_dir.as_deref().and_then(cache::ComponentCache::new);
+        let cached = cache.as_ref().and_then(|cache| cache.load(wasmtime_engine, &sha256));
         let from_cache = cached.is_some();
         let component = match cached {
             Some(component) => component,
             None => {
-                let component = Component::new(&engine, bytes).map_err(load_error)?;
+                let component = Component::new(wasmtime_engine, bytes).map_err(load_error)?;
                 if let Some(cache) = &cache {
-                    cache.store(&engine, &sha256, &component);
+                    cache.store(wasmtime_engine, &sha256, &component);
                 }
                 component
             }
         };
-        let mut linker = Linker::<HostState>::new(&engine);
+        let mut linker = Linker::<HostState>::new(wasmtime_engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(load_error)?;
         Filter::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state).map_err(load_error)?;
         let pre = FilterPre::new(linker.instantiate_pre(&component).map_err(load_error)?).map_err(load_error)?;
-        let compiled = Compiled {
-            name: name.into(),
-            sha256,
-            loaded_at: SystemTime::now(),
-            from_cache,
-            _ticker: EpochTicker::start(engine.clone()),
-            engine,
-            pre,
-        };
-        GuestModule::configured(Arc::new(compiled), config)
+        let compiled = Compiled { name: name.into(), sha256, loaded_at: SystemTime::now(), from_cache, engine, pre };
+        GuestModule::configured(Arc::new(compiled), guest, filter)
     }
 
     /// The same compiled guest with another configuration (rules, encoding, limits), checked by
     /// building one instance. Compiling is the slow part; this skips it.
-    pub fn with_config(&self, config: &Config) -> Result<GuestModule, GuestError> {
-        GuestModule::configured(self.compiled.clone(), config)
+    pub fn with_config(&self, guest: &GuestConfig, filter: &FilterSettings) -> Result<GuestModule, GuestError> {
+        GuestModule::configured(self.compiled.clone(), guest, filter)
     }
 
-    fn configured(compiled: Arc<Compiled>, config: &Config) -> Result<GuestModule, GuestError> {
-        let timeout = config.guest.timeout;
+    fn configured(compiled: Arc<Compiled>, guest: &GuestConfig, filter: &FilterSettings) -> Result<GuestModule, GuestError> {
+        let timeout = guest.timeout;
         let module = GuestModule {
             compiled,
-            filter_config: convert::filter_config(config),
-            memory_limit: usize::try_from(config.guest.memory_limit).unwrap_or(usize::MAX),
-            max_body: usize::try_from(config.guest.max_body).unwrap_or(usize::MAX),
+            filter_config: convert::filter_config(filter, &guest.settings),
+            memory_limit: guest.memory_limit.as_usize(),
+            max_body: guest.max_body.as_usize(),
             timeout,
             // One extra tick because the first may arrive at once.
-            deadline_ticks: timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64 + 1,
-            rollback_after: config.guest.rollback_after,
+            deadline_ticks: u64::try_from(timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos())).unwrap_or(u64::MAX) + 1,
+            rollback_after: guest.rollback_after.get(),
             stats: Arc::default(),
         };
         module.instance()?;
         Ok(module)
+    }
+
+    /// The engine that compiled this guest; swaps and the fallback are compiled by it too.
+    pub fn engine(&self) -> &GuestEngine {
+        &self.compiled.engine
     }
 
     /// The guest's name in logs: its file path, or `builtin:nanomq`.
@@ -213,12 +215,16 @@ impl GuestModule {
     pub fn instance(&self) -> Result<GuestInstance, GuestError> {
         let name = self.compiled.name.clone();
         let wasi = wasi::capability_free(name.clone());
-        let limits = StoreLimitsBuilder::new().memory_size(self.memory_limit).instances(16).build();
+        let limits = MemoryCap {
+            limits: StoreLimitsBuilder::new().memory_size(self.memory_limit).instances(MAX_INSTANCES).build(),
+            limit: self.memory_limit,
+            refused: false,
+        };
         let state = HostState { guest: name.clone(), wasi, table: ResourceTable::new(), limits };
-        let mut store = Store::new(&self.compiled.engine, state);
+        let mut store = Store::new(self.compiled.engine.engine(), state);
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(self.deadline_ticks);
-        let filter = self.compiled.pre.instantiate(&mut store).map_err(|e| classify(e, self.timeout))?;
+        let filter = self.compiled.pre.instantiate(&mut store).map_err(|e| classify(e, &mut store, self.timeout))?;
         store.set_epoch_deadline(self.deadline_ticks);
         match filter.call_configure(&mut store, &self.filter_config) {
             Ok(Ok(())) => Ok(GuestInstance {
@@ -230,19 +236,24 @@ impl GuestModule {
                 stats: self.stats.clone(),
             }),
             Ok(Err(message)) => Err(GuestError::Rejected { guest: name.to_string(), message }),
-            Err(e) => Err(classify(e, self.timeout)),
+            Err(e) => Err(classify(e, &mut store, self.timeout)),
         }
     }
 }
 
 /// Names what went wrong in one line; the wasm backtrace goes to the debug log.
-fn classify(error: wasmtime::Error, timeout: Duration) -> GuestError {
+fn classify(error: wasmtime::Error, store: &mut Store<HostState>, timeout: Duration) -> GuestError {
     tracing::debug!("Guest call failed: {error:?}");
-    match error.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => GuestError::Timeout(timeout),
-        Some(trap) => GuestError::Trap(trap.to_string()),
-        None => GuestError::Trap(format!("{error:#}").replace('\n', " ")),
+    let message = match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => return GuestError::Timeout(timeout),
+        Some(trap) => trap.to_string(),
+        None => format!("{error:#}").replace('\n', " "),
+    };
+    let cap = &mut store.data_mut().limits;
+    if std::mem::take(&mut cap.refused) {
+        return GuestError::MemoryLimit { limit: cap.limit, message };
     }
+    GuestError::Trap(message)
 }
 
 /// One live guest instance, owned by one worker.
@@ -256,10 +267,11 @@ pub struct GuestInstance {
 }
 
 impl GuestInstance {
-    /// Runs the guest on one event. On `Err` the instance must be dropped: after a trap the
-    /// component model forbids entering it again.
+    /// Runs the guest on one event; its delivery becomes the event's [`Request`]. On `Err` the
+    /// instance must be dropped: after a trap the component model forbids entering it again.
     pub fn handle(&mut self, event: Event) -> Result<Option<Request>, GuestError> {
         let kind = event.kind();
+        let client = event.clientid().map(str::to_owned);
         let event = convert::event(event);
         self.store.set_epoch_deadline(self.deadline_ticks);
         let started = std::time::Instant::now();
@@ -272,9 +284,9 @@ impl GuestInstance {
                 delivery.body.len(),
                 self.max_body
             ))),
-            Ok(Some(delivery)) => convert::request(kind, delivery).map(Some),
+            Ok(Some(delivery)) => convert::request(kind, client, delivery).map(Some),
             Err(e) => {
-                let error = classify(e, self.timeout);
+                let error = classify(e, &mut self.store, self.timeout);
                 tracing::warn!(
                     guest = %self.store.data().guest,
                     action = kind.action(),
@@ -301,7 +313,40 @@ struct HostState {
     guest: Arc<str>,
     wasi: WasiCtx,
     table: ResourceTable,
+    limits: MemoryCap,
+}
+
+/// The store's limits, noting when a memory growth was refused: a trap right after one is the
+/// memory cap's doing ([`GuestError::MemoryLimit`]).
+struct MemoryCap {
     limits: StoreLimits,
+    /// `guest.memory_limit`, bytes.
+    limit: usize,
+    refused: bool,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        self.refused |= !allowed;
+        Ok(allowed)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
 }
 
 impl WasiView for HostState {
@@ -324,35 +369,3 @@ impl log::Host for HostState {
 }
 
 impl wit::Host for HostState {}
-
-/// Advances the engine's epoch every [`EPOCH_TICK`]; stopped and joined on drop.
-struct EpochTicker {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl EpochTicker {
-    fn start(engine: Engine) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("mqhook-epoch".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
-                }
-            })
-            .expect("spawning the epoch thread");
-        EpochTicker { stop, thread: Some(thread) }
-    }
-}
-
-impl Drop for EpochTicker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}

@@ -5,6 +5,7 @@
 //! - **Receives** rmqtt hook calls, made on rmqtt's own connection tasks.
 //! - **Hands on** one [`Event`] per hook call (one per topic filter for the subscription hooks) to
 //!   [`Submitter::try_submit`], which never waits, so a broker task is never held up by mqhook.
+//!   A hook whose event kind no rule selects builds no event at all (no payload is copied).
 //!
 //! # Where each event comes from
 //! | event | rmqtt hook, `Type::…` | `Parameter::…` and what is read from it |
@@ -77,7 +78,7 @@ use rmqtt::types::{
     SubscriptionOptions, TopicFilter, TopicName,
 };
 
-use crate::event::{now_millis, Client, Connack, Connection, Disconnection, Event, Message};
+use crate::event::{now_millis, Client, Connack, Connection, Disconnection, Event, EventKind, Message};
 use crate::event::{SubscribeOptions, Subscription};
 use crate::runtime::{SubmitError, Submitter};
 
@@ -231,6 +232,12 @@ impl EventForwarder {
         EventForwarder { submitter: RwLock::new(Some(submitter)), queue_full: QueueFullLog::new() }
     }
 
+    /// Whether events of `kind` are forwarded now (see [`Submitter::admits`]).
+    fn admits(&self, kind: EventKind) -> bool {
+        let submitter = self.submitter.read().unwrap_or_else(PoisonError::into_inner);
+        submitter.as_ref().is_some_and(|submitter| submitter.admits(kind))
+    }
+
     /// Hands `event` to the runtime if it has room; never waits.
     fn forward(&self, event: Event) {
         let outcome = {
@@ -302,12 +309,33 @@ struct ForwardingHook(Arc<EventForwarder>);
 #[async_trait]
 impl Handler for ForwardingHook {
     async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
-        if let Some(event) = event_from(param).await {
-            self.0.forward(event);
+        if kind_of(param).is_some_and(|kind| self.0.admits(kind)) {
+            if let Some(event) = event_from(param).await {
+                self.0.forward(event);
+            }
         }
         // Observe only: the chain goes on with whatever earlier handlers decided.
         (true, acc)
     }
+}
+
+/// The event kind a hook call becomes; `None` for hooks that are not forwarded.
+fn kind_of(param: &Parameter<'_>) -> Option<EventKind> {
+    Some(match param {
+        Parameter::ClientConnect(..) => EventKind::ClientConnect,
+        Parameter::ClientConnack(..) => EventKind::ClientConnack,
+        Parameter::ClientConnected(..) => EventKind::ClientConnected,
+        Parameter::ClientDisconnected(..) => EventKind::ClientDisconnected,
+        Parameter::ClientSubscribe(..) => EventKind::ClientSubscribe,
+        Parameter::ClientUnsubscribe(..) => EventKind::ClientUnsubscribe,
+        Parameter::SessionSubscribed(..) => EventKind::SessionSubscribed,
+        Parameter::SessionUnsubscribed(..) => EventKind::SessionUnsubscribed,
+        Parameter::SessionTerminated(..) => EventKind::SessionTerminated,
+        Parameter::MessagePublish(..) => EventKind::MessagePublish,
+        Parameter::MessageDelivered(..) => EventKind::MessageDelivered,
+        Parameter::MessageAcked(..) => EventKind::MessageAcked,
+        _ => return None,
+    })
 }
 
 /// The border: one hook call as an mqhook [`Event`]; `None` for hooks that are not forwarded.

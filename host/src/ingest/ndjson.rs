@@ -73,107 +73,187 @@ struct Opts {
 pub fn parse_line(text: &str, now: u64) -> Result<Event, LineError> {
     let line: Line = serde_json::from_str(text).map_err(|e| LineError::Json(e.to_string()))?;
     let kind: EventKind = line.event.parse().map_err(|_| LineError::UnknownEvent(line.event.clone()))?;
-    let event = kind.action();
-    let missing = |field| LineError::Missing { field, event };
-    let client = || -> Result<Client, LineError> {
-        Ok(Client { clientid: line.clientid.clone().ok_or(missing("clientid"))?, username: line.username.clone() })
-    };
-    let proto_ver = || match line.proto_ver {
-        Some(v @ 3..=5) => Ok(v),
-        Some(v) => Err(LineError::Invalid { field: "proto_ver", message: format!("must be 3, 4 or 5, found {v}") }),
-        None => Err(missing("proto_ver")),
-    };
-    let qos = |field, value: Option<u8>| match value.unwrap_or(0) {
-        q @ 0..=2 => Ok(q),
-        q => Err(LineError::Invalid { field, message: format!("must be 0, 1 or 2, found {q}") }),
-    };
-    let topic = || line.topic.clone().ok_or(missing("topic"));
-    let connection = || -> Result<Connection, LineError> {
-        Ok(Connection {
-            client: client()?,
-            ipaddress: line.ipaddress.clone().unwrap_or_default(),
-            keepalive: line.keepalive.ok_or(missing("keepalive"))?,
-            proto_ver: proto_ver()?,
-            connected_at: line.connected_at.unwrap_or(now),
+    line.into_event(kind, now)
+}
+
+impl Line {
+    /// The event of `kind` this line describes.
+    fn into_event(self, kind: EventKind, now: u64) -> Result<Event, LineError> {
+        Ok(match kind {
+            EventKind::ClientConnect => Event::ClientConnect(self.connection(kind, now)?),
+            EventKind::ClientConnack => Event::ClientConnack(Connack {
+                client: self.client(kind)?,
+                keepalive: self.keepalive.ok_or(missing("keepalive", kind))?,
+                proto_ver: self.proto_ver(kind)?,
+                reason_code: self.reason_code.ok_or(missing("reason_code", kind))?,
+            }),
+            EventKind::ClientConnected => Event::ClientConnected(self.connection(kind, now)?),
+            EventKind::ClientDisconnected => Event::ClientDisconnected(self.disconnection(kind)?),
+            EventKind::ClientSubscribe => Event::ClientSubscribe(self.subscription(kind)?),
+            EventKind::ClientUnsubscribe => Event::ClientUnsubscribe(self.subscription(kind)?),
+            EventKind::SessionSubscribed => Event::SessionSubscribed(self.subscription(kind)?),
+            EventKind::SessionUnsubscribed => Event::SessionUnsubscribed(self.subscription(kind)?),
+            EventKind::SessionTerminated => Event::SessionTerminated(self.disconnection(kind)?),
+            EventKind::MessagePublish => Event::MessagePublish(self.message(kind, false, now)?),
+            EventKind::MessageDelivered => Event::MessageDelivered(self.message(kind, true, now)?),
+            EventKind::MessageAcked => Event::MessageAcked(self.message(kind, true, now)?),
         })
-    };
-    let disconnection = || -> Result<Disconnection, LineError> {
-        Ok(Disconnection { client: client()?, reason: line.reason.clone().ok_or(missing("reason"))? })
-    };
-    let subscription = || -> Result<Subscription, LineError> {
-        let opts = match &line.opts {
+    }
+
+    fn client(&self, kind: EventKind) -> Result<Client, LineError> {
+        Ok(Client { clientid: self.clientid.clone().ok_or(missing("clientid", kind))?, username: self.username.clone() })
+    }
+
+    fn proto_ver(&self, kind: EventKind) -> Result<u8, LineError> {
+        match self.proto_ver {
+            Some(v @ 3..=5) => Ok(v),
+            Some(v) => Err(LineError::Invalid { field: "proto_ver", message: format!("must be 3, 4 or 5, found {v}") }),
+            None => Err(missing("proto_ver", kind)),
+        }
+    }
+
+    fn topic(&self, kind: EventKind) -> Result<String, LineError> {
+        self.topic.clone().ok_or(missing("topic", kind))
+    }
+
+    fn connection(self, kind: EventKind, now: u64) -> Result<Connection, LineError> {
+        Ok(Connection {
+            client: self.client(kind)?,
+            keepalive: self.keepalive.ok_or(missing("keepalive", kind))?,
+            proto_ver: self.proto_ver(kind)?,
+            connected_at: self.connected_at.unwrap_or(now),
+            ipaddress: self.ipaddress.unwrap_or_default(),
+        })
+    }
+
+    fn disconnection(self, kind: EventKind) -> Result<Disconnection, LineError> {
+        Ok(Disconnection { client: self.client(kind)?, reason: self.reason.ok_or(missing("reason", kind))? })
+    }
+
+    fn subscription(self, kind: EventKind) -> Result<Subscription, LineError> {
+        let opts = match &self.opts {
             Some(o) => SubscribeOptions { qos: qos("opts.qos", o.qos)?, nl: o.nl, rap: o.rap, rh: o.rh },
             None => SubscribeOptions::default(),
         };
-        Ok(Subscription { client: client()?, topic: topic()?, opts })
-    };
-    let message = |receiver: Option<Client>| -> Result<Message, LineError> {
-        let payload = match (&line.payload, &line.payload_base64) {
+        Ok(Subscription { client: self.client(kind)?, topic: self.topic(kind)?, opts })
+    }
+
+    /// A message; `with_receiver` for the kinds that go to a subscriber (its `clientid`).
+    fn message(self, kind: EventKind, with_receiver: bool, now: u64) -> Result<Message, LineError> {
+        let receiver = with_receiver.then(|| self.client(kind)).transpose()?;
+        let topic = self.topic(kind)?;
+        let payload = match (self.payload, self.payload_base64) {
             (Some(_), Some(_)) => {
                 return Err(LineError::Invalid {
                     field: "payload",
                     message: "give `payload` or `payload_base64`, not both".into(),
                 })
             }
-            (Some(text), None) => text.clone().into_bytes(),
+            (Some(text), None) => text.into_bytes(),
             (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
                 .decode(encoded)
                 .map_err(|e| LineError::Invalid { field: "payload_base64", message: e.to_string() })?,
             (None, None) => Vec::new(),
         };
         Ok(Message {
-            ts: line.ts.unwrap_or(now),
-            topic: topic()?,
-            qos: qos("qos", line.qos)?,
-            retain: line.retain.unwrap_or(false),
-            from_clientid: line.from_client_id.clone(),
-            from_username: line.from_username.clone(),
+            ts: self.ts.unwrap_or(now),
+            topic,
+            qos: qos("qos", self.qos)?,
+            retain: self.retain.unwrap_or(false),
+            from_clientid: self.from_client_id,
+            from_username: self.from_username,
             receiver,
             payload,
         })
-    };
-    Ok(match kind {
-        EventKind::ClientConnect => Event::ClientConnect(connection()?),
-        EventKind::ClientConnack => Event::ClientConnack(Connack {
-            client: client()?,
-            keepalive: line.keepalive.ok_or(missing("keepalive"))?,
-            proto_ver: proto_ver()?,
-            reason_code: line.reason_code.ok_or(missing("reason_code"))?,
-        }),
-        EventKind::ClientConnected => Event::ClientConnected(connection()?),
-        EventKind::ClientDisconnected => Event::ClientDisconnected(disconnection()?),
-        EventKind::ClientSubscribe => Event::ClientSubscribe(subscription()?),
-        EventKind::ClientUnsubscribe => Event::ClientUnsubscribe(subscription()?),
-        EventKind::SessionSubscribed => Event::SessionSubscribed(subscription()?),
-        EventKind::SessionUnsubscribed => Event::SessionUnsubscribed(subscription()?),
-        EventKind::SessionTerminated => Event::SessionTerminated(disconnection()?),
-        EventKind::MessagePublish => Event::MessagePublish(message(None)?),
-        EventKind::MessageDelivered => Event::MessageDelivered(message(Some(client()?))?),
-        EventKind::MessageAcked => Event::MessageAcked(message(Some(client()?))?),
-    })
+    }
 }
 
-/// Reads events until end of input and submits each, waiting for room in the queue.
-/// Returns the number of malformed lines. `source` names the input in messages.
-pub fn ingest(reader: impl BufRead, source: &str, submitter: &Submitter) -> std::io::Result<u64> {
-    let mut malformed = 0;
-    for (index, line) in reader.lines().enumerate() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
+fn missing(field: &'static str, kind: EventKind) -> LineError {
+    LineError::Missing { field, event: kind.action() }
+}
+
+fn qos(field: &'static str, value: Option<u8>) -> Result<u8, LineError> {
+    match value.unwrap_or(0) {
+        q @ 0..=2 => Ok(q),
+        q => Err(LineError::Invalid { field, message: format!("must be 0, 1 or 2, found {q}") }),
+    }
+}
+
+/// Longest line read; a longer one is skipped whole (counted as malformed) and the stream goes on.
+pub const MAX_LINE: usize = 16 << 20;
+
+/// One line of input, as read.
+enum LineRead {
+    /// The line's bytes, without its newline.
+    Line,
+    /// The line was longer than [`MAX_LINE`]; its bytes were skipped.
+    TooLong,
+}
+
+/// Reads the next line into `buffer` (cleared first); `None` at the end of the input. A last line
+/// without a newline is a line.
+fn next_line(reader: &mut impl BufRead, buffer: &mut Vec<u8>) -> std::io::Result<Option<LineRead>> {
+    buffer.clear();
+    let mut too_long = false;
+    let mut read_any = false;
+    loop {
+        let available = match reader.fill_buf() {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+        };
+        if available.is_empty() {
+            return Ok(read_any.then_some(if too_long { LineRead::TooLong } else { LineRead::Line }));
         }
-        match parse_line(&line, now_millis()) {
+        read_any = true;
+        let (chunk, ends) = match available.iter().position(|&b| b == b'\n') {
+            Some(end) => (&available[..end], Some(end + 1)),
+            None => (available, None),
+        };
+        if !too_long && buffer.len() + chunk.len() <= MAX_LINE {
+            buffer.extend_from_slice(chunk);
+        } else {
+            too_long = true;
+            buffer.clear();
+        }
+        let consumed = ends.unwrap_or(available.len());
+        reader.consume(consumed);
+        if ends.is_some() {
+            return Ok(Some(if too_long { LineRead::TooLong } else { LineRead::Line }));
+        }
+    }
+}
+
+/// Reads events until end of input and submits each, waiting for room in the queue. A line that
+/// is not an event (bad JSON, not UTF-8, longer than [`MAX_LINE`]) is reported with its number,
+/// counted and skipped. Returns the number of malformed lines. `source` names the input in
+/// messages.
+pub fn ingest(mut reader: impl BufRead, source: &str, submitter: &Submitter) -> std::io::Result<u64> {
+    let mut malformed = 0;
+    let mut buffer = Vec::new();
+    let mut number = 0;
+    while let Some(read) = next_line(&mut reader, &mut buffer)? {
+        number += 1;
+        let parsed = match read {
+            LineRead::TooLong => Err(format!("the line is longer than {MAX_LINE} bytes")),
+            LineRead::Line => match std::str::from_utf8(&buffer) {
+                Ok(text) if text.trim().is_empty() => continue,
+                Ok(text) => parse_line(text, now_millis()).map_err(|error| error.to_string()),
+                Err(error) => Err(format!("not UTF-8: {error}")),
+            },
+        };
+        match parsed {
             Ok(event) => match submitter.submit_blocking(event) {
                 Ok(()) => {}
                 Err(SubmitError::Closed(_) | SubmitError::Full(_)) => {
-                    tracing::error!("{source}: the runtime stopped; input after line {} is not read.", index + 1);
+                    tracing::error!("{source}: the runtime stopped; input after line {number} is not read.");
                     break;
                 }
             },
             Err(error) => {
                 malformed += 1;
                 submitter.record_malformed();
-                tracing::warn!("{source}:{}: skipped a malformed event: {error}", index + 1);
+                tracing::warn!("{source}:{number}: skipped a malformed event: {error}");
             }
         }
     }

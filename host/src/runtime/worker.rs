@@ -10,28 +10,29 @@ use std::sync::Arc;
 
 use crossbeam_channel::Receiver;
 
-use super::GuestControl;
 use crate::config::FailurePolicy;
+use crate::delivery::dead_letter::DeadLetters;
 use crate::delivery::queue::DeliveryQueue;
-use crate::delivery::Request;
 use crate::event::Event;
-use crate::guest::{GuestError, GuestInstance, GuestModule};
+use crate::guest::{ActiveGuest, GuestError, GuestInstance, GuestModule};
 use crate::metrics::Metrics;
+use crate::request::Request;
 
 /// Most events a worker takes off the queue at once.
 const BATCH: usize = 256;
 
 /// One guest worker's inputs and outputs.
 pub(super) struct Worker {
-    pub control: GuestControl,
+    pub active: ActiveGuest,
     pub events: Receiver<Event>,
     /// Disconnected when the runtime shuts down: drain `events`, then stop.
     pub stopping: Receiver<()>,
     pub requests: Arc<DeliveryQueue>,
+    pub dead_letters: Option<Arc<DeadLetters>>,
     pub metrics: Arc<Metrics>,
 }
 
-/// What to do with a failed call's event, and the built-in guest instance that makes its body.
+/// What to do with a failed call's event, and this worker's instance of the built-in guest.
 struct Fallback {
     policy: FailurePolicy,
     builtin: Running,
@@ -56,7 +57,7 @@ impl Running {
         };
         let result = instance.handle(event);
         // After an invalid delivery the call itself worked, so the instance is still sound.
-        if matches!(result, Err(GuestError::Trap(_) | GuestError::Timeout(_))) {
+        if matches!(result, Err(GuestError::Trap(_) | GuestError::MemoryLimit { .. } | GuestError::Timeout(_))) {
             self.instance = None;
         }
         result
@@ -65,25 +66,25 @@ impl Running {
 
 impl Worker {
     pub(super) fn run(self) {
-        let (mut generation, guest) = self.control.current();
+        let (mut generation, guest) = self.active.current();
         let mut running = Running::new(guest);
         let mut fallback = self.fallback();
         while let Some(first) = self.next_event() {
             let mut batch = Vec::new();
             for event in std::iter::once(first).chain(self.events.try_iter().take(BATCH - 1)) {
                 // A swapped-in guest takes over from the next event; one atomic load per event.
-                if self.control.slot.generation() != generation {
+                if self.active.generation() != generation {
                     let guest;
-                    (generation, guest) = self.control.current();
+                    (generation, guest) = self.active.current();
                     running = Running::new(guest);
                     fallback = self.fallback();
                 }
-                if let Some(request) = self.handle(&mut running, fallback.as_mut(), event) {
+                if let Some(request) = self.filter(&mut running, fallback.as_mut(), event) {
                     batch.push(request);
                 }
                 if running.guest.should_roll_back() {
                     // When it does roll back, the next event sees the new generation and switches.
-                    self.control.roll_back(generation);
+                    self.active.roll_back(generation);
                 }
             }
             if !batch.is_empty() {
@@ -93,8 +94,7 @@ impl Worker {
     }
 
     fn fallback(&self) -> Option<Fallback> {
-        let policy = self.control.config().guest.on_failure;
-        self.control.fallback().map(|builtin| Fallback { policy, builtin: Running::new(builtin) })
+        self.active.fallback().map(|fallback| Fallback { policy: fallback.policy, builtin: Running::new(fallback.builtin) })
     }
 
     /// The next event, waiting for one; `None` once the runtime stops and the queue is empty.
@@ -103,14 +103,6 @@ impl Worker {
             recv(self.events) -> event => event.ok(),
             recv(self.stopping) -> _ => self.events.try_recv().ok(),
         }
-    }
-
-    /// Runs one event through the guest; on failure, through the fallback if there is one.
-    fn handle(&self, running: &mut Running, fallback: Option<&mut Fallback>, event: Event) -> Option<Request> {
-        let client = event.clientid().map(str::to_owned);
-        let mut request = self.filter(running, fallback, event)?;
-        request.client = client;
-        Some(request)
     }
 
     /// The guest's request for `event`, or the fallback's, or none.
@@ -127,14 +119,14 @@ impl Worker {
         };
         match &error {
             GuestError::Timeout(_) => self.metrics.record_guest_timeout(),
-            GuestError::Trap(_) => self.metrics.record_guest_trap(),
+            GuestError::Trap(_) | GuestError::MemoryLimit { .. } => self.metrics.record_guest_trap(),
             GuestError::InvalidDelivery(_) => tracing::warn!(guest = running.guest.name(), "Event dropped: {error}."),
             _ => tracing::error!(guest = running.guest.name(), "Cannot start a guest instance: {error}."),
         }
         if let (Some(fallback), Some(event)) = (fallback, spare) {
             match fallback.builtin.call(event) {
                 Ok(Some(request)) if fallback.policy == FailurePolicy::Builtin => return Some(request),
-                Ok(Some(request)) => match self.control.sink.dead_letters() {
+                Ok(Some(request)) => match &self.dead_letters {
                     Some(dead_letters) => dead_letters.record_unsent(&request, &error.to_string()),
                     None => tracing::error!("No dead-letter file to keep the event in; it is dropped."),
                 },

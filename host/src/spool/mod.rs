@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::config::{FsyncPolicy, FullPolicy, SpoolConfig};
-use crate::delivery::Request;
+use crate::request::Request;
 
 /// How often, at most, the acknowledged position is written to disk. A crash loses at most this
 /// much of it: those records are delivered again after a restart.
@@ -190,7 +190,7 @@ impl Spool {
         let start = batch.len();
         record::encode(seq, request, batch);
         let needed = self.total_bytes + batch.len() as u64;
-        if needed <= self.config.max_size {
+        if needed <= self.config.max_size.get() {
             return Admission::Fits;
         }
         if self.config.on_full == FullPolicy::DropOldest && self.segments.len() > 1 {
@@ -211,7 +211,7 @@ impl Spool {
             return Ok(());
         }
         let active = self.segments.back().expect("one segment");
-        if active.bytes >= self.config.segment_size && active.first_seq < next_seq {
+        if active.bytes >= self.config.segment_size.get() && active.first_seq < next_seq {
             let path = segment_path(&self.dir, next_seq);
             self.writer = File::options().create(true).append(true).open(&path).map_err(io_error(&path))?;
             self.segments.push_back(Segment { first_seq: next_seq, path, bytes: 0 });

@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 
-use crate::delivery::Request;
+use crate::request::Request;
 use crate::event::EventKind;
 
 /// Bytes before the payload: its length and its CRC-32.

@@ -1,0 +1,529 @@
+//! The sections of a [`Config`](super::Config), one per component, and their defaults.
+//!
+//! Each component takes only its section: delivery its [`DeliveryConfig`], the guest runtime its
+//! [`GuestConfig`] and the [`FilterSettings`] it hands the guest, the queues their
+//! [`QueueConfig`], the spool its [`SpoolConfig`]. Every default is written once, in a `Default`
+//! impl or a `DEFAULT_*` constant here; the accepted range of each number is in [`ranges`].
+
+use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use serde::Serialize;
+
+use crate::event::EventKind;
+
+/// The accepted range of every numeric setting; the parser names the key and the range when a
+/// value falls outside it.
+pub mod ranges {
+    use std::ops::RangeInclusive;
+    use std::time::Duration;
+
+    /// `pool_size`: requests in flight at most.
+    pub const POOL_SIZE: RangeInclusive<u64> = 1..=1024;
+    /// `cancel_timeout`: the time one request may take.
+    pub const REQUEST_TIMEOUT: RangeInclusive<Duration> = Duration::from_millis(1)..=Duration::from_secs(3600);
+    /// `pool_idle_timeout`: how long an unused keep-alive connection is kept.
+    pub const POOL_IDLE_TIMEOUT: RangeInclusive<Duration> = Duration::from_millis(1)..=Duration::from_secs(3600);
+    /// `retry.max_attempts`.
+    pub const RETRY_ATTEMPTS: RangeInclusive<u64> = 1..=1_000_000;
+    /// `retry.base` and `retry.cap`.
+    pub const RETRY_BACKOFF: RangeInclusive<Duration> = Duration::from_millis(1)..=Duration::from_secs(86_400);
+    /// `retry.max_age`.
+    pub const RETRY_MAX_AGE: RangeInclusive<Duration> = Duration::from_millis(1)..=Duration::from_secs(30 * 86_400);
+    /// `queue_size`, `queues.events` and `queues.requests`.
+    pub const QUEUE_LENGTH: RangeInclusive<u64> = 1..=(1 << 24);
+    /// `queues.request_bytes`: bodies the delivery queue holds in memory.
+    pub const QUEUE_BYTES: RangeInclusive<u64> = (1 << 10)..=(1 << 40);
+    /// `guest.memory_limit`: a wasm32 instance addresses 4 GiB at most.
+    pub const GUEST_MEMORY: RangeInclusive<u64> = (1 << 20)..=(4 << 30);
+    /// `guest.timeout`.
+    pub const GUEST_TIMEOUT: RangeInclusive<Duration> = Duration::from_millis(1)..=Duration::from_secs(600);
+    /// `guest.workers`.
+    pub const GUEST_WORKERS: RangeInclusive<u64> = 1..=256;
+    /// `guest.max_body`.
+    pub const GUEST_MAX_BODY: RangeInclusive<u64> = 1..=(1 << 30);
+    /// `guest.rollback_after`.
+    pub const GUEST_ROLLBACK_AFTER: RangeInclusive<u64> = 1..=1_000_000;
+    /// `spool.max_size`.
+    pub const SPOOL_MAX_SIZE: RangeInclusive<u64> = (4 << 10)..=(1 << 50);
+    /// `spool.segment_size` (it is also capped at a quarter of `spool.max_size`).
+    pub const SPOOL_SEGMENT_SIZE: RangeInclusive<u64> = (1 << 10)..=(1 << 32);
+    /// `spool.fsync` as an interval.
+    pub const SPOOL_FSYNC: RangeInclusive<Duration> = Duration::from_millis(1)..=Duration::from_secs(3600);
+}
+
+/// Default `pool_size`, as NanoMQ.
+pub const DEFAULT_POOL_SIZE: NonZeroUsize = NonZeroUsize::new(32).unwrap();
+/// Default `cancel_timeout`, as NanoMQ.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_millis(5000);
+/// Default `pool_idle_timeout`: hyper-util's own default.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Default length of the runtime queue and of the delivery queue's memory part.
+pub const DEFAULT_QUEUE_LENGTH: NonZeroUsize = NonZeroUsize::new(65_536).unwrap();
+/// Default bytes of bodies the delivery queue holds in memory: a count alone would let large
+/// payloads take gigabytes.
+pub const DEFAULT_QUEUE_BYTES: ByteSize = ByteSize::new(64 << 20).unwrap();
+/// Default cap on guest memory.
+pub const DEFAULT_GUEST_MEMORY: ByteSize = ByteSize::new(64 << 20).unwrap();
+/// Default cap on one guest call. Generous because base62 of a large payload is inherently
+/// superlinear (the whole payload is one big integer): 64 KiB takes tens of milliseconds in wasm.
+pub const DEFAULT_GUEST_TIMEOUT: Duration = Duration::from_millis(1000);
+/// Default cap on a guest's body.
+pub const DEFAULT_GUEST_MAX_BODY: ByteSize = ByteSize::new(16 << 20).unwrap();
+/// Default failures in a row that roll a newly swapped guest back.
+pub const DEFAULT_ROLLBACK_AFTER: NonZeroU64 = NonZeroU64::new(10).unwrap();
+/// Default cap on the spool's size on disk.
+pub const DEFAULT_SPOOL_MAX_SIZE: ByteSize = ByteSize::new(1 << 30).unwrap();
+/// Default spool segment size.
+pub const DEFAULT_SPOOL_SEGMENT_SIZE: ByteSize = ByteSize::new(64 << 20).unwrap();
+/// Default fsync interval of the spool.
+pub const DEFAULT_SPOOL_FSYNC: FsyncPolicy = FsyncPolicy::Interval(Duration::from_secs(1));
+/// The URL of a config without a webhook section (nothing is sent to it: the webhook is off).
+pub const DEFAULT_URL: &str = "http://127.0.0.1:80/";
+
+/// A number of bytes, never zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct ByteSize(NonZeroU64);
+
+impl ByteSize {
+    /// `bytes`, unless it is zero.
+    pub const fn new(bytes: u64) -> Option<ByteSize> {
+        match NonZeroU64::new(bytes) {
+            Some(bytes) => Some(ByteSize(bytes)),
+            None => None,
+        }
+    }
+
+    /// The number of bytes.
+    pub const fn get(self) -> u64 {
+        self.0.get()
+    }
+
+    /// The number of bytes as a `usize`, saturating on 32-bit targets.
+    pub fn as_usize(self) -> usize {
+        usize::try_from(self.get()).unwrap_or(usize::MAX)
+    }
+}
+
+/// The filter: which events are wanted and how payloads are written. Handed to the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct FilterSettings {
+    /// Which events are delivered (OR-ed).
+    pub rules: Vec<Rule>,
+    /// How message payloads are written into bodies.
+    pub encoding: PayloadEncoding,
+}
+
+impl FilterSettings {
+    /// The event kinds some rule selects, indexed by [`EventKind::index`].
+    pub fn wanted_kinds(&self) -> [bool; 12] {
+        let mut wanted = [false; 12];
+        for rule in &self.rules {
+            wanted[rule.event.index()] = true;
+        }
+        wanted
+    }
+}
+
+/// One rule: an event kind and an optional topic filter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rule {
+    /// The event kind.
+    #[serde(serialize_with = "serialize_config_name")]
+    pub event: EventKind,
+    /// MQTT topic filter; `None` matches every topic.
+    pub topic: Option<String>,
+}
+
+/// Payload encodings of spec §3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadEncoding {
+    /// The payload as a JSON string.
+    #[default]
+    Plain,
+    /// RFC 4648 base64.
+    Base64,
+    /// Big-integer base 62.
+    Base62,
+}
+
+impl PayloadEncoding {
+    /// Accepted spellings, for error messages.
+    pub const ACCEPTED: &'static str = "plain, base64, base62";
+}
+
+/// Delivery: where requests go and how they are sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeliveryConfig {
+    /// Where requests go (`http://…` or `https://…`).
+    #[serde(serialize_with = "serialize_display")]
+    pub url: http::Uri,
+    /// Headers sent with every request, in file order.
+    pub headers: Vec<Header>,
+    /// The connection pool.
+    #[serde(flatten)]
+    pub pool: PoolSettings,
+    /// Each request is abandoned after this long (`cancel_timeout`).
+    #[serde(rename = "cancel_timeout_ms", serialize_with = "serialize_millis")]
+    pub timeout: Duration,
+    /// Certificate files for `https://` URLs.
+    pub tls: Option<TlsFiles>,
+    /// How failed requests are retried.
+    pub retry: RetrySettings,
+    /// Where requests that failed for good are written, for `mqhook replay`.
+    pub dead_letter: Option<PathBuf>,
+    /// Whether each client's events are delivered in order.
+    pub ordering: DeliveryOrder,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            url: http::Uri::from_static(DEFAULT_URL),
+            headers: Vec::new(),
+            pool: PoolSettings::default(),
+            timeout: DEFAULT_REQUEST_TIMEOUT,
+            tls: None,
+            retry: RetrySettings::default(),
+            dead_letter: None,
+            ordering: DeliveryOrder::None,
+        }
+    }
+}
+
+/// The keep-alive connection pool, fed to hyper-util's client builder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PoolSettings {
+    /// At most this many requests are in flight, each on its own connection (`pool_size`).
+    pub pool_size: NonZeroUsize,
+    /// An idle connection is closed after this long (`pool_idle_timeout`).
+    #[serde(rename = "pool_idle_timeout_ms", serialize_with = "serialize_millis")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings { pool_size: DEFAULT_POOL_SIZE, idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT }
+    }
+}
+
+/// One HTTP header from the config, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// The name.
+    pub name: HeaderName,
+    /// The value; marked sensitive for credentials (see [`Header::new`]).
+    pub value: HeaderValue,
+}
+
+/// Header names whose values are credentials: never printed (`mqhook check` writes them redacted)
+/// and marked sensitive for hyper.
+pub const SECRET_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cookie", "x-api-key", "x-auth-token"];
+
+impl Header {
+    /// A header; a value of one of the [`SECRET_HEADERS`] is marked sensitive.
+    pub fn new(name: HeaderName, mut value: HeaderValue) -> Header {
+        if SECRET_HEADERS.contains(&name.as_str()) {
+            value.set_sensitive(true);
+        }
+        Header { name, value }
+    }
+}
+
+impl Serialize for Header {
+    /// `{"name": …, "value": …}`, the value redacted when it is sensitive.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let value = if self.value.is_sensitive() {
+            "<redacted>".into()
+        } else {
+            String::from_utf8_lossy(self.value.as_bytes())
+        };
+        let mut header = s.serialize_struct("Header", 2)?;
+        header.serialize_field("name", self.name.as_str())?;
+        header.serialize_field("value", &value)?;
+        header.end()
+    }
+}
+
+/// Delivery order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryOrder {
+    /// Requests go out as the pool has room; a retried one may land after later ones.
+    None,
+    /// Requests of one client id go out one at a time, in order (a retry holds back that client
+    /// only); different clients in parallel. Events run through one guest worker, so that the
+    /// guest, too, sees each client's events in order.
+    PerClient,
+}
+
+/// When and how often a failed request is tried again. The decisions over these settings are
+/// delivery's (`delivery::retry`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RetrySettings {
+    /// Attempts in all, the first included; 1 means no retries.
+    pub max_attempts: NonZeroU32,
+    /// The waits between attempts.
+    #[serde(flatten)]
+    pub backoff: Backoff,
+    /// No attempt starts later than this after the first one; `None` leaves only `max_attempts`.
+    #[serde(rename = "max_age_ms", serialize_with = "serialize_optional_millis")]
+    pub max_age: Option<Duration>,
+}
+
+impl Default for RetrySettings {
+    /// 5 attempts, backoff from 200 ms doubling up to 10 s: about 3 s of retrying in all, on average.
+    fn default() -> Self {
+        RetrySettings { max_attempts: NonZeroU32::new(5).unwrap(), backoff: Backoff::DEFAULT, max_age: None }
+    }
+}
+
+/// Exponential backoff bounds: the first wait and the longest one. `base <= cap` always holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Backoff {
+    #[serde(rename = "base_ms", serialize_with = "serialize_millis")]
+    base: Duration,
+    #[serde(rename = "cap_ms", serialize_with = "serialize_millis")]
+    cap: Duration,
+}
+
+/// A backoff whose base is longer than its cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the backoff base ({base:?}) is longer than its cap ({cap:?})")]
+pub struct InvalidBackoff {
+    /// The base asked for.
+    pub base: Duration,
+    /// The cap asked for.
+    pub cap: Duration,
+}
+
+impl Backoff {
+    /// 200 ms, doubling up to 10 s.
+    pub const DEFAULT: Backoff = Backoff { base: Duration::from_millis(200), cap: Duration::from_secs(10) };
+
+    /// Bounds from `base` up to `cap`; refused when `base > cap`.
+    pub fn new(base: Duration, cap: Duration) -> Result<Backoff, InvalidBackoff> {
+        if base > cap {
+            return Err(InvalidBackoff { base, cap });
+        }
+        Ok(Backoff { base, cap })
+    }
+
+    /// The wait before the second attempt (before jitter); it doubles for each one after.
+    pub fn base(&self) -> Duration {
+        self.base
+    }
+
+    /// The longest wait between two attempts.
+    pub fn cap(&self) -> Duration {
+        self.cap
+    }
+}
+
+/// TLS files (`tls { … }` or NanoMQ's `ssl { … }`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TlsFiles {
+    /// The block's key as the file spells it (`webhook.tls`, `webhook.ssl`, `web.hook.ssl`), for
+    /// errors about its files.
+    #[serde(skip)]
+    pub section: String,
+    /// Client private key (PEM), for mTLS.
+    pub keyfile: Option<PathBuf>,
+    /// Client certificate chain (PEM), for mTLS.
+    pub certfile: Option<PathBuf>,
+    /// CA bundle (PEM) the server is verified against; the system roots when absent.
+    pub cacertfile: Option<PathBuf>,
+    /// `verify = false` accepts any server certificate (NanoMQ's key; logged as a warning).
+    pub verify: bool,
+    /// The name sent as SNI and checked against the server's certificate.
+    pub server_name: ServerNameCheck,
+}
+
+/// `server_name_indication`, as NanoMQ documents it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerNameCheck {
+    /// The URL's host (the default, and `true`).
+    Url,
+    /// `false`: no SNI, and a certificate for another name is accepted (the chain is still checked).
+    Off,
+    /// A host name to send and check instead of the URL's.
+    Name(String),
+}
+
+impl Default for TlsFiles {
+    /// No files: the system's roots, no client certificate.
+    fn default() -> Self {
+        TlsFiles {
+            section: "webhook.tls".into(),
+            keyfile: None,
+            certfile: None,
+            cacertfile: None,
+            verify: true,
+            server_name: ServerNameCheck::Url,
+        }
+    }
+}
+
+/// The filter guest and the limits of its sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GuestConfig {
+    /// A component file; `None` runs the built-in NanoMQ guest.
+    pub path: Option<PathBuf>,
+    /// Cap on each guest instance's linear memory.
+    pub memory_limit: ByteSize,
+    /// Cap on each guest call.
+    #[serde(rename = "timeout_ms", serialize_with = "serialize_millis")]
+    pub timeout: Duration,
+    /// Cap on the body a guest returns; a larger one drops the event.
+    pub max_body: ByteSize,
+    /// A newly swapped-in guest whose calls fail this many times in a row is replaced by the
+    /// guest it replaced.
+    pub rollback_after: NonZeroU64,
+    /// Guest instances (threads) running in parallel.
+    pub workers: NonZeroUsize,
+    /// Free-form settings handed to the guest, in file order.
+    pub settings: Vec<(String, String)>,
+    /// Where compiled guests are cached; `None` compiles every time.
+    pub cache_dir: Option<PathBuf>,
+    /// What happens to an event whose guest call fails.
+    pub on_failure: FailurePolicy,
+}
+
+impl Default for GuestConfig {
+    fn default() -> Self {
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8));
+        GuestConfig {
+            path: None,
+            memory_limit: DEFAULT_GUEST_MEMORY,
+            timeout: DEFAULT_GUEST_TIMEOUT,
+            max_body: DEFAULT_GUEST_MAX_BODY,
+            rollback_after: DEFAULT_ROLLBACK_AFTER,
+            workers: NonZeroUsize::new(workers).unwrap_or(NonZeroUsize::MIN),
+            settings: Vec::new(),
+            cache_dir: default_cache_dir(),
+            on_failure: FailurePolicy::Skip,
+        }
+    }
+}
+
+/// Where compiled guests are kept by default: `$XDG_CACHE_HOME/mqhook`, else `~/.cache/mqhook`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let base = match std::env::var_os("XDG_CACHE_HOME").filter(|dir| !dir.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME").filter(|dir| !dir.is_empty())?).join(".cache"),
+    };
+    Some(base.join("mqhook"))
+}
+
+/// The fate of an event whose guest call trapped, timed out or returned an invalid delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailurePolicy {
+    /// The event is dropped (counted as failed, logged).
+    Skip,
+    /// The event is delivered with the built-in NanoMQ guest's body instead.
+    Builtin,
+    /// The built-in NanoMQ guest's body for the event goes to the dead-letter file, for replay.
+    DeadLetter,
+}
+
+impl FailurePolicy {
+    /// Accepted spellings, for error messages.
+    pub const ACCEPTED: &'static str = "skip, builtin, dead_letter";
+}
+
+/// The two in-memory queues: events waiting for the guest, and requests waiting for delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct QueueConfig {
+    /// Events that may wait for the guest before a broker's events are refused
+    /// (`queues.events`; `queue_size` sets it too).
+    pub events: NonZeroUsize,
+    /// Requests the delivery queue holds in memory (`queues.requests`; `queue_size` sets it too).
+    /// With a spool the rest wait on disk; without one the guest workers wait.
+    pub requests: NonZeroUsize,
+    /// Bytes of bodies the delivery queue holds in memory at most (`queues.request_bytes`).
+    pub request_bytes: ByteSize,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig { events: DEFAULT_QUEUE_LENGTH, requests: DEFAULT_QUEUE_LENGTH, request_bytes: DEFAULT_QUEUE_BYTES }
+    }
+}
+
+/// The spool (`spool { … }`): where and how requests are kept on disk until delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SpoolConfig {
+    /// The spool directory, created if missing. One running mqhook per directory (a lock file
+    /// enforces it).
+    pub dir: PathBuf,
+    /// Bytes on disk at most; beyond it `on_full` decides.
+    pub max_size: ByteSize,
+    /// A segment file is closed and a new one begun past this size.
+    pub segment_size: ByteSize,
+    /// When written records are flushed to the disk itself.
+    pub fsync: FsyncPolicy,
+    /// What a full spool does.
+    pub on_full: FullPolicy,
+}
+
+impl SpoolConfig {
+    /// A spool in `dir` with the default size, segments, fsync and full policy.
+    pub fn in_dir(dir: PathBuf) -> SpoolConfig {
+        SpoolConfig {
+            dir,
+            max_size: DEFAULT_SPOOL_MAX_SIZE,
+            segment_size: DEFAULT_SPOOL_SEGMENT_SIZE,
+            fsync: DEFAULT_SPOOL_FSYNC,
+            on_full: FullPolicy::RejectNew,
+        }
+    }
+}
+
+/// When the spool calls `fsync`. A killed process loses nothing either way (the data is in the
+/// kernel); this is about power loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    /// After every batch written.
+    Always,
+    /// After a batch when this long has passed since the last sync.
+    Interval(#[serde(serialize_with = "serialize_millis")] Duration),
+    /// Never; the OS writes back when it likes.
+    Never,
+}
+
+/// What a full spool does with a new request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FullPolicy {
+    /// Deletes its oldest segment, undelivered requests and all (counted as dropped).
+    DropOldest,
+    /// Refuses the new request (counted as dropped).
+    RejectNew,
+}
+
+fn serialize_display<S: serde::Serializer, T: std::fmt::Display>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(value)
+}
+
+fn serialize_millis<S: serde::Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(value.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn serialize_optional_millis<S: serde::Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(duration) => serialize_millis(duration, s),
+        None => s.serialize_none(),
+    }
+}
+
+fn serialize_config_name<S: serde::Serializer>(value: &EventKind, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&value.config_name())
+}
