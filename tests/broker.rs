@@ -43,7 +43,11 @@ async fn mqtt_311_retained_qos1_message_reaches_a_late_subscriber() {
         &["-V", "mqttv311", "-i", "pub311", "-u", "alice", "-t", "t/311", "-q", "1", "-r", "-m", "hello"],
     )
     .await;
-    broker.wait_until("the publisher to leave", |bodies| has(bodies, r#""clientid":"pub311","action":"client_disconnected""#)).await;
+    broker
+        .wait_until("the publisher to leave", |bodies| {
+            has(bodies, r#""clientid":"pub311","action":"client_disconnected""#)
+        })
+        .await;
     // Subscribes after the publisher is gone: only the retained copy can reach it.
     let received = mosquitto(
         "mosquitto_sub",
@@ -81,7 +85,12 @@ async fn mqtt_5_qos2_message_reaches_a_live_subscriber() {
     broker
         .wait_until("the subscription", |bodies| has(bodies, r#""clientid":"sub5","username":"carol","topic":"t/5/+","opts":{"qos":2,"nl":0,"rap":0,"rh":0},"action":"session_subscribed""#))
         .await;
-    mosquitto("mosquitto_pub", broker.addr, &["-V", "mqttv5", "-i", "pub5", "-t", "t/5/x", "-q", "2", "-m", "hi there"]).await;
+    mosquitto(
+        "mosquitto_pub",
+        broker.addr,
+        &["-V", "mqttv5", "-i", "pub5", "-t", "t/5/x", "-q", "2", "-m", "hi there"],
+    )
+    .await;
     assert_eq!(finish_mosquitto("mosquitto_sub", listening).await, "hi there\n");
 
     let payload = r#""payload":"hi there""#;
@@ -117,7 +126,8 @@ async fn mqtt_5_subscription_options_unsubscribe_and_a_qos0_binary_message() {
 
     let mut expected = subscriber.session("normal");
     expected.extend(publisher.session("normal"));
-    for (topic, opts) in [("a/+", r#"{"qos":1,"nl":1,"rap":1,"rh":2}"#), ("b/#", r#"{"qos":0,"nl":0,"rap":0,"rh":0}"#)] {
+    for (topic, opts) in [("a/+", r#"{"qos":1,"nl":1,"rap":1,"rh":2}"#), ("b/#", r#"{"qos":0,"nl":0,"rap":0,"rh":0}"#)]
+    {
         // client_unsubscribe carries the options of the subscription it removes.
         for action in ["client_subscribe", "session_subscribed", "client_unsubscribe"] {
             expected.push(subscriber.subscription(action, topic, opts));
@@ -142,7 +152,9 @@ async fn a_dropped_connection_and_a_keepalive_timeout_are_abnormal() {
     // Never sends PINGREQ: rmqtt gives up after keepalive + 3 s (its rule below 6 s).
     let idle = sleeper.connect_wire(&broker).await;
     broker
-        .wait_until("the keepalive timeout", |bodies| has(bodies, r#""clientid":"sleeper","action":"client_disconnected""#))
+        .wait_until("the keepalive timeout", |bodies| {
+            has(bodies, r#""clientid":"sleeper","action":"client_disconnected""#)
+        })
         .await;
     drop(idle);
 
@@ -185,7 +197,8 @@ async fn a_port_in_use_is_a_clear_error() {
 async fn the_binary_runs_the_broker_by_default_and_drains_on_sigterm() {
     let endpoint = Endpoint::start(Behaviour::default()).await;
     let scratch = Scratch::new();
-    let config = Webhook::new(&endpoint.url()).event("on_message_publish", Some("bin/#")).write(&scratch, "nanomq.conf");
+    let config =
+        Webhook::new(&endpoint.url()).event("on_message_publish", Some("bin/#")).write(&scratch, "nanomq.conf");
     let listen = free_loopback_addr();
     let child = spawn_mqhook(&["run", "--config", config.to_str().unwrap(), "--listen", &listen]);
     wait_for_listener(&listen).await;
@@ -335,20 +348,28 @@ impl Who {
             format!(
                 r#"{{"clientid":"{clientid}","username":"{username}","ipaddress":"127.0.0.1","keepalive":{keepalive},"proto_ver":{proto_ver},"connected_at":NOW,"action":"client_connected"}}"#
             ),
-            format!(r#"{{"reason":"{reason}","username":"{username}","clientid":"{clientid}","action":"client_disconnected"}}"#),
-            format!(r#"{{"clientid":"{clientid}","username":"{username}","reason":"{reason}","action":"session_terminated"}}"#),
+            format!(
+                r#"{{"reason":"{reason}","username":"{username}","clientid":"{clientid}","action":"client_disconnected"}}"#
+            ),
+            format!(
+                r#"{{"clientid":"{clientid}","username":"{username}","reason":"{reason}","action":"session_terminated"}}"#
+            ),
         ]
     }
 
     /// client_subscribe, client_unsubscribe or session_subscribed.
     fn subscription(&self, action: &str, topic: &str, opts: &str) -> String {
         let (clientid, username) = (self.clientid, self.username());
-        format!(r#"{{"clientid":"{clientid}","username":"{username}","topic":"{topic}","opts":{opts},"action":"{action}"}}"#)
+        format!(
+            r#"{{"clientid":"{clientid}","username":"{username}","topic":"{topic}","opts":{opts},"action":"{action}"}}"#
+        )
     }
 
     fn unsubscribed(&self, topic: &str) -> String {
         let (clientid, username) = (self.clientid, self.username());
-        format!(r#"{{"clientid":"{clientid}","username":"{username}","topic":"{topic}","action":"session_unsubscribed"}}"#)
+        format!(
+            r#"{{"clientid":"{clientid}","username":"{username}","topic":"{topic}","action":"session_unsubscribed"}}"#
+        )
     }
 
     /// message_publish by this client; `payload` is the body's payload member(s).

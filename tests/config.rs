@@ -65,7 +65,10 @@ fn every_nanomq_fixture_parses() {
             }
             "github_scripts_nanomq.conf" => {
                 assert_eq!(config.delivery.url.to_string(), "http://127.0.0.1:8888/");
-                assert_eq!(config.filter.rules, vec![Rule { event: EventKind::MessagePublish, topic: Some("poc/asan".into()) }]);
+                assert_eq!(
+                    config.filter.rules,
+                    vec![Rule { event: EventKind::MessagePublish, topic: Some("poc/asan".into()) }]
+                );
             }
             // Old format, enabled, one rule per event, event taken from the key.
             "nanonng_nmq_old_test.conf" => {
@@ -168,7 +171,10 @@ fn mqhook_extensions_parse() {
     let spool = config.spool.unwrap();
     assert!(spool.dir.ends_with("spool") && spool.dir.is_absolute(), "relative to the config file: {:?}", spool.dir);
     assert_eq!((spool.max_size.get(), spool.segment_size.get()), (2 << 30, 64 << 20));
-    assert_eq!((spool.fsync, spool.on_full), (mqhook::config::FsyncPolicy::Always, mqhook::config::FullPolicy::DropOldest));
+    assert_eq!(
+        (spool.fsync, spool.on_full),
+        (mqhook::config::FsyncPolicy::Always, mqhook::config::FullPolicy::DropOldest)
+    );
     assert_eq!(config.delivery.ordering, mqhook::config::DeliveryOrder::PerClient);
 }
 

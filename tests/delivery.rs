@@ -10,8 +10,8 @@ use tokio::io::AsyncWriteExt;
 
 use crate::support::endpoint::{Behaviour, Endpoint, Recorded};
 use crate::support::{
-    admin_metrics, free_loopback_addr, mqhook, signal, spawn_mqhook, wait_for_listener, wait_until, Scratch, Webhook,
-    WAIT_LIMIT,
+    admin_metrics, free_loopback_addr, mqhook, signal, spawn_mqhook, wait_for_listener, wait_until, Scratch, StderrLog,
+    Webhook, WAIT_LIMIT,
 };
 
 /// `count` publishes, `clients` publishers taking turns, payload `p-<i>`.
@@ -36,7 +36,8 @@ fn payload_id(request: &Recorded) -> usize {
 /// A spooled config for publishes to `url`, with `extra` lines; returns its path.
 fn config(scratch: &Scratch, url: &str, extra: &str) -> String {
     let spool = scratch.0.path().join("spool");
-    let webhook = Webhook::new(url).publishes().with(&format!("  spool {{ dir = \"{}\" }}", spool.display())).with(extra);
+    let webhook =
+        Webhook::new(url).publishes().with(&format!("  spool {{ dir = \"{}\" }}", spool.display())).with(extra);
     webhook.write(scratch, "nanomq.conf").to_str().unwrap().to_string()
 }
 
@@ -97,7 +98,15 @@ async fn kill_9_mid_stream_then_restart_delivers_every_accepted_event() {
     let config = config(&scratch, &endpoint.url(), "  pool_size = 2");
     let input = scratch.file("events.ndjson", &publishes(EVENTS, 7));
     let admin = free_loopback_addr();
-    let mut child = spawn_mqhook(&["run", "--ingest", &format!("ndjson:{}", input.display()), "--config", &config, "--admin", &admin]);
+    let mut child = spawn_mqhook(&[
+        "run",
+        "--ingest",
+        &format!("ndjson:{}", input.display()),
+        "--config",
+        &config,
+        "--admin",
+        &admin,
+    ]);
     wait_for_listener(&admin).await;
     wait_until("every event is spooled", async || admin_metrics(&admin).await["spooled"] == EVENTS).await;
     wait_until("some are delivered", async || endpoint.recorded().len() >= EVENTS / 10).await;
@@ -125,7 +134,8 @@ async fn a_second_signal_exits_at_once_and_the_spool_keeps_the_rest() {
     let scratch = Scratch::new();
     let addr = free_loopback_addr();
     // Nothing listens yet: every request fails and waits to be retried.
-    let config = config(&scratch, &format!("http://{addr}"), "  retry { max_attempts = 10000, base = 100, cap = 1000 }");
+    let config =
+        config(&scratch, &format!("http://{addr}"), "  retry { max_attempts = 10000, base = 100, cap = 1000 }");
     let admin = free_loopback_addr();
     let mut child = spawn_mqhook(&["run", "--ingest", "ndjson:-", "--config", &config, "--admin", &admin]);
     let mut input = child.stdin.take().unwrap();
@@ -133,11 +143,12 @@ async fn a_second_signal_exits_at_once_and_the_spool_keeps_the_rest() {
     input.flush().await.unwrap();
     wait_for_listener(&admin).await;
     wait_until("every event is spooled", async || admin_metrics(&admin).await["spooled"] == EVENTS).await;
+    let log = StderrLog::capture(&mut child);
     signal(&child, "-TERM").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    log.wait_for("Stopping: no new events").await;
     signal(&child, "-TERM").await;
     let output = tokio::time::timeout(WAIT_LIMIT, child.wait_with_output()).await.expect("it exits").unwrap();
-    assert_eq!(output.status.code(), Some(130), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(output.status.code(), Some(130), "{}", log.text());
     drop(input);
 
     let endpoint = Endpoint::start_at(addr.parse().unwrap(), Behaviour::default()).await;
@@ -162,10 +173,19 @@ async fn a_million_events_against_a_dead_endpoint_stay_on_disk_not_in_memory() {
     const EVENTS: usize = 1_000_000;
     let scratch = Scratch::new();
     let dead = format!("http://{}", free_loopback_addr());
-    let config = config(&scratch, &dead, "  queue_size = 1024\n  retry { max_attempts = 10000, base = 100, cap = 1000 }");
+    let config =
+        config(&scratch, &dead, "  queue_size = 1024\n  retry { max_attempts = 10000, base = 100, cap = 1000 }");
     let input = scratch.file("events.ndjson", &publishes(EVENTS, 100));
     let admin = free_loopback_addr();
-    let mut child = spawn_mqhook(&["run", "--ingest", &format!("ndjson:{}", input.display()), "--config", &config, "--admin", &admin]);
+    let mut child = spawn_mqhook(&[
+        "run",
+        "--ingest",
+        &format!("ndjson:{}", input.display()),
+        "--config",
+        &config,
+        "--admin",
+        &admin,
+    ]);
     let pid = child.id().unwrap();
     wait_for_listener(&admin).await;
     wait_until("every event is spooled", async || admin_metrics(&admin).await["spooled"] == EVENTS).await;

@@ -61,7 +61,8 @@ impl Example {
         let scratch = Scratch::new();
         let config = scratch.file("example.hcl", &self.config(&endpoint.url()));
         let addr = free_loopback_addr();
-        let mut child = spawn_mqhook(&["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap(), "--admin", &addr]);
+        let mut child =
+            spawn_mqhook(&["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap(), "--admin", &addr]);
         wait_for_listener(&addr).await;
         let (status, swapped) = admin(&addr, "PUT", std::fs::read(self.guest).unwrap()).await;
         assert_eq!((status, swapped["generation"].as_u64()), (200, Some(1)), "{swapped}");
@@ -69,9 +70,13 @@ impl Example {
         let input: String = self.events.iter().map(|line| format!("{line}\n")).collect();
         stdin.write_all(input.as_bytes()).await.unwrap();
         drop(stdin);
-        let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()).await.expect("mqhook ends").unwrap();
+        let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .expect("mqhook ends")
+            .unwrap();
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        let summary = String::from_utf8_lossy(&output.stdout).lines().find(|l| l.starts_with("summary:")).unwrap().to_string();
+        let summary =
+            String::from_utf8_lossy(&output.stdout).lines().find(|l| l.starts_with("summary:")).unwrap().to_string();
         (summary, received(&endpoint))
     }
 
@@ -80,7 +85,9 @@ impl Example {
         let (run, received) = self.run_loaded_at_start().await;
         let (summary, swapped) = self.run_swapped_in().await;
         assert_eq!(swapped, received, "swapped into a running host, the guest must act the same");
-        let counts = |line: &str| line.split_whitespace().filter(|pair| !pair.starts_with("retries")).map(str::to_string).collect::<Vec<_>>();
+        let counts = |line: &str| {
+            line.split_whitespace().filter(|pair| !pair.starts_with("retries")).map(str::to_string).collect::<Vec<_>>()
+        };
         let started = run.stdout.lines().find(|l| l.starts_with("summary:")).unwrap_or_default();
         assert_eq!(counts(&summary), counts(started));
         (run, received)

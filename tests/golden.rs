@@ -67,13 +67,16 @@ fn nanomq_bodies_are_byte_exact() {
         body(&config, connack).unwrap(),
         r#"{"proto_ver":4,"keepalive":60,"conn_ack":"success","username":"wbhk_test","clientid":"wbhk_clientid","action":"client_connack"}"#
     );
-    let refused = Event::ClientConnack(Connack { client: client("c", None), keepalive: 30, proto_ver: 5, reason_code: 135 });
+    let refused =
+        Event::ClientConnack(Connack { client: client("c", None), keepalive: 30, proto_ver: 5, reason_code: 135 });
     assert_eq!(
         body(&config, refused).unwrap(),
         r#"{"proto_ver":5,"keepalive":30,"conn_ack":"fail","username":"undefined","clientid":"c","action":"client_connack"}"#
     );
-    let disconnected =
-        Event::ClientDisconnected(Disconnection { client: client("wbhk_clientid", Some("wbhk_test")), reason: "normal".into() });
+    let disconnected = Event::ClientDisconnected(Disconnection {
+        client: client("wbhk_clientid", Some("wbhk_test")),
+        reason: "normal".into(),
+    });
     assert_eq!(
         body(&config, disconnected).unwrap(),
         r#"{"reason":"normal","username":"wbhk_test","clientid":"wbhk_clientid","action":"client_disconnected"}"#
@@ -82,7 +85,13 @@ fn nanomq_bodies_are_byte_exact() {
         body(&config, Event::MessagePublish(publish("nmq/pub", b"Hello World!"))).unwrap(),
         r#"{"ts":1706703724960,"topic":"nmq/pub","retain":true,"qos":1,"action":"message_publish","from_username":"wbhk_test","from_client_id":"wbhk_clientid","payload":"Hello World!"}"#
     );
-    let anonymous = Message { from_clientid: None, from_username: Some(String::new()), qos: 0, retain: false, ..publish("t", b"x") };
+    let anonymous = Message {
+        from_clientid: None,
+        from_username: Some(String::new()),
+        qos: 0,
+        retain: false,
+        ..publish("t", b"x")
+    };
     assert_eq!(
         body(&config, Event::MessagePublish(anonymous)).unwrap(),
         r#"{"ts":1706703724960,"topic":"t","retain":false,"qos":0,"action":"message_publish","from_username":"undefined","from_client_id":null,"payload":"x"}"#
@@ -246,7 +255,8 @@ fn rules_are_ored_and_deliver_at_most_once() {
     let mut instance = module.instance().unwrap();
     assert!(instance.handle(Event::MessagePublish(publish("a/b", b"x"))).unwrap().is_some());
     assert!(instance.handle(Event::MessagePublish(publish("b", b"x"))).unwrap().is_none());
-    let connack = Event::ClientConnack(Connack { client: client("c", None), keepalive: 1, proto_ver: 4, reason_code: 0 });
+    let connack =
+        Event::ClientConnack(Connack { client: client("c", None), keepalive: 1, proto_ver: 4, reason_code: 0 });
     assert!(instance.handle(connack).unwrap().is_some(), "a rule's topic is ignored for client events");
     let disconnected = Event::ClientDisconnected(Disconnection { client: client("c", None), reason: "normal".into() });
     assert!(instance.handle(disconnected).unwrap().is_none(), "no rule selects it");

@@ -144,7 +144,11 @@ async fn pool_size_bounds_concurrent_requests() {
     let lines: Vec<String> = (0..24)
         .map(|i| format!(r#"{{"event":"message_publish","from_client_id":"c","topic":"t/{i}","qos":0,"retain":false,"payload":"{i}","ts":{i}}}"#))
         .collect();
-    let run = mqhook(&["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap()], &ndjson(&lines.iter().map(String::as_str).collect::<Vec<_>>())).await;
+    let run = mqhook(
+        &["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap()],
+        &ndjson(&lines.iter().map(String::as_str).collect::<Vec<_>>()),
+    )
+    .await;
     assert!(run.status.success(), "{}", run.stderr);
     assert_eq!(run.summary("delivered"), 24);
     assert_eq!(endpoint.recorded().len(), 24);
@@ -158,7 +162,8 @@ async fn pool_size_bounds_concurrent_requests() {
 async fn non_2xx_answers_count_as_failed_after_their_retries() {
     let endpoint = Endpoint::start(Behaviour { status: StatusCode::SERVICE_UNAVAILABLE, ..Behaviour::default() }).await;
     let scratch = Scratch::new();
-    let config = scratch.file("nanomq.conf", &all_events_config(&endpoint.url(), "  retry { max_attempts = 3, base = 10ms }"));
+    let config =
+        scratch.file("nanomq.conf", &all_events_config(&endpoint.url(), "  retry { max_attempts = 3, base = 10ms }"));
     let input = ndjson(&EVENTS.iter().take(3).map(|(line, _)| *line).collect::<Vec<_>>());
     let run = mqhook(&["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap()], &input).await;
     assert!(run.status.success(), "{}", run.stderr);
@@ -209,7 +214,13 @@ async fn a_dead_endpoint_fails_every_event_and_still_exits() {
     // Bind then drop a listener: nothing listens on that port any more.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let scratch = Scratch::new();
-    let config = scratch.file("nanomq.conf", &all_events_config(&format!("http://127.0.0.1:{port}"), "  cancel_timeout = 1000\n  retry { max_attempts = 2, base = 10ms }"));
+    let config = scratch.file(
+        "nanomq.conf",
+        &all_events_config(
+            &format!("http://127.0.0.1:{port}"),
+            "  cancel_timeout = 1000\n  retry { max_attempts = 2, base = 10ms }",
+        ),
+    );
     let input = ndjson(&EVENTS.iter().take(4).map(|(line, _)| *line).collect::<Vec<_>>());
     let run = mqhook(&["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap()], &input).await;
     assert!(run.status.success(), "{}", run.stderr);
@@ -243,12 +254,58 @@ async fn malformed_lines_are_reported_and_skipped() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_that_are_not_utf8_and_a_last_line_without_newline_do_not_stop_the_stream() {
+    let endpoint = Endpoint::start(Behaviour::default()).await;
+    let scratch = Scratch::new();
+    let config = scratch.file("nanomq.conf", &all_events_config(&endpoint.url(), ""));
+    let mut bytes = format!("{}\n", EVENTS[1].0).into_bytes();
+    bytes.extend_from_slice(b"\xff\xfe\n{\"event\":\"message_publish\",\"topic\":\"a\0b\"}\x00\xff\n");
+    bytes.extend_from_slice(EVENTS[3].0.as_bytes()); // no newline at the end
+    let events = scratch.0.path().join("events.ndjson");
+    std::fs::write(&events, bytes).unwrap();
+    let ingest = format!("ndjson:{}", events.display());
+    let run = mqhook(&["run", "--config", config.to_str().unwrap(), "--ingest", &ingest], "").await;
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!((run.summary("received"), run.summary("delivered"), run.summary("malformed")), (2, 2, 2));
+    for line in [2, 3] {
+        assert!(run.stderr.contains(&format!("events.ndjson:{line}:")), "line {line} not reported:\n{}", run.stderr);
+    }
+    assert!(run.stderr.contains("not UTF-8"), "{}", run.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_ends_check_quietly() {
+    let scratch = Scratch::new();
+    let config = scratch.file("nanomq.conf", &all_events_config("http://127.0.0.1:9", ""));
+    // `mqhook check | head -1`: the reader goes away after the first line.
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mqhook"))
+        .args(["check", "--config", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = tokio::time::timeout(crate::support::WAIT_LIMIT, child.wait_with_output()).await.unwrap().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_prints_requests_without_an_endpoint() {
     let scratch = Scratch::new();
     let config = scratch.file("nanomq.conf", &all_events_config("http://127.0.0.1:9/hook", ""));
-    let run = mqhook(&["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap(), "--dry-run"], &ndjson(&[EVENTS[9].0])).await;
+    let run = mqhook(
+        &["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap(), "--dry-run"],
+        &ndjson(&[EVENTS[9].0]),
+    )
+    .await;
     assert!(run.status.success(), "{}", run.stderr);
-    assert!(run.stdout.starts_with("POST /hook HTTP/1.1\nhost: 127.0.0.1:9\ncontent-type: application/json\n"), "{}", run.stdout);
+    assert!(
+        run.stdout.starts_with("POST /hook HTTP/1.1\nhost: 127.0.0.1:9\ncontent-type: application/json\n"),
+        "{}",
+        run.stdout
+    );
     assert!(run.stdout.contains(&format!("\n\n{}\n", EVENTS[9].1)), "{}", run.stdout);
     assert_eq!(run.summary("delivered"), 1);
 }
@@ -267,7 +324,11 @@ async fn bad_invocations_fail_with_clear_errors() {
     assert!(run.stderr.contains("ndjson:PATH"), "{}", run.stderr);
 
     let not_wasm = scratch.file("guest.wasm", "not a component");
-    let run = mqhook(&["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap(), "--guest", not_wasm.to_str().unwrap()], "").await;
+    let run = mqhook(
+        &["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap(), "--guest", not_wasm.to_str().unwrap()],
+        "",
+    )
+    .await;
     assert!(!run.status.success());
     assert!(run.stderr.contains("is not a valid mqhook filter component"), "{}", run.stderr);
 
@@ -298,8 +359,7 @@ async fn failed_requests_go_to_the_dead_letter_file_and_replay_delivers_them() {
     }
 
     let accepting = Endpoint::start(Behaviour::default()).await;
-    let replay_config =
-        scratch.file("replay.conf", &all_events_config(&format!("{}/hook", accepting.url()), ""));
+    let replay_config = scratch.file("replay.conf", &all_events_config(&format!("{}/hook", accepting.url()), ""));
     let run = mqhook(&["replay", dead.to_str().unwrap(), "--config", replay_config.to_str().unwrap()], "").await;
     assert!(run.status.success(), "{}", run.stderr);
     assert_eq!((run.summary("delivered"), run.summary("failed")), (2, 0));
@@ -334,14 +394,11 @@ async fn sigterm_stops_reading_and_delivers_everything_accepted() {
         .collect();
     stdin.write_all(lines.as_bytes()).await.unwrap();
     stdin.flush().await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while endpoint.recorded().is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "nothing arrived");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::support::wait_until("a request arrives", async || !endpoint.recorded().is_empty()).await;
     // The pipe stays open: only the signal ends ingest. Slow answers keep events in flight.
     signal(&child, "-TERM").await;
-    let output = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output()).await.expect("it stops").unwrap();
+    let output =
+        tokio::time::timeout(Duration::from_secs(20), child.wait_with_output()).await.expect("it stops").unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("received=6 filtered=0 delivered=6 failed=0"), "{stdout}");
@@ -359,16 +416,14 @@ async fn a_second_signal_exits_at_once() {
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(format!("{}\n", EVENTS[9].0).as_bytes()).await.unwrap();
     stdin.flush().await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while endpoint.in_flight() == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the request never reached the endpoint");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::support::wait_until("the request reaches the endpoint", async || endpoint.in_flight() > 0).await;
+    let log = crate::support::StderrLog::capture(&mut child);
     signal(&child, "-TERM").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    log.wait_for("Stopping: no new events").await;
     signal(&child, "-INT").await;
     // The endpoint would hold the request for 30 s: only exiting at once ends it within the bound.
-    let output = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output()).await.expect("it exits").unwrap();
-    assert_eq!(output.status.code(), Some(130), "{}", String::from_utf8_lossy(&output.stderr));
+    let output =
+        tokio::time::timeout(Duration::from_secs(10), child.wait_with_output()).await.expect("it exits").unwrap();
+    assert_eq!(output.status.code(), Some(130), "{}", log.text());
     drop(stdin);
 }

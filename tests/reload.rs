@@ -12,8 +12,8 @@ use tokio::time::{sleep, timeout, Instant};
 
 use crate::support::endpoint::{Behaviour, Endpoint, Recorded};
 use crate::support::{
-    admin, free_loopback_addr, load_guest, message, spawn_mqhook, start_runtime, wait_for_listener, Scratch, Webhook,
-    HOSTILE_GUEST, WAIT_LIMIT,
+    admin, free_loopback_addr, load_guest, message, spawn_mqhook, start_runtime, wait_for_listener, wait_until,
+    Scratch, StderrLog, Webhook, HOSTILE_GUEST, WAIT_LIMIT,
 };
 
 const EVENTS: u64 = 6000;
@@ -23,7 +23,12 @@ fn config(url: &str, encoding: &str) -> Config {
 }
 
 fn publish(ts: u64) -> Event {
-    Event::MessagePublish(Message { ts, from_clientid: Some("c".into()), payload: b"hello".to_vec(), ..message("swap/t") })
+    Event::MessagePublish(Message {
+        ts,
+        from_clientid: Some("c".into()),
+        payload: b"hello".to_vec(),
+        ..message("swap/t")
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,17 +81,21 @@ async fn swapping_under_load_loses_and_duplicates_nothing() {
 }
 
 /// Sends `line` on `stdin` until the endpoint has a body satisfying `done`, bounded.
-async fn probe_until(stdin: &mut tokio::process::ChildStdin, endpoint: &Endpoint, line: &str, done: impl Fn(&str) -> bool) {
-    let deadline = Instant::now() + WAIT_LIMIT;
-    loop {
+async fn probe_until(
+    stdin: &mut tokio::process::ChildStdin,
+    endpoint: &Endpoint,
+    line: &str,
+    done: impl Fn(&str) -> bool,
+) {
+    wait_until("the swap takes effect", async || {
         if endpoint.recorded().iter().any(|r| done(&r.body_text())) {
-            return;
+            return true;
         }
-        assert!(Instant::now() < deadline, "the swap never took effect");
         stdin.write_all(format!("{line}\n").as_bytes()).await.unwrap();
         stdin.flush().await.unwrap();
-        sleep(Duration::from_millis(200)).await;
-    }
+        false
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,7 +108,15 @@ async fn the_binary_swaps_on_a_guest_file_change_and_on_sighup() {
     let config = scratch.file("nanomq.conf", &conf("plain"));
     let guest = scratch.0.path().join("guest.wasm");
     std::fs::copy(env!("MQHOOK_GUEST_BUILTIN"), &guest).unwrap();
-    let mut child = spawn_mqhook(&["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap(), "--guest", guest.to_str().unwrap()]);
+    let mut child = spawn_mqhook(&[
+        "run",
+        "--ingest",
+        "ndjson:-",
+        "--config",
+        config.to_str().unwrap(),
+        "--guest",
+        guest.to_str().unwrap(),
+    ]);
     let mut stdin = child.stdin.take().unwrap();
     let line = r#"{"event":"message_publish","from_client_id":"c","topic":"swap/x","qos":0,"retain":false,"payload":"hello","ts":1}"#;
     probe_until(&mut stdin, &endpoint, line, |body| body.ends_with(r#""payload":"hello"}"#)).await;
@@ -109,23 +126,21 @@ async fn the_binary_swaps_on_a_guest_file_change_and_on_sighup() {
     probe_until(&mut stdin, &endpoint, line, |body| body.ends_with(r#""payload":"aGVsbG8="}"#)).await;
 
     // A broken component never replaces the running one.
+    let log = StderrLog::capture(&mut child);
     std::fs::write(&guest, b"not a component").unwrap();
     let broken_at = std::fs::metadata(&guest).unwrap().modified().unwrap();
-    sleep(Duration::from_millis(1200)).await;
+    log.wait_for("the running guest stays").await;
     // The hostile guest (it posts the topic as the body) with the broken file's time, so that no
     // poll can notice it: only SIGHUP loads it.
     std::fs::copy(HOSTILE_GUEST, &guest).unwrap();
     std::fs::File::options().write(true).open(&guest).unwrap().set_modified(broken_at).unwrap();
-    sleep(Duration::from_millis(1200)).await;
+    // Not a wait for something to happen: two polls' time for a poll to (wrongly) notice the copy.
+    sleep(2 * mqhook::reload::POLL_INTERVAL).await;
     // An event now is still filtered by the running (NanoMQ, base64) guest.
     let before = endpoint.recorded().len();
     stdin.write_all(format!("{line}\n").as_bytes()).await.unwrap();
     stdin.flush().await.unwrap();
-    let deadline = Instant::now() + WAIT_LIMIT;
-    while endpoint.recorded().len() == before {
-        assert!(Instant::now() < deadline, "the probe never arrived");
-        sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("the probe arrives", async || endpoint.recorded().len() > before).await;
     let latest = endpoint.recorded().last().unwrap().body_text();
     assert!(latest.ends_with(r#""payload":"aGVsbG8="}"#), "the hostile guest is active before SIGHUP: {latest}");
     let pid = child.id().unwrap().to_string();
@@ -135,7 +150,7 @@ async fn the_binary_swaps_on_a_guest_file_change_and_on_sighup() {
     drop(stdin);
     let output = timeout(WAIT_LIMIT, child.wait_with_output()).await.expect("mqhook ends with its input").unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = log.text();
     assert!(output.status.success(), "{stderr}");
     assert!(stdout.contains("failed=0"), "no event lost across swaps: {stdout}");
     let received: u64 = stdout.split("received=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
@@ -153,7 +168,8 @@ async fn the_admin_api_reports_and_swaps_the_guest() {
         &format!("webhook {{\n url = \"{}\"\n events = [{{ event = \"on_message_publish\" }}]\n}}\n", endpoint.url()),
     );
     let addr = free_loopback_addr();
-    let mut child = spawn_mqhook(&["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap(), "--admin", &addr]);
+    let mut child =
+        spawn_mqhook(&["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap(), "--admin", &addr]);
     let mut stdin = child.stdin.take().unwrap();
     wait_for_listener(&addr).await;
     let (status, builtin) = admin(&addr, "GET", Vec::new()).await;

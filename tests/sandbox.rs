@@ -10,7 +10,9 @@ use crate::support::endpoint::{Behaviour, Endpoint};
 use crate::support::{load_guest, message, mqhook, start_runtime, Scratch, HOSTILE_GUEST};
 
 fn publish_line(topic: &str, ts: u64) -> String {
-    format!(r#"{{"event":"message_publish","from_client_id":"c","topic":"{topic}","qos":0,"retain":false,"payload":"p","ts":{ts}}}"#)
+    format!(
+        r#"{{"event":"message_publish","from_client_id":"c","topic":"{topic}","qos":0,"retain":false,"payload":"p","ts":{ts}}}"#
+    )
 }
 
 fn publish_event(topic: &str) -> Event {
@@ -29,9 +31,14 @@ async fn hostile_calls_are_contained_and_later_events_delivered() {
     let endpoint = Endpoint::start(Behaviour::default()).await;
     let scratch = Scratch::new();
     let config = scratch.file("hostile.hcl", &hostile_config(&endpoint.url(), ""));
-    let topics = ["ok/1", "hostile/loop", "ok/2", "hostile/alloc", "ok/3", "hostile/trap", "ok/4", "hostile/log", "ok/5"];
+    let topics =
+        ["ok/1", "hostile/loop", "ok/2", "hostile/alloc", "ok/3", "hostile/trap", "ok/4", "hostile/log", "ok/5"];
     let input: String = topics.iter().enumerate().map(|(i, t)| publish_line(t, i as u64) + "\n").collect();
-    let run = mqhook(&["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap(), "--guest", HOSTILE_GUEST], &input).await;
+    let run = mqhook(
+        &["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap(), "--guest", HOSTILE_GUEST],
+        &input,
+    )
+    .await;
     assert!(run.status.success(), "{}", run.stderr);
     let mut delivered: Vec<String> = endpoint.recorded().iter().map(|r| r.body_text()).collect();
     delivered.sort();
@@ -42,7 +49,9 @@ async fn hostile_calls_are_contained_and_later_events_delivered() {
     // Each failure is logged with the action and topic that caused it; guest output reaches the log.
     for topic in ["hostile/loop", "hostile/alloc", "hostile/trap"] {
         assert!(
-            run.stderr.lines().any(|l| l.contains("Guest call failed") && l.contains(topic) && l.contains("message_publish")),
+            run.stderr
+                .lines()
+                .any(|l| l.contains("Guest call failed") && l.contains(topic) && l.contains("message_publish")),
             "no failure logged for {topic}:\n{}",
             run.stderr
         );
@@ -53,7 +62,9 @@ async fn hostile_calls_are_contained_and_later_events_delivered() {
 
 #[test]
 fn a_guest_that_rejects_its_configuration_does_not_start() {
-    let config = Config::parse(&hostile_config("http://127.0.0.1:9", "reject = \"yes\""), Path::new("h.hcl"), Syntax::Hcl).unwrap();
+    let config =
+        Config::parse(&hostile_config("http://127.0.0.1:9", "reject = \"yes\""), Path::new("h.hcl"), Syntax::Hcl)
+            .unwrap();
     match load_guest(Some(HOSTILE_GUEST), &config) {
         Err(GuestError::Rejected { message, .. }) => assert_eq!(message, "rejected by configuration"),
         Err(other) => panic!("expected a rejection, got {other}"),
@@ -140,7 +151,8 @@ async fn a_swapped_in_guest_that_keeps_failing_is_rolled_back() {
 fn a_guest_seen_before_is_loaded_precompiled_from_the_cache() {
     let scratch = crate::support::Scratch::new();
     let cache = scratch.0.path().join("cache");
-    let text = hostile_config("http://127.0.0.1:9", "").replace("workers = 1", &format!("workers = 1\n    cache_dir = \"{}\"", cache.display()));
+    let text = hostile_config("http://127.0.0.1:9", "")
+        .replace("workers = 1", &format!("workers = 1\n    cache_dir = \"{}\"", cache.display()));
     let config = Config::parse(&text, Path::new("h.hcl"), Syntax::Hcl).unwrap();
     let first = load_guest(Some(HOSTILE_GUEST), &config).unwrap();
     assert!(!first.from_cache());
@@ -166,7 +178,11 @@ async fn on_failure_builtin_delivers_the_nanomq_body_instead() {
     let text = hostile_config(&endpoint.url(), "").replace("workers = 1", "workers = 1\n    on_failure = \"builtin\"");
     let config = scratch.file("hostile.hcl", &text);
     let input = [publish_line("hostile/trap", 7), publish_line("ok/1", 8)].join("\n") + "\n";
-    let run = mqhook(&["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap(), "--guest", HOSTILE_GUEST], &input).await;
+    let run = mqhook(
+        &["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap(), "--guest", HOSTILE_GUEST],
+        &input,
+    )
+    .await;
     assert!(run.status.success(), "{}", run.stderr);
     assert_eq!((run.summary("guest_traps"), run.summary("delivered"), run.summary("failed")), (1, 2, 0));
     let mut bodies: Vec<String> = endpoint.recorded().iter().map(|r| r.body_text()).collect();
@@ -189,7 +205,11 @@ async fn on_failure_dead_letter_keeps_the_event_for_replay() {
         .replace("  guest {", &format!("  dead_letter = \"{}\"\n  guest {{", dead.display()));
     let config = scratch.file("hostile.hcl", &text);
     let input = [publish_line("hostile/trap", 7), publish_line("ok/1", 8)].join("\n") + "\n";
-    let run = mqhook(&["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap(), "--guest", HOSTILE_GUEST], &input).await;
+    let run = mqhook(
+        &["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap(), "--guest", HOSTILE_GUEST],
+        &input,
+    )
+    .await;
     assert!(run.status.success(), "{}", run.stderr);
     assert_eq!((run.summary("guest_traps"), run.summary("delivered"), run.summary("failed")), (1, 1, 1));
     let letters = std::fs::read_to_string(&dead).unwrap();

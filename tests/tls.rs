@@ -13,7 +13,8 @@ use rustls::RootCertStore;
 use crate::support::endpoint::{Behaviour, Endpoint};
 use crate::support::{mqhook, Run, Scratch};
 
-const EVENT: &str = r#"{"event":"message_publish","from_client_id":"c1","topic":"t","qos":0,"payload":"over tls","ts":1}"#;
+const EVENT: &str =
+    r#"{"event":"message_publish","from_client_id":"c1","topic":"t","qos":0,"payload":"over tls","ts":1}"#;
 
 /// A certificate authority that signs leaf certificates.
 struct Authority {
@@ -59,7 +60,8 @@ fn server_config_for(authority: &Authority, client_ca: Option<&Authority>, name:
     let (certificate, key) = authority.issue(&[name]);
     let chain = vec![CertificateDer::from_pem_slice(certificate.as_bytes()).unwrap()];
     let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-    let builder = rustls::ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions().unwrap();
+    let builder =
+        rustls::ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions().unwrap();
     let builder = match client_ca {
         Some(client_ca) => {
             let mut roots = RootCertStore::empty();
@@ -90,7 +92,8 @@ fn write(scratch: &Scratch, name: &str, text: &str) -> PathBuf {
 async fn a_server_certificate_from_the_configured_ca_is_trusted() {
     let scratch = Scratch::new();
     let authority = Authority::new("test server CA");
-    let endpoint = Endpoint::start(Behaviour { tls: Some(server_config(&authority, None)), ..Behaviour::default() }).await;
+    let endpoint =
+        Endpoint::start(Behaviour { tls: Some(server_config(&authority, None)), ..Behaviour::default() }).await;
     let ca = write(&scratch, "ca.pem", &authority.pem());
     let result = run(&scratch, &endpoint, &format!("  tls {{ cacertfile = \"{}\" }}", ca.display())).await;
     assert_eq!(result.summary("delivered"), 1, "{}", result.stderr);
@@ -102,7 +105,11 @@ async fn a_server_certificate_from_the_configured_ca_is_trusted() {
 #[tokio::test]
 async fn a_server_certificate_from_another_ca_fails_clearly_and_is_not_retried() {
     let scratch = Scratch::new();
-    let endpoint = Endpoint::start(Behaviour { tls: Some(server_config(&Authority::new("test server CA"), None)), ..Behaviour::default() }).await;
+    let endpoint = Endpoint::start(Behaviour {
+        tls: Some(server_config(&Authority::new("test server CA"), None)),
+        ..Behaviour::default()
+    })
+    .await;
     let stranger = write(&scratch, "other-ca.pem", &Authority::new("some other CA").pem());
     // NanoMQ's spelling of the block.
     let result = run(&scratch, &endpoint, &format!("  ssl {{ cacertfile = \"{}\" }}", stranger.display())).await;
@@ -119,7 +126,8 @@ async fn a_server_that_requires_client_certificates_takes_ours_and_refuses_none(
     let server_ca = Authority::new("test server CA");
     let client_ca = Authority::new("test client CA");
     let endpoint =
-        Endpoint::start(Behaviour { tls: Some(server_config(&server_ca, Some(&client_ca))), ..Behaviour::default() }).await;
+        Endpoint::start(Behaviour { tls: Some(server_config(&server_ca, Some(&client_ca))), ..Behaviour::default() })
+            .await;
     let ca = write(&scratch, "ca.pem", &server_ca.pem());
     let (client_certificate, client_key) = client_ca.issue(&["mqhook-client"]);
     let certfile = write(&scratch, "client.pem", &client_certificate);
@@ -144,7 +152,11 @@ async fn a_server_that_requires_client_certificates_takes_ours_and_refuses_none(
 #[tokio::test]
 async fn missing_or_unusable_tls_files_stop_the_start_naming_the_key() {
     let scratch = Scratch::new();
-    let endpoint = Endpoint::start(Behaviour { tls: Some(server_config(&Authority::new("test server CA"), None)), ..Behaviour::default() }).await;
+    let endpoint = Endpoint::start(Behaviour {
+        tls: Some(server_config(&Authority::new("test server CA"), None)),
+        ..Behaviour::default()
+    })
+    .await;
     let not_pem = write(&scratch, "not.pem", "hello");
     let (certificate, _) = Authority::new("test client CA").issue(&["x"]);
     let certfile = write(&scratch, "client.pem", &certificate);
@@ -152,7 +164,10 @@ async fn missing_or_unusable_tls_files_stop_the_start_naming_the_key() {
         ("  tls { cacertfile = \"/nonexistent/ca.pem\" }".to_string(), "webhook.tls.cacertfile"),
         (format!("  ssl {{ cacertfile = \"{}\" }}", not_pem.display()), "webhook.ssl.cacertfile"),
         (format!("  tls {{ certfile = \"{}\" }}", certfile.display()), "webhook.tls.keyfile"),
-        (format!("  tls {{\n certfile = \"{}\"\n keyfile = \"{}\" }}", certfile.display(), not_pem.display()), "webhook.tls.keyfile"),
+        (
+            format!("  tls {{\n certfile = \"{}\"\n keyfile = \"{}\" }}", certfile.display(), not_pem.display()),
+            "webhook.tls.keyfile",
+        ),
     ];
     for (block, key) in cases {
         let result = run(&scratch, &endpoint, &block).await;
@@ -179,7 +194,8 @@ async fn nanomqs_verify_and_server_name_indication_keys_relax_the_checks_they_na
     assert_eq!(strict.summary("failed"), 1, "by default the name must match");
     assert!(strict.stderr.contains("not valid for name"), "{}", strict.stderr);
     for sni in ["\"hooks.example\"", "false"] {
-        let block = format!("  tls {{\n    cacertfile = \"{}\"\n    server_name_indication = {sni}\n  }}", ca.display());
+        let block =
+            format!("  tls {{\n    cacertfile = \"{}\"\n    server_name_indication = {sni}\n  }}", ca.display());
         let relaxed = run(&scratch, &elsewhere, &block).await;
         assert_eq!(relaxed.summary("delivered"), 1, "server_name_indication = {sni}: {}", relaxed.stderr);
     }

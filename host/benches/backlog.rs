@@ -26,7 +26,10 @@ fn main() {
             run.seconds
         );
     }
-    println!("peak RSS ratio, {events} / {BASELINE_EVENTS} events: {:.2}", measured.peak_kib as f64 / baseline.peak_kib as f64);
+    println!(
+        "peak RSS ratio, {events} / {BASELINE_EVENTS} events: {:.2}",
+        measured.peak_kib as f64 / baseline.peak_kib as f64
+    );
 }
 
 struct Backlog {
@@ -110,5 +113,6 @@ fn peak_rss_kib(pid: u32) -> u64 {
 }
 
 fn dir_size(dir: &Path) -> u64 {
-    std::fs::read_dir(dir).map_or(0, |entries| entries.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+    std::fs::read_dir(dir)
+        .map_or(0, |entries| entries.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
 }

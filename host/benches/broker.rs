@@ -17,11 +17,11 @@ use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use mqhook::config::{Config, Syntax};
+use mqhook::config::{Config, LiveConfig, Syntax};
 use mqhook::delivery::http::HttpSink;
 use mqhook::delivery::Sink;
 use mqhook::ingest::broker::{Broker, BrokerConfig};
-use mqhook::{GuestModule, Runtime};
+use mqhook::{GuestEngine, Runtime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -40,7 +40,8 @@ fn main() {
         let mut latencies = hooked.latencies.clone();
         latencies.sort_unstable();
         let received = latencies.len();
-        let percentile = |p: f64| latencies.get(((received as f64 * p) as usize).min(received.saturating_sub(1))).copied();
+        let percentile =
+            |p: f64| latencies.get(((received as f64 * p) as usize).min(received.saturating_sub(1))).copied();
         let rate = |secs: f64| sent as f64 / secs;
         println!("publishers: {publishers}, messages each: {messages}, QoS 1, pool_size 32");
         println!("broker alone (no webhook): {:.0} publishes/s", rate(baseline.publishing));
@@ -76,8 +77,10 @@ async fn round(webhooks: bool, publishers: usize, messages: usize) -> Round {
         "webhook {{\n enable = {webhooks}\n url = \"http://{endpoint}/hook\"\n pool_size = 32\n events = [{{ event = \"on_message_publish\", topic = \"bench/#\" }}]\n}}\n"
     );
     let config = Config::parse(&text, Path::new("bench.hcl"), Syntax::Hcl).expect("bench config");
-    let guest = GuestModule::load(None, &config).expect("built-in guest");
-    let pipeline = Runtime::start(&config, guest, Sink::Http(HttpSink::new(&config).expect("sink"))).expect("runtime");
+    let guest = GuestEngine::new().expect("engine").load(None, &config.guest, &config.filter).expect("built-in guest");
+    let live = LiveConfig::new(config);
+    let sink = Sink::Http(HttpSink::new(live.clone()).expect("sink"));
+    let pipeline = Runtime::start(live, guest, sink).expect("runtime");
     let loopback = BrokerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)) };
     let broker = Broker::bind(loopback, pipeline.submitter()).await.expect("broker");
     let broker_addr = broker.local_addr();
@@ -185,7 +188,8 @@ async fn serve(epoch: Instant) -> (SocketAddr, Arrivals) {
                         Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from_static(b"ok"))))
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
             });
         }
     });

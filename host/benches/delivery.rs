@@ -21,11 +21,11 @@ use hyper::{Request, Response};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use mqhook::config::{Config, Syntax};
+use mqhook::config::{Config, LiveConfig, Syntax};
 use mqhook::delivery::http::HttpSink;
 use mqhook::delivery::Sink;
 use mqhook::event::Message;
-use mqhook::{Event, GuestModule, Runtime};
+use mqhook::{Event, GuestEngine, GuestModule, Runtime};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -43,7 +43,8 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     runtime.block_on(async {
         let (addr, received) = serve().await;
-        let guest = GuestModule::load(None, &config(addr, POOL_SIZE)).expect("built-in guest");
+        let first = config(addr, POOL_SIZE);
+        let guest = GuestEngine::new().expect("engine").load(None, &first.guest, &first.filter).expect("built-in guest");
         let mut host_rates = Vec::new();
         let mut bare_rates = Vec::new();
         for _ in 0..ROUNDS {
@@ -122,18 +123,24 @@ fn publish(index: usize, payload: usize) -> Event {
 /// The bodies the guest makes, computed once, for the bare client to post.
 fn prebuilt_bodies(guest: &GuestModule, events: usize, payload: usize) -> Vec<Bytes> {
     let mut instance = guest.instance().expect("guest instance");
-    (0..events)
-        .map(|i| instance.handle(publish(i, payload)).expect("guest call").expect("selected").body)
-        .collect()
+    (0..events).map(|i| instance.handle(publish(i, payload)).expect("guest call").expect("selected").body).collect()
 }
 
 /// Events per second through the whole host: from the first submit to the end of the drain.
-async fn through_host(config: &Config, guest: &GuestModule, events: usize, payload: usize, received: &AtomicU64) -> f64 {
-    let module = guest.with_config(config).expect("guest config");
+async fn through_host(
+    config: &Config,
+    guest: &GuestModule,
+    events: usize,
+    payload: usize,
+    received: &AtomicU64,
+) -> f64 {
+    let module = guest.with_config(&config.guest, &config.filter).expect("guest config");
     let prepared: Vec<Event> = (0..events).map(|i| publish(i, payload)).collect();
     let before = received.load(Ordering::SeqCst);
     let started = Instant::now();
-    let pipeline = Runtime::start(config, module, Sink::Http(HttpSink::new(config).expect("http sink"))).expect("runtime");
+    let live = LiveConfig::new(config.clone());
+    let sink = Sink::Http(HttpSink::new(live.clone()).expect("http sink"));
+    let pipeline = Runtime::start(live, module, sink).expect("runtime");
     let submitter = pipeline.submitter();
     let feeder = tokio::task::spawn_blocking(move || {
         for event in prepared {
@@ -195,7 +202,8 @@ async fn serve() -> (SocketAddr, Arc<AtomicU64>) {
                         Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from_static(b"ok"))))
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
             });
         }
     });

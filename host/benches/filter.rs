@@ -13,7 +13,7 @@ use std::path::Path;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use mqhook::config::{Config, Syntax};
 use mqhook::event::{Client, Disconnection, Message};
-use mqhook::{Event, GuestModule};
+use mqhook::{Event, GuestEngine};
 use mqhook_guest_nanomq as native;
 
 fn config(encoding: &str) -> Config {
@@ -70,10 +70,12 @@ fn matching(c: &mut Criterion) {
         ("base64", native::PayloadEncoding::Base64),
         ("base62", native::PayloadEncoding::Base62),
     ];
-    let builtin = GuestModule::load(None, &config("plain")).expect("built-in guest");
+    let plain = config("plain");
+    let builtin = GuestEngine::new().expect("engine").load(None, &plain.guest, &plain.filter).expect("built-in guest");
     for (name, encoding) in encodings {
         let mut group = c.benchmark_group(format!("match/{name}"));
-        let module = builtin.with_config(&config(name)).expect("guest config");
+        let encoded = config(name);
+        let module = builtin.with_config(&encoded.guest, &encoded.filter).expect("guest config");
         let mut instance = module.instance().expect("guest instance");
         let filter = native_filter(encoding);
         for size in [100, 4 << 10, 64 << 10] {
@@ -106,28 +108,31 @@ fn matching(c: &mut Criterion) {
 fn non_matching(c: &mut Criterion) {
     let mut group = c.benchmark_group("no_match");
     let config = config("plain");
-    let module = GuestModule::load(None, &config).expect("built-in guest");
+    let module = GuestEngine::new().expect("engine").load(None, &config.guest, &config.filter).expect("built-in guest");
     let mut instance = module.instance().expect("guest instance");
     let filter = native_filter(native::PayloadEncoding::Plain);
     let host_event = host_publish("sensors/kitchen/humidity", payload(100));
     let guest_event = native_publish("sensors/kitchen/humidity", payload(100));
     group.bench_function("topic/wasm", |b| {
-        b.iter_batched(|| host_event.clone(), |event| assert!(instance.handle(event).unwrap().is_none()), BatchSize::SmallInput)
+        b.iter_batched(
+            || host_event.clone(),
+            |event| assert!(instance.handle(event).unwrap().is_none()),
+            BatchSize::SmallInput,
+        )
     });
     group.bench_function("topic/native", |b| {
-        b.iter_batched(|| guest_event.clone(), |event| assert!(filter.handle(&{ event }).is_none()), BatchSize::SmallInput)
+        b.iter_batched(
+            || guest_event.clone(),
+            |event| assert!(filter.handle(&{ event }).is_none()),
+            BatchSize::SmallInput,
+        )
     });
     // Kinds no rule asks for stop in the host, at submit: no queue, no guest call.
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let _guard = runtime.enter();
-    let pipeline = mqhook::Runtime::start(
-        &config,
-        module,
-        mqhook::delivery::Sink::Print(mqhook::delivery::print::PrintSink::new(
-            mqhook::delivery::http::RequestTemplate::new(&config),
-        )),
-    )
-    .unwrap();
+    let live = mqhook::config::LiveConfig::new(config);
+    let sink = mqhook::delivery::Sink::Print(mqhook::delivery::print::PrintSink::new(live.clone()));
+    let pipeline = mqhook::Runtime::start(live, module, sink).unwrap();
     let submitter = pipeline.submitter();
     let disconnected = Event::ClientDisconnected(Disconnection {
         client: Client { clientid: "c".into(), username: None },
@@ -177,7 +182,9 @@ fn base62_growth(c: &mut Criterion) {
         });
         if size <= 16 << 10 {
             assert_eq!(naive_base62(&data), native::encoding::base62(&data));
-            group.bench_with_input(BenchmarkId::new("long_division", size), &data, |b, data| b.iter(|| naive_base62(data)));
+            group.bench_with_input(BenchmarkId::new("long_division", size), &data, |b, data| {
+                b.iter(|| naive_base62(data))
+            });
         }
     }
     group.finish();

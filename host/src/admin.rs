@@ -104,7 +104,10 @@ async fn handle(
             Err(error) => json(StatusCode::PAYLOAD_TOO_LARGE, serde_json::json!({ "error": error.to_string() })),
         },
         (_, "/guest") => json(StatusCode::METHOD_NOT_ALLOWED, serde_json::json!({ "error": "use GET or PUT" })),
-        _ => json(StatusCode::NOT_FOUND, serde_json::json!({ "error": "the admin API has GET and PUT /guest, GET /metrics" })),
+        _ => json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({ "error": "the admin API has GET and PUT /guest, GET /metrics" }),
+        ),
     })
 }
 
@@ -126,7 +129,9 @@ async fn upload(active: &ActiveGuest, component: Bytes) -> http::Response<Full<B
             tracing::warn!("Admin upload refused; the running guest stays: {error}");
             json(StatusCode::UNPROCESSABLE_ENTITY, serde_json::json!({ "error": error.to_string() }))
         }
-        Err(_panicked) => json(StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({ "error": "loading the guest failed" })),
+        Err(_panicked) => {
+            json(StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({ "error": "loading the guest failed" }))
+        }
     }
 }
 

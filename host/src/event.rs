@@ -273,7 +273,9 @@ impl Event {
             | Event::ClientUnsubscribe(s)
             | Event::SessionSubscribed(s)
             | Event::SessionUnsubscribed(s) => Some(&s.client.clientid),
-            Event::MessagePublish(m) | Event::MessageDelivered(m) | Event::MessageAcked(m) => m.from_clientid.as_deref(),
+            Event::MessagePublish(m) | Event::MessageDelivered(m) | Event::MessageAcked(m) => {
+                m.from_clientid.as_deref()
+            }
         }
     }
 
@@ -284,9 +286,7 @@ impl Event {
             | Event::ClientUnsubscribe(s)
             | Event::SessionSubscribed(s)
             | Event::SessionUnsubscribed(s) => Some(&s.topic),
-            Event::MessagePublish(m) | Event::MessageDelivered(m) | Event::MessageAcked(m) => {
-                Some(&m.topic)
-            }
+            Event::MessagePublish(m) | Event::MessageDelivered(m) | Event::MessageAcked(m) => Some(&m.topic),
             _ => None,
         }
     }

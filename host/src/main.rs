@@ -103,7 +103,9 @@ fn main() -> ExitCode {
 fn print_line(text: &str) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match writeln!(out, "{text}").and_then(|()| out.flush()) {
-        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(error).context("writing to standard output"),
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(error).context("writing to standard output")
+        }
         _ => Ok(()),
     }
 }
@@ -114,7 +116,8 @@ fn check(path: &Path) -> Result<()> {
         tracing::warn!("The webhook is disabled in {} (no webhook section, or enable = false).", path.display());
     }
     // The certificate files are read at start-up; check them here too.
-    mqhook::delivery::tls::client_config(config.delivery.tls.as_ref()).with_context(|| format!("in {}", path.display()))?;
+    mqhook::delivery::tls::client_config(config.delivery.tls.as_ref())
+        .with_context(|| format!("in {}", path.display()))?;
     print_line(&serde_json::to_string_pretty(&config)?)
 }
 
@@ -125,7 +128,9 @@ fn replay(file: &Path, config_path: &Path) -> Result<()> {
     let requests = letters
         .iter()
         .enumerate()
-        .map(|(index, letter)| letter.to_request().map_err(|e| anyhow::anyhow!("{}: entry {}: {e}", file.display(), index + 1)))
+        .map(|(index, letter)| {
+            letter.to_request().map_err(|e| anyhow::anyhow!("{}: entry {}: {e}", file.display(), index + 1))
+        })
         .collect::<Result<Vec<_>>>()?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let dead_letters = match &config.delivery.dead_letter {
@@ -134,7 +139,8 @@ fn replay(file: &Path, config_path: &Path) -> Result<()> {
     };
     let settings = config.delivery.clone();
     runtime.block_on(async {
-        let sink = HttpSink::new(LiveConfig::new(config)).with_context(|| format!("webhook in {}", config_path.display()))?;
+        let sink =
+            HttpSink::new(LiveConfig::new(config)).with_context(|| format!("webhook in {}", config_path.display()))?;
         let totals = delivery::send_all(requests, Sink::Http(sink), &settings, dead_letters).await;
         print_line(&format!("summary: {totals}"))
     })
@@ -155,7 +161,9 @@ fn run(args: RunArgs) -> Result<()> {
         let sink = if args.dry_run {
             Sink::Print(PrintSink::new(live.clone()))
         } else {
-            Sink::Http(HttpSink::new(live.clone()).with_context(|| format!("webhook.url in {}", args.config.display()))?)
+            Sink::Http(
+                HttpSink::new(live.clone()).with_context(|| format!("webhook.url in {}", args.config.display()))?,
+            )
         };
         let pipeline = Runtime::start(live, guest, sink).with_context(|| format!("in {}", args.config.display()))?;
         let submitter = pipeline.submitter();
@@ -266,7 +274,9 @@ impl NdjsonSource {
     fn read_into(self, submitter: &mqhook::runtime::Submitter) -> Result<()> {
         use mqhook::ingest::ndjson::ingest;
         match self {
-            NdjsonSource::Stdin => ingest(std::io::stdin().lock(), "stdin", submitter).context("reading standard input")?,
+            NdjsonSource::Stdin => {
+                ingest(std::io::stdin().lock(), "stdin", submitter).context("reading standard input")?
+            }
             NdjsonSource::File(path) => {
                 let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
                 ingest(BufReader::new(file), &path.display().to_string(), submitter)

@@ -82,8 +82,7 @@ impl Reloader {
         let config = Config::load(&self.config_path)?;
         let guest_path = self.guest_override.clone().or_else(|| config.guest.path.clone());
         let guest_stamp = guest_path.as_deref().and_then(modified);
-        let same_component =
-            !recompile && guest_path == self.guest_path() && guest_stamp == self.loaded.guest;
+        let same_component = !recompile && guest_path == self.guest_path() && guest_stamp == self.loaded.guest;
         let running = self.active.current().1;
         let guest = if same_component {
             running.with_config(&config.guest, &config.filter)?
@@ -92,7 +91,10 @@ impl Reloader {
         };
         for (setting, changed) in restart_only_changes(&self.active.config(), &config) {
             if changed {
-                tracing::warn!("`webhook.{setting}` changed in {}; it takes effect after a restart.", self.config_path.display());
+                tracing::warn!(
+                    "`webhook.{setting}` changed in {}; it takes effect after a restart.",
+                    self.config_path.display()
+                );
             }
         }
         let generation = self.active.swap(guest, config);

@@ -105,10 +105,11 @@ impl Endpoint {
                     let connection = async move {
                         match tls {
                             // A failed handshake (an untrusted client, say) just ends the connection.
-                            Some(config) => match tokio_rustls::TlsAcceptor::from(config).accept(stream).await {
-                                Ok(stream) => drop(http.serve_connection(TokioIo::new(stream), service).await),
-                                Err(_) => {}
-                            },
+                            Some(config) => {
+                                if let Ok(stream) = tokio_rustls::TlsAcceptor::from(config).accept(stream).await {
+                                    drop(http.serve_connection(TokioIo::new(stream), service).await);
+                                }
+                            }
                             None => drop(http.serve_connection(TokioIo::new(stream), service).await),
                         }
                     };

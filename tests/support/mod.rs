@@ -181,6 +181,38 @@ pub fn spawn_mqhook(args: &[&str]) -> tokio::process::Child {
         .expect("starting mqhook")
 }
 
+/// A child's stderr, collected as it is written, so that a test can wait for a log line.
+#[derive(Clone)]
+pub struct StderrLog(std::sync::Arc<std::sync::Mutex<String>>);
+
+impl StderrLog {
+    /// Takes `child`'s piped stderr and collects it from now on.
+    pub fn capture(child: &mut tokio::process::Child) -> StderrLog {
+        use tokio::io::AsyncBufReadExt;
+        let log = StderrLog(Default::default());
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr is piped")).lines();
+        let collected = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut text = collected.0.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        log
+    }
+
+    /// What was written so far.
+    pub fn text(&self) -> String {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Waits, bounded, until a line containing `part` was written.
+    pub async fn wait_for(&self, part: &str) {
+        wait_until(&format!("the log says {part:?}"), async || self.text().contains(part)).await;
+    }
+}
+
 /// Sends signal `name` (`-TERM`, `-INT`, …) to a running child.
 pub async fn signal(child: &tokio::process::Child, name: &str) {
     let pid = child.id().expect("still running").to_string();
@@ -196,7 +228,8 @@ pub fn free_loopback_addr() -> String {
 
 /// Waits, bounded, until something listens on `addr`.
 pub async fn wait_for_listener(addr: &str) {
-    wait_until(&format!("something listens on {addr}"), async || tokio::net::TcpStream::connect(addr).await.is_ok()).await;
+    wait_until(&format!("something listens on {addr}"), async || tokio::net::TcpStream::connect(addr).await.is_ok())
+        .await;
 }
 
 /// Runs `mqhook ARGS` with `stdin` as standard input, bounded in time.
@@ -247,7 +280,8 @@ pub async fn admin_request(addr: &str, method: &str, path: &str, body: Vec<u8>) 
         .uri(format!("http://{addr}{path}"))
         .body(Full::new(bytes::Bytes::from(body)))
         .unwrap();
-    let response = tokio::time::timeout(WAIT_LIMIT, client.request(request)).await.expect("the admin API answers").unwrap();
+    let response =
+        tokio::time::timeout(WAIT_LIMIT, client.request(request)).await.expect("the admin API answers").unwrap();
     let status = response.status().as_u16();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     (status, serde_json::from_slice(&bytes).unwrap())

@@ -53,24 +53,13 @@ impl GuestLogic for CloudEvents {
         let mut source = None;
         for (key, value) in &config.settings {
             match key.as_str() {
-                "source" if value.is_empty() => {
-                    return Err("setting `source` must not be empty".to_owned())
-                }
-                "source" if source.is_some() => {
-                    return Err("setting `source` is given twice".to_owned())
-                }
+                "source" if value.is_empty() => return Err("setting `source` must not be empty".to_owned()),
+                "source" if source.is_some() => return Err("setting `source` is given twice".to_owned()),
                 "source" => source = Some(value.clone()),
-                _ => {
-                    return Err(format!(
-                        "unknown setting `{key}`: this guest reads only `source`"
-                    ))
-                }
+                _ => return Err(format!("unknown setting `{key}`: this guest reads only `source`")),
             }
         }
-        Ok(Self {
-            source: source.unwrap_or_else(|| DEFAULT_SOURCE.to_owned()),
-            filter: Filter::new(config)?,
-        })
+        Ok(Self { source: source.unwrap_or_else(|| DEFAULT_SOURCE.to_owned()), filter: Filter::new(config)? })
     }
 
     /// The CloudEvent for `event`, or `None` when no rule selects it.
@@ -80,11 +69,7 @@ impl GuestLogic for CloudEvents {
         envelope.extend_from_slice(br#"{"specversion":"1.0""#);
         member(&mut envelope, "id", &event_id(&data));
         member(&mut envelope, "source", &self.source);
-        member(
-            &mut envelope,
-            "type",
-            &format!("io.nanomq.{}", event::action(event::kind(event))),
-        );
+        member(&mut envelope, "type", &format!("io.nanomq.{}", event::action(event::kind(event))));
         if let Some(topic) = event::topic(event) {
             member(&mut envelope, "subject", topic);
         }
@@ -121,19 +106,16 @@ fn write_string(out: &mut Vec<u8>, text: &str) {
 fn event_id(data: &[u8]) -> String {
     const OFFSET_BASIS: u128 = 0x6c62272e07bb014262b821756295c58d;
     const PRIME: u128 = 0x0000000001000000000000000000013b;
-    let hash = data.iter().fold(OFFSET_BASIS, |hash, &byte| {
-        (hash ^ u128::from(byte)).wrapping_mul(PRIME)
-    });
+    let hash = data.iter().fold(OFFSET_BASIS, |hash, &byte| (hash ^ u128::from(byte)).wrapping_mul(PRIME));
     format!("{hash:032x}")
 }
-
 
 /// When the event happened, in milliseconds since the Unix epoch, for the events that say.
 fn timestamp(event: &Event) -> Option<u64> {
     match event {
-        Event::MessagePublish(message)
-        | Event::MessageDelivered(message)
-        | Event::MessageAcked(message) => Some(message.ts),
+        Event::MessagePublish(message) | Event::MessageDelivered(message) | Event::MessageAcked(message) => {
+            Some(message.ts)
+        }
         Event::ClientConnected(connection) => Some(connection.connected_at),
         _ => None,
     }
@@ -150,9 +132,7 @@ fn rfc3339(milliseconds: u64) -> Option<String> {
     let ms_of_day = milliseconds % MS_PER_DAY;
     let (hour, minute) = (ms_of_day / 3_600_000, ms_of_day / 60_000 % 60);
     let (second, millisecond) = (ms_of_day / 1000 % 60, ms_of_day % 1000);
-    Some(format!(
-        "{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{millisecond:03}Z"
-    ))
+    Some(format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{millisecond:03}Z"))
 }
 
 /// The proleptic Gregorian (year, month, day) of `days` since 1970-01-01: Howard Hinnant's
@@ -162,16 +142,11 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let days = days + 719_468;
     let era = days / 146_097;
     let day_of_era = days % 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_from_march = (5 * day_of_year + 2) / 153;
     let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
-    let month = if month_from_march < 10 {
-        month_from_march + 3
-    } else {
-        month_from_march - 9
-    };
+    let month = if month_from_march < 10 { month_from_march + 3 } else { month_from_march - 9 };
     let year = year_of_era + era * 400 + u64::from(month <= 2);
     (year, month, day)
 }
@@ -191,10 +166,7 @@ mod tests {
     }
 
     fn client() -> Client {
-        Client {
-            clientid: "c1".to_owned(),
-            username: Some("u1".to_owned()),
-        }
+        Client { clientid: "c1".to_owned(), username: Some("u1".to_owned()) }
     }
 
     fn publish(ts: u64) -> Event {
@@ -212,10 +184,7 @@ mod tests {
 
     fn envelope(guest: &CloudEvents, event: &Event) -> String {
         let delivery = guest.handle(event).expect("selected");
-        assert_eq!(
-            delivery.headers,
-            [("content-type".to_owned(), CONTENT_TYPE.to_owned())]
-        );
+        assert_eq!(delivery.headers, [("content-type".to_owned(), CONTENT_TYPE.to_owned())]);
         assert_eq!(delivery.path, None);
         String::from_utf8(delivery.body).expect("UTF-8")
     }
@@ -236,12 +205,7 @@ mod tests {
     #[test]
     fn client_events_have_no_subject_and_time_only_when_connected() {
         let guest = CloudEvents::configure(config(&[])).unwrap();
-        let connack = Event::ClientConnack(Connack {
-            client: client(),
-            keepalive: 60,
-            proto_ver: 4,
-            reason_code: 0,
-        });
+        let connack = Event::ClientConnack(Connack { client: client(), keepalive: 60, proto_ver: 4, reason_code: 0 });
         let text = envelope(&guest, &connack);
         assert!(text.starts_with(r#"{"specversion":"1.0","id":""#), "{text}");
         assert!(
@@ -256,12 +220,7 @@ mod tests {
             connected_at: 0,
         });
         let text = envelope(&guest, &connected);
-        assert!(
-            text.contains(
-                r#""type":"io.nanomq.client_connected","time":"1970-01-01T00:00:00.000Z","#
-            ),
-            "{text}"
-        );
+        assert!(text.contains(r#""type":"io.nanomq.client_connected","time":"1970-01-01T00:00:00.000Z","#), "{text}");
     }
 
     #[test]
@@ -289,11 +248,7 @@ mod tests {
             (4_107_542_400_000, "2100-03-01T00:00:00.000Z"),
             (253_402_300_799_999, "9999-12-31T23:59:59.999Z"),
         ] {
-            assert_eq!(
-                rfc3339(milliseconds).as_deref(),
-                Some(expected),
-                "{milliseconds}"
-            );
+            assert_eq!(rfc3339(milliseconds).as_deref(), Some(expected), "{milliseconds}");
         }
         assert_eq!(rfc3339(253_402_300_800_000), None);
         assert_eq!(rfc3339(u64::MAX), None);

@@ -16,20 +16,22 @@
 //! - Any other event is delivered with, as its body, its topic for message events and its action
 //!   name (such as `client_connack`) for all others; no headers, no path.
 
-wit_bindgen::generate!({ path: "../../wit", world: "filter" });
+/// The world's bindings. The WIT documents what it defines; the few items wit-bindgen adds around
+/// it carry no docs, and its export glue (the canonical ABI entry points) is unsafe code.
+#[allow(missing_docs, unsafe_code)]
+mod bindings {
+    wit_bindgen::generate!({ path: "../../wit", world: "filter" });
+}
 
-use mqhook::filter::log::{log, Level};
-use mqhook::filter::types::Message;
+use bindings::mqhook::filter::log::{log, Level};
+use bindings::mqhook::filter::types::Message;
+use bindings::{Delivery, Event, FilterConfig, Guest};
 
 struct HostileGuest;
 
 impl Guest for HostileGuest {
     fn configure(config: FilterConfig) -> Result<(), String> {
-        if config
-            .settings
-            .iter()
-            .any(|(key, value)| key == "reject" && value == "yes")
-        {
+        if config.settings.iter().any(|(key, value)| key == "reject" && value == "yes") {
             return Err("rejected by configuration".to_owned());
         }
         Ok(())
@@ -56,11 +58,7 @@ impl Guest for HostileGuest {
                 _ => {}
             }
         }
-        Some(Delivery {
-            body: body_of(&event).into_bytes(),
-            headers: Vec::new(),
-            path: None,
-        })
+        Some(Delivery { body: body_of(&event).into_bytes(), headers: Vec::new(), path: None })
     }
 }
 
@@ -104,9 +102,7 @@ fn ambient_authority() -> String {
 /// The topic of message events, else the action name.
 fn body_of(event: &Event) -> String {
     let action = match event {
-        Event::MessagePublish(message)
-        | Event::MessageDelivered(message)
-        | Event::MessageAcked(message) => {
+        Event::MessagePublish(message) | Event::MessageDelivered(message) | Event::MessageAcked(message) => {
             return message.topic.clone();
         }
         Event::ClientConnect(_) => "client_connect",
@@ -122,4 +118,9 @@ fn body_of(event: &Event) -> String {
     action.to_owned()
 }
 
-export!(HostileGuest);
+// The export glue expands here, so it is allowed its unsafe code here.
+#[allow(unsafe_code)]
+mod export {
+    use super::{bindings, HostileGuest};
+    bindings::export!(HostileGuest with_types_in super::bindings);
+}

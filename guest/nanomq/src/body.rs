@@ -10,9 +10,7 @@
 use crate::encoding::{payload_field, PayloadField};
 use crate::event::{action, kind};
 use crate::json::JsonObject;
-use crate::{
-    Client, Connack, Connection, Disconnection, Event, Message, PayloadEncoding, Subscription,
-};
+use crate::{Client, Connack, Connection, Disconnection, Event, Message, PayloadEncoding, Subscription};
 
 /// Room for the keys and short values of any body; long strings are added on top.
 const FIXED_CAPACITY: usize = 192;
@@ -22,24 +20,16 @@ pub fn body(event: &Event, encoding: PayloadEncoding) -> Vec<u8> {
     let action = action(kind(event));
     match event {
         Event::ClientConnect(connection) => connection_body(connection, None, action),
-        Event::ClientConnected(connection) => {
-            connection_body(connection, Some(connection.connected_at), action)
-        }
+        Event::ClientConnected(connection) => connection_body(connection, Some(connection.connected_at), action),
         Event::ClientConnack(connack) => connack_body(connack, action),
         Event::ClientDisconnected(disconnection) => disconnected_body(disconnection, action),
         Event::SessionTerminated(disconnection) => terminated_body(disconnection, action),
         Event::ClientSubscribe(subscription)
         | Event::ClientUnsubscribe(subscription)
-        | Event::SessionSubscribed(subscription) => {
-            subscription_body(subscription, Opts::Included, action)
-        }
-        Event::SessionUnsubscribed(subscription) => {
-            subscription_body(subscription, Opts::Omitted, action)
-        }
+        | Event::SessionSubscribed(subscription) => subscription_body(subscription, Opts::Included, action),
+        Event::SessionUnsubscribed(subscription) => subscription_body(subscription, Opts::Omitted, action),
         Event::MessagePublish(message) => publish_body(message, encoding, action),
-        Event::MessageDelivered(message) | Event::MessageAcked(message) => {
-            delivered_body(message, encoding, action)
-        }
+        Event::MessageDelivered(message) | Event::MessageAcked(message) => delivered_body(message, encoding, action),
     }
 }
 
@@ -49,14 +39,7 @@ fn connack_body(connack: &Connack, action: &str) -> Vec<u8> {
     object
         .number("proto_ver", connack.proto_ver.into())
         .number("keepalive", connack.keepalive.into())
-        .string(
-            "conn_ack",
-            if connack.reason_code == 0 {
-                "success"
-            } else {
-                "fail"
-            },
-        )
+        .string("conn_ack", if connack.reason_code == 0 { "success" } else { "fail" })
         .string("username", username(&connack.client))
         .string("clientid", &connack.client.clientid)
         .string("action", action);
@@ -66,8 +49,7 @@ fn connack_body(connack: &Connack, action: &str) -> Vec<u8> {
 /// `client_disconnected`: `reason`, `username`, `clientid`, `action`.
 fn disconnected_body(disconnection: &Disconnection, action: &str) -> Vec<u8> {
     let client = &disconnection.client;
-    let mut object =
-        JsonObject::with_capacity(FIXED_CAPACITY + client_len(client) + disconnection.reason.len());
+    let mut object = JsonObject::with_capacity(FIXED_CAPACITY + client_len(client) + disconnection.reason.len());
     object
         .string("reason", &disconnection.reason)
         .string("username", username(client))
@@ -79,8 +61,7 @@ fn disconnected_body(disconnection: &Disconnection, action: &str) -> Vec<u8> {
 /// `session_terminated`: `clientid`, `username`, `reason`, `action`.
 fn terminated_body(disconnection: &Disconnection, action: &str) -> Vec<u8> {
     let client = &disconnection.client;
-    let mut object =
-        JsonObject::with_capacity(FIXED_CAPACITY + client_len(client) + disconnection.reason.len());
+    let mut object = JsonObject::with_capacity(FIXED_CAPACITY + client_len(client) + disconnection.reason.len());
     object
         .string("clientid", &client.clientid)
         .string("username", username(client))
@@ -93,8 +74,7 @@ fn terminated_body(disconnection: &Disconnection, action: &str) -> Vec<u8> {
 /// `ipaddress`, `keepalive`, `proto_ver`, [`connected_at`], `action`.
 fn connection_body(connection: &Connection, connected_at: Option<u64>, action: &str) -> Vec<u8> {
     let client = &connection.client;
-    let mut object =
-        JsonObject::with_capacity(FIXED_CAPACITY + client_len(client) + connection.ipaddress.len());
+    let mut object = JsonObject::with_capacity(FIXED_CAPACITY + client_len(client) + connection.ipaddress.len());
     object
         .string("clientid", &client.clientid)
         .string("username", username(client))
@@ -119,8 +99,7 @@ enum Opts {
 /// `topic`, `opts`, `action`; `session_unsubscribed` the same without `opts`.
 fn subscription_body(subscription: &Subscription, opts_member: Opts, action: &str) -> Vec<u8> {
     let client = &subscription.client;
-    let mut object =
-        JsonObject::with_capacity(FIXED_CAPACITY + client_len(client) + subscription.topic.len());
+    let mut object = JsonObject::with_capacity(FIXED_CAPACITY + client_len(client) + subscription.topic.len());
     object
         .string("clientid", &client.clientid)
         .string("username", username(client))
@@ -152,10 +131,7 @@ fn publish_body(message: &Message, encoding: PayloadEncoding, action: &str) -> V
         .bool("retain", message.retain)
         .number("qos", message.qos.into())
         .string("action", action)
-        .string(
-            "from_username",
-            non_empty_or_undefined(message.from_username.as_deref()),
-        )
+        .string("from_username", non_empty_or_undefined(message.from_username.as_deref()))
         .string_or_null("from_client_id", message.from_clientid.as_deref());
     write_payload(&mut object, payload);
     object.finish()
@@ -173,16 +149,10 @@ fn delivered_body(message: &Message, encoding: PayloadEncoding, action: &str) ->
     let mut object = JsonObject::with_capacity(capacity);
     object
         .number("ts", message.ts)
-        .string_or_null(
-            "clientid",
-            receiver.map(|receiver| receiver.clientid.as_str()),
-        )
+        .string_or_null("clientid", receiver.map(|receiver| receiver.clientid.as_str()))
         .string("username", receiver.map_or("undefined", username))
         .string_or_null("from_client_id", message.from_clientid.as_deref())
-        .string(
-            "from_username",
-            non_empty_or_undefined(message.from_username.as_deref()),
-        )
+        .string("from_username", non_empty_or_undefined(message.from_username.as_deref()))
         .string("topic", &message.topic)
         .number("qos", message.qos.into())
         .bool("retain", message.retain)
@@ -202,9 +172,7 @@ fn write_payload(object: &mut JsonObject, payload: PayloadField<'_>) {
             object.string("payload", &text);
         }
         PayloadField::Base64Fallback(text) => {
-            object
-                .string("payload", &text)
-                .string("payload_encoding", "base64");
+            object.string("payload", &text).string("payload_encoding", "base64");
         }
     }
 }
@@ -247,10 +215,7 @@ mod tests {
     use crate::SubscribeOptions;
 
     fn client(clientid: &str, username: Option<&str>) -> Client {
-        Client {
-            clientid: clientid.to_owned(),
-            username: username.map(str::to_owned),
-        }
+        Client { clientid: clientid.to_owned(), username: username.map(str::to_owned) }
     }
 
     fn wbhk_client() -> Client {
@@ -268,25 +233,11 @@ mod tests {
     }
 
     fn subscription(opts: SubscribeOptions) -> Subscription {
-        Subscription {
-            client: wbhk_client(),
-            topic: "a/#".to_owned(),
-            opts,
-        }
+        Subscription { client: wbhk_client(), topic: "a/#".to_owned(), opts }
     }
 
-    const MQTT3_OPTS: SubscribeOptions = SubscribeOptions {
-        qos: 1,
-        nl: None,
-        rap: None,
-        rh: None,
-    };
-    const MQTT5_OPTS: SubscribeOptions = SubscribeOptions {
-        qos: 2,
-        nl: Some(1),
-        rap: Some(0),
-        rh: Some(2),
-    };
+    const MQTT3_OPTS: SubscribeOptions = SubscribeOptions { qos: 1, nl: None, rap: None, rh: None };
+    const MQTT5_OPTS: SubscribeOptions = SubscribeOptions { qos: 2, nl: Some(1), rap: Some(0), rh: Some(2) };
 
     fn publish(payload: &[u8]) -> Message {
         Message {
@@ -302,10 +253,7 @@ mod tests {
     }
 
     fn delivered(payload: &[u8]) -> Message {
-        Message {
-            receiver: Some(client("receiver_id", Some("receiver_user"))),
-            ..publish(payload)
-        }
+        Message { receiver: Some(client("receiver_id", Some("receiver_user"))), ..publish(payload) }
     }
 
     fn text(event: &Event, encoding: PayloadEncoding) -> String {
@@ -318,12 +266,7 @@ mod tests {
 
     #[test]
     fn spec_client_connack() {
-        let connack = Connack {
-            client: wbhk_client(),
-            keepalive: 60,
-            proto_ver: 4,
-            reason_code: 0,
-        };
+        let connack = Connack { client: wbhk_client(), keepalive: 60, proto_ver: 4, reason_code: 0 };
         assert_eq!(
             plain(&Event::ClientConnack(connack)),
             r#"{"proto_ver":4,"keepalive":60,"conn_ack":"success","username":"wbhk_test","clientid":"wbhk_clientid","action":"client_connack"}"#
@@ -332,12 +275,7 @@ mod tests {
 
     #[test]
     fn connack_with_a_non_zero_code_is_fail() {
-        let connack = Connack {
-            client: client("c", None),
-            keepalive: 0,
-            proto_ver: 5,
-            reason_code: 0x87,
-        };
+        let connack = Connack { client: client("c", None), keepalive: 0, proto_ver: 5, reason_code: 0x87 };
         assert_eq!(
             plain(&Event::ClientConnack(connack)),
             r#"{"proto_ver":5,"keepalive":0,"conn_ack":"fail","username":"undefined","clientid":"c","action":"client_connack"}"#
@@ -346,10 +284,7 @@ mod tests {
 
     #[test]
     fn spec_client_disconnected() {
-        let disconnection = Disconnection {
-            client: wbhk_client(),
-            reason: "normal".to_owned(),
-        };
+        let disconnection = Disconnection { client: wbhk_client(), reason: "normal".to_owned() };
         assert_eq!(
             plain(&Event::ClientDisconnected(disconnection)),
             r#"{"reason":"normal","username":"wbhk_test","clientid":"wbhk_clientid","action":"client_disconnected"}"#
@@ -366,13 +301,7 @@ mod tests {
 
     #[test]
     fn publish_from_an_unknown_client_without_username() {
-        let message = Message {
-            from_clientid: None,
-            from_username: None,
-            retain: false,
-            qos: 0,
-            ..publish(b"x")
-        };
+        let message = Message { from_clientid: None, from_username: None, retain: false, qos: 0, ..publish(b"x") };
         assert_eq!(
             plain(&Event::MessagePublish(message)),
             r#"{"ts":1706703724960,"topic":"nmq/pub","retain":false,"qos":0,"action":"message_publish","from_username":"undefined","from_client_id":null,"payload":"x"}"#
@@ -381,17 +310,9 @@ mod tests {
 
     #[test]
     fn empty_usernames_are_undefined() {
-        let connack = Connack {
-            client: client("c", Some("")),
-            keepalive: 60,
-            proto_ver: 4,
-            reason_code: 0,
-        };
+        let connack = Connack { client: client("c", Some("")), keepalive: 60, proto_ver: 4, reason_code: 0 };
         assert!(plain(&Event::ClientConnack(connack)).contains(r#""username":"undefined""#));
-        let message = Message {
-            from_username: Some(String::new()),
-            ..publish(b"x")
-        };
+        let message = Message { from_username: Some(String::new()), ..publish(b"x") };
         assert!(plain(&Event::MessagePublish(message)).contains(r#""from_username":"undefined""#));
     }
 
@@ -453,10 +374,7 @@ mod tests {
 
     #[test]
     fn session_terminated() {
-        let disconnection = Disconnection {
-            client: client("c1", None),
-            reason: "takenover".to_owned(),
-        };
+        let disconnection = Disconnection { client: client("c1", None), reason: "takenover".to_owned() };
         assert_eq!(
             plain(&Event::SessionTerminated(disconnection)),
             r#"{"clientid":"c1","username":"undefined","reason":"takenover","action":"session_terminated"}"#
@@ -473,11 +391,7 @@ mod tests {
 
     #[test]
     fn message_acked() {
-        let message = Message {
-            from_clientid: None,
-            from_username: None,
-            ..delivered(b"hello")
-        };
+        let message = Message { from_clientid: None, from_username: None, ..delivered(b"hello") };
         assert_eq!(
             text(&Event::MessageAcked(message), PayloadEncoding::Base62),
             r#"{"ts":1706703724960,"clientid":"receiver_id","username":"receiver_user","from_client_id":null,"from_username":"undefined","topic":"nmq/pub","qos":1,"retain":true,"action":"message_acked","payload":"7tQLFHz"}"#
@@ -497,32 +411,23 @@ mod tests {
         let event = Event::MessagePublish(publish(b""));
         let prefix = r#"{"ts":1706703724960,"topic":"nmq/pub","retain":true,"qos":1,"action":"message_publish","from_username":"wbhk_test","from_client_id":"wbhk_clientid""#;
         assert_eq!(text(&event, PayloadEncoding::Plain), format!("{prefix}}}"));
-        assert_eq!(
-            text(&event, PayloadEncoding::Base64),
-            format!(r#"{prefix},"payload":null}}"#)
-        );
-        assert_eq!(
-            text(&event, PayloadEncoding::Base62),
-            format!(r#"{prefix},"payload":""}}"#)
-        );
+        assert_eq!(text(&event, PayloadEncoding::Base64), format!(r#"{prefix},"payload":null}}"#));
+        assert_eq!(text(&event, PayloadEncoding::Base62), format!(r#"{prefix},"payload":""}}"#));
     }
 
     #[test]
     fn payload_per_encoding() {
         let event = Event::MessagePublish(publish(b"messagei+/"));
         assert!(text(&event, PayloadEncoding::Plain).ends_with(r#","payload":"messagei+/"}"#));
-        assert!(
-            text(&event, PayloadEncoding::Base64).ends_with(r#","payload":"bWVzc2FnZWkrLw=="}"#)
-        );
+        assert!(text(&event, PayloadEncoding::Base64).ends_with(r#","payload":"bWVzc2FnZWkrLw=="}"#));
         assert!(text(&event, PayloadEncoding::Base62).ends_with(r#","payload":"2a7oZkl5ty6sG7"}"#));
     }
 
     #[test]
     fn plain_non_utf8_payload_falls_back_to_base64_and_says_so() {
         let event = Event::MessagePublish(publish(&[0xff, 0xfe, 0x00]));
-        assert!(plain(&event).ends_with(
-            r#","from_client_id":"wbhk_clientid","payload":"//4A","payload_encoding":"base64"}"#
-        ));
+        assert!(plain(&event)
+            .ends_with(r#","from_client_id":"wbhk_clientid","payload":"//4A","payload_encoding":"base64"}"#));
         // Only plain falls back: the other encodings carry any bytes already.
         assert!(text(&event, PayloadEncoding::Base64).ends_with(r#","payload":"//4A"}"#));
         assert!(text(&event, PayloadEncoding::Base62).ends_with(r#","payload":"18OO0"}"#));
@@ -531,9 +436,7 @@ mod tests {
     #[test]
     fn plain_payload_is_escaped_and_never_cut_at_nul() {
         let event = Event::MessagePublish(publish(b"a\0b\"c\\d\n\x01\x7f/\xc3\xa9"));
-        assert!(
-            plain(&event).ends_with("\"payload\":\"a\\u0000b\\\"c\\\\d\\n\\u0001\u{7f}/\u{e9}\"}")
-        );
+        assert!(plain(&event).ends_with("\"payload\":\"a\\u0000b\\\"c\\\\d\\n\\u0001\u{7f}/\u{e9}\"}"));
     }
 
     #[test]

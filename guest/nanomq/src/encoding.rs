@@ -63,8 +63,7 @@ pub fn base64(bytes: &[u8]) -> String {
 }
 
 /// The base-62 digits, `'0'` = 0, `'A'` = 10, `'a'` = 36, `'z'` = 61.
-const BASE62_ALPHABET: &[u8; 62] =
-    b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+const BASE62_ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 /// The most digits a leaf of the conversion holds: 62^20 < 2^120, so a leaf fits a `u128`.
 const LEAF_DIGITS: usize = 20;
@@ -117,10 +116,7 @@ impl Split {
                 Some(smaller) if digits == 2 * smaller.low_digits => smaller.odd_factor.sqr(),
                 Some(smaller) => smaller.odd_factor.sqr() / 31u8,
             };
-            splits.push(Split {
-                low_digits: digits,
-                odd_factor,
-            });
+            splits.push(Split { low_digits: digits, odd_factor });
         }
         splits.reverse();
         splits
@@ -171,10 +167,7 @@ fn write_leaf(leaf: u128, width: Width, out: &mut Vec<u8>) {
     const HALF_LEAF_BASE: u64 = 62u64.pow(HALF_LEAF_DIGITS as u32);
     let mut digits = [b'0'; LEAF_DIGITS];
     // One u128 division, then u64 arithmetic, which is much cheaper per digit.
-    let halves = [
-        (leaf % u128::from(HALF_LEAF_BASE)) as u64,
-        (leaf / u128::from(HALF_LEAF_BASE)) as u64,
-    ];
+    let halves = [(leaf % u128::from(HALF_LEAF_BASE)) as u64, (leaf / u128::from(HALF_LEAF_BASE)) as u64];
     let mut first_significant = LEAF_DIGITS;
     for (half_index, mut half) in halves.into_iter().enumerate() {
         let end = LEAF_DIGITS - half_index * HALF_LEAF_DIGITS;
@@ -264,16 +257,9 @@ mod tests {
     #[test]
     fn base62_matches_long_division_across_sizes() {
         // Sizes around the leaf and power boundaries, and a few KB to exercise deep recursion.
-        for (seed, len) in [1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 200, 1000, 3001, 4096]
-            .into_iter()
-            .enumerate()
-        {
+        for (seed, len) in [1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 200, 1000, 3001, 4096].into_iter().enumerate() {
             let payload = pseudo_random_bytes(len, seed as u64 + 1);
-            assert_eq!(
-                base62(&payload),
-                base62_by_long_division(&payload),
-                "length {len}"
-            );
+            assert_eq!(base62(&payload), base62_by_long_division(&payload), "length {len}");
         }
     }
 
@@ -283,10 +269,7 @@ mod tests {
         for exponent in [10u32, 20, 40, 41, 80, 160, 333] {
             let power = UBig::from(62u8).pow(exponent as usize);
             let below = &power - UBig::ONE;
-            assert_eq!(
-                base62(&power.to_be_bytes()),
-                format!("1{}", "0".repeat(exponent as usize))
-            );
+            assert_eq!(base62(&power.to_be_bytes()), format!("1{}", "0".repeat(exponent as usize)));
             assert_eq!(base62(&below.to_be_bytes()), "z".repeat(exponent as usize));
         }
     }
@@ -304,14 +287,11 @@ mod tests {
     /// Reads base-62 text back into bytes: leading '0's are zero bytes, the rest one integer.
     fn decode_base62(text: &str) -> Vec<u8> {
         let leading_zeros = text.bytes().take_while(|&digit| digit == b'0').count();
-        let digit_value =
-            |digit: u8| BASE62_ALPHABET.iter().position(|&d| d == digit).unwrap() as u64;
+        let digit_value = |digit: u8| BASE62_ALPHABET.iter().position(|&d| d == digit).unwrap() as u64;
         let mut value = UBig::ZERO;
         // Horner's rule over chunks of ten digits (62^10 fits u64) keeps the check quick enough.
         for chunk in text.as_bytes()[leading_zeros..].chunks(HALF_LEAF_DIGITS) {
-            let chunk_value = chunk
-                .iter()
-                .fold(0u64, |acc, &digit| acc * 62 + digit_value(digit));
+            let chunk_value = chunk.iter().fold(0u64, |acc, &digit| acc * 62 + digit_value(digit));
             value = value * UBig::from(62u64.pow(chunk.len() as u32)) + UBig::from(chunk_value);
         }
         let mut bytes = vec![0u8; leading_zeros];
@@ -328,9 +308,7 @@ mod tests {
         let encoded = base62(&payload);
         // 2^524287 ≤ value < 2^524288 and log2(62) ≈ 5.9542, so log62(value) ≈ 88053.4: 88054 digits.
         assert_eq!(encoded.len(), 88_054);
-        assert!(encoded
-            .bytes()
-            .all(|digit| BASE62_ALPHABET.contains(&digit)));
+        assert!(encoded.bytes().all(|digit| BASE62_ALPHABET.contains(&digit)));
         assert_eq!(decode_base62(&encoded), payload);
     }
 
@@ -347,18 +325,9 @@ mod tests {
 
     #[test]
     fn plain_payload_field() {
-        assert_eq!(
-            payload_field(PayloadEncoding::Plain, b""),
-            PayloadField::Omitted
-        );
-        assert_eq!(
-            payload_field(PayloadEncoding::Plain, b"Hello World!"),
-            PayloadField::Text("Hello World!".into())
-        );
-        assert_eq!(
-            payload_field(PayloadEncoding::Plain, b"a\0b"),
-            PayloadField::Text("a\0b".into())
-        );
+        assert_eq!(payload_field(PayloadEncoding::Plain, b""), PayloadField::Omitted);
+        assert_eq!(payload_field(PayloadEncoding::Plain, b"Hello World!"), PayloadField::Text("Hello World!".into()));
+        assert_eq!(payload_field(PayloadEncoding::Plain, b"a\0b"), PayloadField::Text("a\0b".into()));
         assert_eq!(
             payload_field(PayloadEncoding::Plain, &[0xff, 0xfe, 0x00]),
             PayloadField::Base64Fallback("//4A".into())
@@ -367,25 +336,13 @@ mod tests {
 
     #[test]
     fn base64_payload_field() {
-        assert_eq!(
-            payload_field(PayloadEncoding::Base64, b""),
-            PayloadField::Null
-        );
-        assert_eq!(
-            payload_field(PayloadEncoding::Base64, b"hello"),
-            PayloadField::Text("aGVsbG8=".into())
-        );
+        assert_eq!(payload_field(PayloadEncoding::Base64, b""), PayloadField::Null);
+        assert_eq!(payload_field(PayloadEncoding::Base64, b"hello"), PayloadField::Text("aGVsbG8=".into()));
     }
 
     #[test]
     fn base62_payload_field() {
-        assert_eq!(
-            payload_field(PayloadEncoding::Base62, b""),
-            PayloadField::Text("".into())
-        );
-        assert_eq!(
-            payload_field(PayloadEncoding::Base62, b"hello"),
-            PayloadField::Text("7tQLFHz".into())
-        );
+        assert_eq!(payload_field(PayloadEncoding::Base62, b""), PayloadField::Text("".into()));
+        assert_eq!(payload_field(PayloadEncoding::Base62, b"hello"), PayloadField::Text("7tQLFHz".into()));
     }
 }

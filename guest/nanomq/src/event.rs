@@ -70,8 +70,8 @@ pub fn topic(event: &Event) -> Option<&str> {
         | Event::ClientUnsubscribe(subscription)
         | Event::SessionSubscribed(subscription)
         | Event::SessionUnsubscribed(subscription) => Some(&subscription.topic),
-        Event::MessagePublish(message)
-        | Event::MessageDelivered(message)
-        | Event::MessageAcked(message) => Some(&message.topic),
+        Event::MessagePublish(message) | Event::MessageDelivered(message) | Event::MessageAcked(message) => {
+            Some(&message.topic)
+        }
     }
 }

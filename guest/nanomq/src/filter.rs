@@ -36,32 +36,21 @@ impl Filter {
                 let topic = match rule.topic {
                     Some(topic) if event::carries_topic(rule.event) => {
                         let filter = TopicFilter::new(&topic).map_err(|reason| {
-                            format!(
-                                "rule {} (on_{}): {reason}",
-                                index + 1,
-                                event::action(rule.event)
-                            )
+                            format!("rule {} (on_{}): {reason}", index + 1, event::action(rule.event))
                         })?;
                         Some(filter)
                     }
                     _ => None,
                 };
-                Ok(Rule {
-                    event: rule.event,
-                    topic,
-                })
+                Ok(Rule { event: rule.event, topic })
             })
             .collect::<Result<_, String>>()?;
-        Ok(Self {
-            rules,
-            encoding: config.encoding,
-        })
+        Ok(Self { rules, encoding: config.encoding })
     }
 
     /// The body to deliver for `event`, or `None` when no rule selects it.
     pub fn handle(&self, event: &Event) -> Option<Vec<u8>> {
-        self.selects(event)
-            .then(|| body::body(event, self.encoding))
+        self.selects(event).then(|| body::body(event, self.encoding))
     }
 
     /// Whether any rule selects `event`.
@@ -88,10 +77,7 @@ mod tests {
         FilterConfig {
             rules: rules
                 .iter()
-                .map(|&(event, topic)| ConfiguredRule {
-                    event,
-                    topic: topic.map(str::to_owned),
-                })
+                .map(|&(event, topic)| ConfiguredRule { event, topic: topic.map(str::to_owned) })
                 .collect(),
             encoding: PayloadEncoding::Plain,
             settings: Vec::new(),
@@ -103,10 +89,7 @@ mod tests {
     }
 
     fn client() -> Client {
-        Client {
-            clientid: "c1".to_owned(),
-            username: Some("u1".to_owned()),
-        }
+        Client { clientid: "c1".to_owned(), username: Some("u1".to_owned()) }
     }
 
     fn connack() -> Event {
@@ -117,12 +100,7 @@ mod tests {
         Event::ClientSubscribe(Subscription {
             client: client(),
             topic: topic.to_owned(),
-            opts: SubscribeOptions {
-                qos: 0,
-                nl: None,
-                rap: None,
-                rh: None,
-            },
+            opts: SubscribeOptions { qos: 0, nl: None, rap: None, rh: None },
         })
     }
 
@@ -186,10 +164,7 @@ mod tests {
 
     #[test]
     fn rules_are_ored() {
-        let filter = filter(&[
-            (EventKind::MessagePublish, Some("a")),
-            (EventKind::MessagePublish, Some("b")),
-        ]);
+        let filter = filter(&[(EventKind::MessagePublish, Some("a")), (EventKind::MessagePublish, Some("b"))]);
         assert!(filter.selects(&publish("a")));
         assert!(filter.selects(&publish("b")));
         assert!(!filter.selects(&publish("c")));
@@ -208,10 +183,7 @@ mod tests {
             (EventKind::MessageDelivered, Some("a/#/b")),
         ]))
         .unwrap_err();
-        assert!(
-            error.starts_with("rule 2 (on_message_delivered): "),
-            "{error}"
-        );
+        assert!(error.starts_with("rule 2 (on_message_delivered): "), "{error}");
         assert!(error.contains("\"a/#/b\""), "{error}");
     }
 

@@ -19,10 +19,7 @@ impl JsonObject {
     pub fn with_capacity(capacity: usize) -> Self {
         let mut out = Vec::with_capacity(capacity);
         out.push(b'{');
-        Self {
-            out,
-            has_members: false,
-        }
+        Self { out, has_members: false }
     }
 
     /// Adds `"key":"value"`.
@@ -50,8 +47,7 @@ impl JsonObject {
     /// Adds `"key":true` or `"key":false`.
     pub fn bool(&mut self, key: &str, value: bool) -> &mut Self {
         self.key(key);
-        self.out
-            .extend_from_slice(if value { b"true" } else { b"false" });
+        self.out.extend_from_slice(if value { b"true" } else { b"false" });
         self
     }
 
@@ -182,10 +178,7 @@ mod tests {
 
     #[test]
     fn other_control_bytes_are_lower_case_unicode_escapes() {
-        assert_eq!(
-            escaped("\0\u{1}\u{b}\u{1a}\u{1f}"),
-            r#""\u0000\u0001\u000b\u001a\u001f""#
-        );
+        assert_eq!(escaped("\0\u{1}\u{b}\u{1a}\u{1f}"), r#""\u0000\u0001\u000b\u001a\u001f""#);
     }
 
     #[test]

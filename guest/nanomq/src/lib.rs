@@ -8,7 +8,13 @@
 //! build on it, and the host runs it natively as the baseline of its benchmarks. The world's types
 //! are generated here, so every user shares them.
 
-wit_bindgen::generate!({ path: "../../wit", world: "filter" });
+/// The world's bindings. The WIT documents what it defines; the few items wit-bindgen adds around
+/// it (the `Guest` trait, type aliases) carry no docs of their own.
+#[allow(missing_docs)]
+mod bindings {
+    wit_bindgen::generate!({ path: "../../wit", world: "filter" });
+}
+pub use bindings::*;
 
 mod body;
 pub mod encoding;
@@ -20,8 +26,8 @@ pub mod topic;
 
 pub use filter::Filter;
 pub use mqhook::filter::types::{
-    Client, Connack, Connection, Disconnection, EventKind, Message, PayloadEncoding, Rule,
-    SubscribeOptions, Subscription,
+    Client, Connack, Connection, Disconnection, EventKind, Message, PayloadEncoding, Rule, SubscribeOptions,
+    Subscription,
 };
 
 /// What a guest built on this library provides; [`export_guest!`] makes it a component.
@@ -53,6 +59,9 @@ impl GuestLogic for Filter {
 macro_rules! export_guest {
     ($logic:path, $suffix:literal) => {
         #[cfg(target_arch = "wasm32")]
+        // wit-bindgen's export glue (the canonical ABI entry points) is unsafe code; the guest's
+        // own code is not.
+        #[allow(unsafe_code)]
         mod component {
             use std::cell::RefCell;
 

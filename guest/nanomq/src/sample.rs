@@ -18,25 +18,14 @@ pub fn publish(topic: &str) -> Event {
 
 /// A successful MQTT 3.1.1 CONNACK of `client`, keep-alive 60.
 pub fn connack(client: Client) -> Event {
-    Event::ClientConnack(Connack {
-        client,
-        keepalive: 60,
-        proto_ver: 4,
-        reason_code: 0,
-    })
+    Event::ClientConnack(Connack { client, keepalive: 60, proto_ver: 4, reason_code: 0 })
 }
 
 /// A configuration with one topic-less rule per kind, plain encoding, and `settings`.
 pub fn config(kinds: &[EventKind], settings: &[(&str, &str)]) -> FilterConfig {
     FilterConfig {
-        rules: kinds
-            .iter()
-            .map(|&event| Rule { event, topic: None })
-            .collect(),
+        rules: kinds.iter().map(|&event| Rule { event, topic: None }).collect(),
         encoding: PayloadEncoding::Plain,
-        settings: settings
-            .iter()
-            .map(|&(key, value)| (key.to_owned(), value.to_owned()))
-            .collect(),
+        settings: settings.iter().map(|&(key, value)| (key.to_owned(), value.to_owned())).collect(),
     }
 }

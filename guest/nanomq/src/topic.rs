@@ -25,9 +25,7 @@ impl TopicFilter {
             return Err("the topic filter is empty".to_owned());
         }
         if filter.contains('\0') {
-            return Err(format!(
-                "the topic filter {filter:?} contains a NUL character"
-            ));
+            return Err(format!("the topic filter {filter:?} contains a NUL character"));
         }
         let mut levels = filter.split('/');
         levels.next_back();
@@ -36,9 +34,7 @@ impl TopicFilter {
                 "the topic filter {filter:?} has `#` before its last level; `#` matches the rest of a topic, as in \"a/#\""
             ));
         }
-        Ok(Self {
-            filter: filter.to_owned(),
-        })
+        Ok(Self { filter: filter.to_owned() })
     }
 
     /// Whether `topic` matches this filter.
@@ -88,11 +84,7 @@ mod tests {
             ("a+", "ab", false),
         ];
         for (filter, topic, expected) in table {
-            assert_eq!(
-                matches(filter, topic),
-                expected,
-                "filter {filter:?}, topic {topic:?}"
-            );
+            assert_eq!(matches(filter, topic), expected, "filter {filter:?}, topic {topic:?}");
         }
     }
 
@@ -136,13 +128,7 @@ mod tests {
 
     #[test]
     fn invalid_filters_are_refused_with_a_reason() {
-        for (filter, reason) in [
-            ("", "empty"),
-            ("a/\0", "NUL"),
-            ("a/#/b", "`#`"),
-            ("#/", "`#`"),
-            ("#/#", "`#`"),
-        ] {
+        for (filter, reason) in [("", "empty"), ("a/\0", "NUL"), ("a/#/b", "`#`"), ("#/", "`#`"), ("#/#", "`#`")] {
             let error = TopicFilter::new(filter).unwrap_err();
             assert!(error.contains(reason), "filter {filter:?}: {error}");
         }
@@ -150,18 +136,7 @@ mod tests {
 
     #[test]
     fn valid_filters_are_accepted() {
-        for filter in [
-            "#",
-            "+",
-            "/",
-            "a/+/#",
-            "+/+/+",
-            "$SYS/#",
-            "a b/ü/€",
-            "a+",
-            "a/b#",
-            "++/#",
-        ] {
+        for filter in ["#", "+", "/", "a/+/#", "+/+/+", "$SYS/#", "a b/ü/€", "a+", "a/b#", "++/#"] {
             assert!(TopicFilter::new(filter).is_ok(), "filter {filter:?}");
         }
     }

@@ -44,10 +44,7 @@ impl GuestLogic for PayloadFilter {
     /// condition from the settings.
     fn configure(config: FilterConfig) -> Result<Self, String> {
         let condition = Condition::from_settings(&config.settings)?;
-        Ok(Self {
-            filter: Filter::new(config)?,
-            condition,
-        })
+        Ok(Self { filter: Filter::new(config)?, condition })
     }
 
     /// NanoMQ's delivery for `event` (its body, no headers, no path), or `None` when no rule
@@ -59,11 +56,7 @@ impl GuestLogic for PayloadFilter {
             }
         }
         let body = Filter::handle(&self.filter, event)?;
-        Some(Delivery {
-            body,
-            headers: Vec::new(),
-            path: None,
-        })
+        Some(Delivery { body, headers: Vec::new(), path: None })
     }
 }
 
@@ -113,21 +106,18 @@ impl Condition {
                 "field" => &mut field,
                 "op" => &mut op,
                 "value" => &mut value,
-                _ => {
-                    return Err(format!(
-                        "unknown setting `{key}`: this guest reads `field`, `op` and `value`"
-                    ))
-                }
+                _ => return Err(format!("unknown setting `{key}`: this guest reads `field`, `op` and `value`")),
             };
             if slot.replace(setting.as_str()).is_some() {
                 return Err(format!("setting `{key}` is given twice"));
             }
         }
         let field = match field {
-            None | Some("") => return Err(
-                "setting `field` is required: a JSON pointer such as \"/temp\" or a top-level key"
-                    .to_owned(),
-            ),
+            None | Some("") => {
+                return Err(
+                    "setting `field` is required: a JSON pointer such as \"/temp\" or a top-level key".to_owned()
+                )
+            }
             Some(pointer) if pointer.starts_with('/') => Field::Pointer(pointer.to_owned()),
             Some(key) => Field::Key(key.to_owned()),
         };
@@ -135,9 +125,7 @@ impl Condition {
         let test = match (op, value) {
             ("exists", None) => Test::Exists,
             ("exists", Some(_)) => return Err("`op = exists` takes no `value`".to_owned()),
-            ("gt" | "lt" | "eq" | "ne", None) => {
-                return Err(format!("setting `value` is required with `op = {op}`"))
-            }
+            ("gt" | "lt" | "eq" | "ne", None) => return Err(format!("setting `value` is required with `op = {op}`")),
             ("gt", Some(value)) => Test::Greater(number(op, value)?),
             ("lt", Some(value)) => Test::Less(number(op, value)?),
             ("eq", Some(value)) => Test::Equal(json_or_string(value)),
@@ -167,8 +155,7 @@ impl Condition {
 
 /// The bound of `gt` or `lt`: a JSON number.
 fn number(op: &str, value: &str) -> Result<f64, String> {
-    serde_json::from_str(value)
-        .map_err(|_| format!("`op = {op}` compares numbers; `value` {value:?} is not a number"))
+    serde_json::from_str(value).map_err(|_| format!("`op = {op}` compares numbers; `value` {value:?} is not a number"))
 }
 
 /// The operand of `eq` or `ne`: `value` as JSON when it is JSON, else as a string.
@@ -191,17 +178,12 @@ mqhook_guest_nanomq::export_guest!(crate::PayloadFilter, "payload-filter");
 
 #[cfg(test)]
 mod tests {
-    use mqhook_guest_nanomq::mqhook::filter::types::{
-        Client, Connack, EventKind, Message, PayloadEncoding, Rule,
-    };
+    use mqhook_guest_nanomq::mqhook::filter::types::{Client, Connack, EventKind, Message, PayloadEncoding, Rule};
 
     use super::*;
 
     fn settings(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|&(key, value)| (key.to_owned(), value.to_owned()))
-            .collect()
+        pairs.iter().map(|&(key, value)| (key.to_owned(), value.to_owned())).collect()
     }
 
     fn condition(pairs: &[(&str, &str)]) -> Condition {
@@ -225,11 +207,7 @@ mod tests {
 
     #[test]
     fn a_pointer_reaches_into_objects_and_arrays_and_a_key_does_not() {
-        let nested = condition(&[
-            ("field", "/sensor/readings/1"),
-            ("op", "eq"),
-            ("value", "7"),
-        ]);
+        let nested = condition(&[("field", "/sensor/readings/1"), ("op", "eq"), ("value", "7")]);
         assert!(nested.holds(br#"{"sensor":{"readings":[3,7]}}"#));
         let key = condition(&[("field", "sensor/readings"), ("op", "exists")]);
         assert!(!key.holds(br#"{"sensor":{"readings":[]}}"#));
@@ -266,35 +244,14 @@ mod tests {
     fn invalid_settings_are_refused_with_a_reason() {
         for (pairs, reason) in [
             (&[("op", "exists")][..], "`field` is required"),
-            (
-                &[("field", ""), ("op", "exists")][..],
-                "`field` is required",
-            ),
+            (&[("field", ""), ("op", "exists")][..], "`field` is required"),
             (&[("field", "a")][..], "`op` is required"),
-            (
-                &[("field", "a"), ("op", "ge"), ("value", "1")][..],
-                "unknown `op` \"ge\"",
-            ),
-            (
-                &[("field", "a"), ("op", "gt")][..],
-                "`value` is required with `op = gt`",
-            ),
-            (
-                &[("field", "a"), ("op", "lt"), ("value", "cold")][..],
-                "\"cold\" is not a number",
-            ),
-            (
-                &[("field", "a"), ("op", "exists"), ("value", "1")][..],
-                "takes no `value`",
-            ),
-            (
-                &[("field", "a"), ("op", "exists"), ("field", "b")][..],
-                "`field` is given twice",
-            ),
-            (
-                &[("field", "a"), ("op", "exists"), ("fields", "b")][..],
-                "unknown setting `fields`",
-            ),
+            (&[("field", "a"), ("op", "ge"), ("value", "1")][..], "unknown `op` \"ge\""),
+            (&[("field", "a"), ("op", "gt")][..], "`value` is required with `op = gt`"),
+            (&[("field", "a"), ("op", "lt"), ("value", "cold")][..], "\"cold\" is not a number"),
+            (&[("field", "a"), ("op", "exists"), ("value", "1")][..], "takes no `value`"),
+            (&[("field", "a"), ("op", "exists"), ("field", "b")][..], "`field` is given twice"),
+            (&[("field", "a"), ("op", "exists"), ("fields", "b")][..], "unknown setting `fields`"),
         ] {
             let error = refusal(pairs);
             assert!(error.contains(reason), "settings {pairs:?}: {error}");
@@ -327,12 +284,9 @@ mod tests {
 
     #[test]
     fn only_publishes_are_tested_and_bodies_are_nanomqs() {
-        let filter =
-            PayloadFilter::configure(config(&[("field", "on"), ("op", "eq"), ("value", "true")]))
-                .expect("valid configuration");
-        let delivery = filter
-            .handle(&publish(br#"{"on":true}"#))
-            .expect("delivered");
+        let filter = PayloadFilter::configure(config(&[("field", "on"), ("op", "eq"), ("value", "true")]))
+            .expect("valid configuration");
+        let delivery = filter.handle(&publish(br#"{"on":true}"#)).expect("delivered");
         assert_eq!((delivery.headers.len(), delivery.path), (0, None));
         assert_eq!(
             String::from_utf8(delivery.body).unwrap(),
@@ -340,10 +294,7 @@ mod tests {
         );
         assert!(filter.handle(&publish(br#"{"on":false}"#)).is_none());
         let connack = Event::ClientConnack(Connack {
-            client: Client {
-                clientid: "c".to_owned(),
-                username: None,
-            },
+            client: Client { clientid: "c".to_owned(), username: None },
             keepalive: 60,
             proto_ver: 4,
             reason_code: 0,
@@ -356,9 +307,6 @@ mod tests {
         let mut invalid = config(&[("field", "on"), ("op", "exists")]);
         invalid.rules[0].topic = Some("a/#/b".to_owned());
         let error = PayloadFilter::configure(invalid).unwrap_err();
-        assert!(
-            error.starts_with("rule 1 (on_message_publish): "),
-            "{error}"
-        );
+        assert!(error.starts_with("rule 1 (on_message_publish): "), "{error}");
     }
 }

@@ -84,12 +84,7 @@ impl GuestLogic for Router {
                 ));
             }
         }
-        Ok(Self {
-            filter: Filter::new(config)?,
-            routes,
-            default,
-            headers,
-        })
+        Ok(Self { filter: Filter::new(config)?, routes, default, headers })
     }
 
     /// NanoMQ's body for `event` with the path and headers its topic chooses, or `None` when no
@@ -97,35 +92,23 @@ impl GuestLogic for Router {
     fn handle(&self, event: &Event) -> Option<Delivery> {
         let body = Filter::handle(&self.filter, event)?;
         let topic = event::topic(event);
-        let route = topic.and_then(|topic| {
-            self.routes
-                .iter()
-                .find(|(filter, _)| filter.matches(topic))
-                .map(|(_, path)| path)
-        });
+        let route =
+            topic.and_then(|topic| self.routes.iter().find(|(filter, _)| filter.matches(topic)).map(|(_, path)| path));
         let mut headers = self.headers.clone();
         if let Some(topic) = topic {
             headers.push((TOPIC_HEADER.to_owned(), header_value(topic)));
         }
-        Some(Delivery {
-            body,
-            headers,
-            path: route.or(self.default.as_ref()).cloned(),
-        })
+        Some(Delivery { body, headers, path: route.or(self.default.as_ref()).cloned() })
     }
 }
 
 /// `path` when the host can append it to a URL: `/` first, then visible ASCII except `#`.
 fn checked_path(path: &str) -> Result<String, String> {
-    let visible = path
-        .bytes()
-        .all(|byte| byte.is_ascii_graphic() && byte != b'#');
+    let visible = path.bytes().all(|byte| byte.is_ascii_graphic() && byte != b'#');
     if path.starts_with('/') && visible {
         Ok(path.to_owned())
     } else {
-        Err(format!(
-            "the path {path:?} must start with `/` and hold only visible ASCII, no `#`"
-        ))
+        Err(format!("the path {path:?} must start with `/` and hold only visible ASCII, no `#`"))
     }
 }
 
@@ -137,17 +120,11 @@ fn check_header(name: &str, value: &str) -> Result<(), String> {
     if name.is_empty() || !name.bytes().all(token) {
         return Err(format!("{name:?} is not a valid header name"));
     }
-    if !value
-        .bytes()
-        .all(|byte| byte.is_ascii_graphic() || byte == b' ' || byte == b'\t')
-    {
-        return Err(format!(
-            "the value of header {name:?} may hold only visible ASCII, spaces and tabs"
-        ));
+    if !value.bytes().all(|byte| byte.is_ascii_graphic() || byte == b' ' || byte == b'\t') {
+        return Err(format!("the value of header {name:?} may hold only visible ASCII, spaces and tabs"));
     }
     Ok(())
 }
-
 
 /// `topic` as a header value: visible ASCII but `%` as it is, every other byte percent-encoded.
 fn header_value(topic: &str) -> String {
@@ -181,10 +158,7 @@ mod tests {
     }
 
     fn client() -> Client {
-        Client {
-            clientid: "c1".to_owned(),
-            username: None,
-        }
+        Client { clientid: "c1".to_owned(), username: None }
     }
 
     fn connack() -> Event {
@@ -197,23 +171,11 @@ mod tests {
 
     #[test]
     fn the_first_matching_route_wins_then_the_default() {
-        let router = router(&[
-            ("route.sensors/+/temp", "/temps"),
-            ("route.sensors/#", "/sensors"),
-            ("default", "/other"),
-        ]);
-        assert_eq!(
-            path(&router, &publish("sensors/kitchen/temp")).as_deref(),
-            Some("/temps")
-        );
-        assert_eq!(
-            path(&router, &publish("sensors/kitchen/hum")).as_deref(),
-            Some("/sensors")
-        );
-        assert_eq!(
-            path(&router, &publish("lights/1")).as_deref(),
-            Some("/other")
-        );
+        let router =
+            router(&[("route.sensors/+/temp", "/temps"), ("route.sensors/#", "/sensors"), ("default", "/other")]);
+        assert_eq!(path(&router, &publish("sensors/kitchen/temp")).as_deref(), Some("/temps"));
+        assert_eq!(path(&router, &publish("sensors/kitchen/hum")).as_deref(), Some("/sensors"));
+        assert_eq!(path(&router, &publish("lights/1")).as_deref(), Some("/other"));
         assert_eq!(path(&router, &connack()).as_deref(), Some("/other"));
     }
 
@@ -230,19 +192,11 @@ mod tests {
         let subscribe = Event::ClientSubscribe(Subscription {
             client: client(),
             topic: "a/+".to_owned(),
-            opts: SubscribeOptions {
-                qos: 0,
-                nl: None,
-                rap: None,
-                rh: None,
-            },
+            opts: SubscribeOptions { qos: 0, nl: None, rap: None, rh: None },
         });
         let delivery = router.handle(&subscribe).expect("selected");
         assert_eq!(delivery.path.as_deref(), Some("/a"));
-        assert_eq!(
-            delivery.headers,
-            [(TOPIC_HEADER.to_owned(), "a/+".to_owned())]
-        );
+        assert_eq!(delivery.headers, [(TOPIC_HEADER.to_owned(), "a/+".to_owned())]);
     }
 
     #[test]
@@ -273,35 +227,14 @@ mod tests {
     #[test]
     fn invalid_settings_are_refused_naming_the_setting() {
         for (settings, reason) in [
-            (
-                &[("route.a/#/b", "/x")][..],
-                "setting `route.a/#/b`: the topic filter",
-            ),
-            (
-                &[("route.", "/x")][..],
-                "setting `route.`: the topic filter is empty",
-            ),
-            (
-                &[("route.a", "x")][..],
-                "setting `route.a`: the path \"x\" must start with `/`",
-            ),
-            (
-                &[("default", "/a b")][..],
-                "setting `default`: the path \"/a b\"",
-            ),
-            (
-                &[("header.bad name", "1")][..],
-                "\"bad name\" is not a valid header name",
-            ),
+            (&[("route.a/#/b", "/x")][..], "setting `route.a/#/b`: the topic filter"),
+            (&[("route.", "/x")][..], "setting `route.`: the topic filter is empty"),
+            (&[("route.a", "x")][..], "setting `route.a`: the path \"x\" must start with `/`"),
+            (&[("default", "/a b")][..], "setting `default`: the path \"/a b\""),
+            (&[("header.bad name", "1")][..], "\"bad name\" is not a valid header name"),
             (&[("header.", "1")][..], "\"\" is not a valid header name"),
-            (
-                &[("header.x", "caf\u{e9}")][..],
-                "may hold only visible ASCII",
-            ),
-            (
-                &[("default", "/a"), ("default", "/b")][..],
-                "`default` is given twice",
-            ),
+            (&[("header.x", "caf\u{e9}")][..], "may hold only visible ASCII"),
+            (&[("default", "/a"), ("default", "/b")][..], "`default` is given twice"),
             (&[("routes.a", "/a")][..], "unknown setting `routes.a`"),
         ] {
             let error = Router::configure(config(settings)).unwrap_err();

@@ -139,12 +139,7 @@ impl Parser {
                 Some('+') if self.peek_at(1) == Some('=') => {
                     return Err(self.error("`+=` is not supported"));
                 }
-                _ => {
-                    return Err(self.error(format!(
-                        "expected `=`, `:` or `{{` after the key `{}`",
-                        path.join(".")
-                    )))
-                }
+                _ => return Err(self.error(format!("expected `=`, `:` or `{{` after the key `{}`", path.join(".")))),
             };
             let value = Node { line: key_line, ..value };
             object.insert_path(&path, value);
@@ -243,9 +238,7 @@ impl Parser {
         let mut text = String::new();
         loop {
             match self.bump() {
-                None | Some('\n') => {
-                    return Err(SyntaxError { line, column, message: "unterminated string".into() })
-                }
+                None | Some('\n') => return Err(SyntaxError { line, column, message: "unterminated string".into() }),
                 Some('"') => return Ok(text),
                 Some('\\') => text.push(self.escape()?),
                 Some(c) => text.push(c),

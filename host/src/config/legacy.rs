@@ -70,10 +70,7 @@ fn rule(line: usize, rule_key: &str, value: &str) -> Result<Node, SyntaxError> {
     let event_key = rule_key.rsplit_once('.').map_or(rule_key, |(event, _number)| event);
     let kind = EventKind::from_legacy_key(event_key).ok_or_else(|| {
         let accepted: Vec<String> = EventKind::ALL.iter().map(|k| k.legacy_key()).collect();
-        error(format!(
-            "`web.hook.rule.{rule_key}`: unknown event `{event_key}`; accepted: {}",
-            accepted.join(", ")
-        ))
+        error(format!("`web.hook.rule.{rule_key}`: unknown event `{event_key}`; accepted: {}", accepted.join(", ")))
     })?;
     let spec: serde_json::Value = serde_json::from_str(value)
         .map_err(|e| error(format!("`web.hook.rule.{rule_key}`: the value is not JSON: {e}")))?;

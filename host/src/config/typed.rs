@@ -43,8 +43,17 @@ const QUEUE_KEYS: &[&str] = &["events", "requests", "request_bytes"];
 const SPOOL_KEYS: &[&str] = &["dir", "max_size", "segment_size", "fsync", "on_full"];
 const RETRY_KEYS: &[&str] = &["max_attempts", "base", "cap", "max_age"];
 const TLS_KEYS: &[&str] = &["enable", "keyfile", "certfile", "cacertfile", "verify", "server_name_indication"];
-const GUEST_KEYS: &[&str] =
-    &["path", "memory_limit", "timeout", "workers", "settings", "max_body", "rollback_after", "cache_dir", "on_failure"];
+const GUEST_KEYS: &[&str] = &[
+    "path",
+    "memory_limit",
+    "timeout",
+    "workers",
+    "settings",
+    "max_body",
+    "rollback_after",
+    "cache_dir",
+    "on_failure",
+];
 
 pub(crate) fn config_from_tree(root: &Node, file: &Path) -> Result<Config, ConfigError> {
     let ctx = Ctx { file };
@@ -70,7 +79,11 @@ pub(crate) fn config_from_tree(root: &Node, file: &Path) -> Result<Config, Confi
     };
     if config.guest.on_failure == FailurePolicy::DeadLetter && config.delivery.dead_letter.is_none() {
         let node = webhook.get("guest").and_then(|g| g.get("on_failure")).unwrap_or(webhook);
-        return Err(ctx.invalid(node, "webhook.guest.on_failure", "`dead_letter` needs `webhook.dead_letter` (a file)"));
+        return Err(ctx.invalid(
+            node,
+            "webhook.guest.on_failure",
+            "`dead_letter` needs `webhook.dead_letter` (a file)",
+        ));
     }
     Ok(config)
 }
@@ -196,7 +209,11 @@ impl Ctx<'_> {
         let fields = self.object(node, "webhook.spool")?;
         self.reject_unknown(fields, "webhook.spool", SPOOL_KEYS)?;
         let Some(dir) = node.get("dir") else {
-            return Err(self.invalid(node, "webhook.spool.dir", "is required: the directory the spool keeps its files in"));
+            return Err(self.invalid(
+                node,
+                "webhook.spool.dir",
+                "is required: the directory the spool keeps its files in",
+            ));
         };
         let mut spool = SpoolConfig::in_dir(self.path(dir, "webhook.spool.dir")?);
         if let Some(n) = node.get("max_size") {
@@ -215,7 +232,11 @@ impl Ctx<'_> {
                 _ => FsyncPolicy::Interval(self.duration(n, "webhook.spool.fsync", ranges::SPOOL_FSYNC).map_err(
                     |error| match error {
                         ConfigError::Invalid { ref message, .. } if message.contains("between") => error,
-                        _ => self.invalid(n, "webhook.spool.fsync", "expected `always`, `never` or an interval such as `1s`"),
+                        _ => self.invalid(
+                            n,
+                            "webhook.spool.fsync",
+                            "expected `always`, `never` or an interval such as `1s`",
+                        ),
                     },
                 )?),
             };
@@ -377,7 +398,12 @@ impl Ctx<'_> {
 
 impl Ctx<'_> {
     fn invalid(&self, node: &Node, key: &str, message: impl Into<String>) -> ConfigError {
-        ConfigError::Invalid { file: self.file.to_path_buf(), line: node.line, key: key.to_string(), message: message.into() }
+        ConfigError::Invalid {
+            file: self.file.to_path_buf(),
+            line: node.line,
+            key: key.to_string(),
+            message: message.into(),
+        }
     }
 
     fn object<'n>(&self, node: &'n Node, key: &str) -> Result<&'n [(String, Node)], ConfigError> {
@@ -420,11 +446,23 @@ impl Ctx<'_> {
     }
 
     /// A whole number within `range` (whose start is at least 1), as any non-zero integer type.
-    fn count<T: TryFrom<NonZeroU64>>(&self, node: &Node, key: &str, range: RangeInclusive<u64>) -> Result<T, ConfigError> {
+    fn count<T: TryFrom<NonZeroU64>>(
+        &self,
+        node: &Node,
+        key: &str,
+        range: RangeInclusive<u64>,
+    ) -> Result<T, ConfigError> {
         let text = self.text(node, key, "a positive integer")?.trim();
-        let out_of_range = || self.invalid(node, key, format!("must be between {} and {}, found {text}", range.start(), range.end()));
+        let out_of_range =
+            || self.invalid(node, key, format!("must be between {} and {}, found {text}", range.start(), range.end()));
         let number = match text.parse::<u64>() {
-            Ok(0) => return Err(self.invalid(node, key, format!("must be at least 1, found 0 (accepted: {} to {})", range.start(), range.end()))),
+            Ok(0) => {
+                return Err(self.invalid(
+                    node,
+                    key,
+                    format!("must be at least 1, found 0 (accepted: {} to {})", range.start(), range.end()),
+                ))
+            }
             Ok(number) => number,
             Err(_) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => return Err(out_of_range()),
             Err(_) => return Err(self.invalid(node, key, format!("expected a positive integer, found `{text}`"))),
@@ -440,7 +478,11 @@ impl Ctx<'_> {
         let text = self.text(node, key, "a duration")?.trim();
         let (digits, unit) = split_number(text);
         let amount: u64 = digits.parse().map_err(|_| {
-            self.invalid(node, key, format!("expected a duration such as 5000 (ms), `500ms`, `5s` or `1m`, found `{text}`"))
+            self.invalid(
+                node,
+                key,
+                format!("expected a duration such as 5000 (ms), `500ms`, `5s` or `1m`, found `{text}`"),
+            )
         })?;
         let millis = match unit {
             "" | "ms" => Some(amount),
@@ -473,7 +515,13 @@ impl Ctx<'_> {
             "mb" | "mib" => 20,
             "gb" | "gib" => 30,
             "tb" | "tib" => 40,
-            _ => return Err(self.invalid(node, key, format!("unknown unit in `{text}`; accepted: B, KiB, MiB, GiB, TiB"))),
+            _ => {
+                return Err(self.invalid(
+                    node,
+                    key,
+                    format!("unknown unit in `{text}`; accepted: B, KiB, MiB, GiB, TiB"),
+                ))
+            }
         };
         let bytes = amount.checked_shl(shift).filter(|bytes| *bytes >> shift == amount);
         match bytes {
@@ -507,7 +555,11 @@ impl Ctx<'_> {
             "plain" => Ok(PayloadEncoding::Plain),
             "base64" => Ok(PayloadEncoding::Base64),
             "base62" => Ok(PayloadEncoding::Base62),
-            _ => Err(self.invalid(node, key, format!("unknown encoding `{text}`; accepted: {}", PayloadEncoding::ACCEPTED))),
+            _ => Err(self.invalid(
+                node,
+                key,
+                format!("unknown encoding `{text}`; accepted: {}", PayloadEncoding::ACCEPTED),
+            )),
         }
     }
 

@@ -102,12 +102,20 @@ impl DeadLetter {
             .headers
             .iter()
             .map(|(name, value)| {
-                let name = http::HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("header {name:?}: {e}"))?;
+                let name =
+                    http::HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("header {name:?}: {e}"))?;
                 let value = http::HeaderValue::from_str(value).map_err(|e| format!("header {name}: {e}"))?;
                 Ok((name, value))
             })
             .collect::<Result<_, String>>()?;
-        Ok(Request { kind, body, headers, path: self.path.clone(), client: None, idempotency_key: self.idempotency_key.clone() })
+        Ok(Request {
+            kind,
+            body,
+            headers,
+            path: self.path.clone(),
+            client: None,
+            idempotency_key: self.idempotency_key.clone(),
+        })
     }
 }
 
@@ -157,7 +165,8 @@ pub fn parse(text: &str) -> Result<Vec<DeadLetter>, DeadLetterError> {
         .enumerate()
         .filter(|(_, line)| !line.trim().is_empty())
         .map(|(index, line)| {
-            serde_json::from_str(line).map_err(|e| DeadLetterError::Malformed { line: index + 1, message: e.to_string() })
+            serde_json::from_str(line)
+                .map_err(|e| DeadLetterError::Malformed { line: index + 1, message: e.to_string() })
         })
         .collect()
 }

@@ -157,7 +157,12 @@ impl Deliverer {
                 Ok(()) => self.metrics.record_delivered(),
                 Err(gave_up) => {
                     let request = &entry.request;
-                    tracing::warn!(action = request.kind.action(), attempts = gave_up.attempts, "Delivery failed: {}.", gave_up.error);
+                    tracing::warn!(
+                        action = request.kind.action(),
+                        attempts = gave_up.attempts,
+                        "Delivery failed: {}.",
+                        gave_up.error
+                    );
                     if let Some(dead_letters) = &self.dead_letters {
                         dead_letters.record(request, &gave_up.error, gave_up.attempts);
                     }

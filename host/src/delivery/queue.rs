@@ -97,7 +97,11 @@ impl RefusedLog {
 impl DeliveryQueue {
     /// A queue with the `queues` bounds: memory only, or backed by `spool` (opened and recovered
     /// here; recovered requests are delivered first).
-    pub fn open(queues: &QueueConfig, spool: Option<&SpoolConfig>, metrics: Arc<Metrics>) -> Result<DeliveryQueue, SpoolError> {
+    pub fn open(
+        queues: &QueueConfig,
+        spool: Option<&SpoolConfig>,
+        metrics: Arc<Metrics>,
+    ) -> Result<DeliveryQueue, SpoolError> {
         let Some(spool_config) = spool else {
             return Ok(DeliveryQueue::in_memory(queues, metrics));
         };
@@ -197,7 +201,9 @@ impl DeliveryQueue {
                     let lost = dropped.to.saturating_sub(dropped.from.max(state.disk_next));
                     state.disk_next = state.disk_next.max(dropped.to);
                     self.metrics.add_dropped(lost);
-                    tracing::warn!("The spool is full (on_full = drop_oldest): {lost} undelivered requests are dropped.");
+                    tracing::warn!(
+                        "The spool is full (on_full = drop_oldest): {lost} undelivered requests are dropped."
+                    );
                     state.ack_range(dropped.from, dropped.to);
                 }
                 Admission::Fits => {}
@@ -472,7 +478,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = config(dir.path(), 1 << 20, FullPolicy::RejectNew, 10);
         let (first, _) = open(&config);
-        let error = DeliveryQueue::open(&config.queues, Some(&config.spool), Arc::new(Metrics::default())).err().expect("a second opener is refused");
+        let error = DeliveryQueue::open(&config.queues, Some(&config.spool), Arc::new(Metrics::default()))
+            .err()
+            .expect("a second opener is refused");
         assert!(error.to_string().contains("in use by another mqhook"), "{error}");
         drop(first);
         open(&config);

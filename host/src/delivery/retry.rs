@@ -37,7 +37,12 @@ pub struct GaveUp {
 }
 
 /// Sends `request` through `sink`, retrying as `settings` say; each retry is counted.
-pub async fn send(sink: &HttpSink, request: &Request, settings: &RetrySettings, metrics: &Metrics) -> Result<(), GaveUp> {
+pub async fn send(
+    sink: &HttpSink,
+    request: &Request,
+    settings: &RetrySettings,
+    metrics: &Metrics,
+) -> Result<(), GaveUp> {
     let first_attempt = tokio::time::Instant::now();
     let mut attempt = 1;
     loop {
@@ -47,7 +52,11 @@ pub async fn send(sink: &HttpSink, request: &Request, settings: &RetrySettings, 
         };
         match after_failure(settings, &error, attempt, first_attempt.elapsed()) {
             Verdict::RetryAfter(wait) => {
-                tracing::debug!(action = request.kind.action(), attempt, "Delivery failed ({error}); retrying in {wait:?}.");
+                tracing::debug!(
+                    action = request.kind.action(),
+                    attempt,
+                    "Delivery failed ({error}); retrying in {wait:?}."
+                );
                 metrics.record_retry();
                 tokio::time::sleep(wait).await;
                 attempt += 1;
@@ -80,7 +89,9 @@ fn backoff(settings: &RetrySettings, attempt: u32) -> Duration {
 fn is_transient(error: &DeliveryError) -> bool {
     match error {
         DeliveryError::Status { status, .. } => {
-            *status == StatusCode::REQUEST_TIMEOUT || *status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+            *status == StatusCode::REQUEST_TIMEOUT
+                || *status == StatusCode::TOO_MANY_REQUESTS
+                || status.is_server_error()
         }
         DeliveryError::Timeout(_) | DeliveryError::Transport(_) => true,
         DeliveryError::UnsupportedScheme(_) | DeliveryError::TlsConfig(_) | DeliveryError::Tls(_) => false,
@@ -106,7 +117,10 @@ mod tests {
     fn transient_failures_are_retried_permanent_ones_are_not() {
         let policy = RetrySettings::default();
         for code in [408, 429, 500, 502, 503, 504] {
-            assert!(matches!(after_failure(&policy, &status(code, None), 1, Duration::ZERO), Verdict::RetryAfter(_)), "{code}");
+            assert!(
+                matches!(after_failure(&policy, &status(code, None), 1, Duration::ZERO), Verdict::RetryAfter(_)),
+                "{code}"
+            );
         }
         for code in [400, 401, 403, 404, 410, 422] {
             assert_eq!(after_failure(&policy, &status(code, None), 1, Duration::ZERO), Verdict::GiveUp, "{code}");
@@ -142,6 +156,8 @@ mod tests {
     fn retry_after_is_honoured() {
         let policy = RetrySettings::default();
         let error = status(429, Some(Duration::from_secs(3)));
-        assert!(matches!(after_failure(&policy, &error, 1, Duration::ZERO), Verdict::RetryAfter(wait) if wait >= Duration::from_secs(3)));
+        assert!(
+            matches!(after_failure(&policy, &error, 1, Duration::ZERO), Verdict::RetryAfter(wait) if wait >= Duration::from_secs(3))
+        );
     }
 }

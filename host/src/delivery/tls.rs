@@ -97,7 +97,10 @@ pub fn client_config(files: Option<&TlsFiles>) -> Result<ClientConfig, TlsError>
     }
     if lenient {
         if !files.verify {
-            tracing::warn!("`{}` is false: any server certificate is accepted; the endpoint is not authenticated.", key("verify"));
+            tracing::warn!(
+                "`{}` is false: any server certificate is accepted; the endpoint is not authenticated.",
+                key("verify")
+            );
         }
         let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
             .build()

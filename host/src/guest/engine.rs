@@ -39,10 +39,16 @@ impl GuestEngine {
 
     /// Reads a component file, or takes the built-in guest when `path` is `None`, and configures
     /// it (see [`GuestEngine::from_bytes`]).
-    pub fn load(&self, path: Option<&Path>, guest: &GuestConfig, filter: &FilterSettings) -> Result<GuestModule, GuestError> {
+    pub fn load(
+        &self,
+        path: Option<&Path>,
+        guest: &GuestConfig,
+        filter: &FilterSettings,
+    ) -> Result<GuestModule, GuestError> {
         match path {
             Some(path) => {
-                let bytes = std::fs::read(path).map_err(|source| GuestError::Read { path: path.to_path_buf(), source })?;
+                let bytes =
+                    std::fs::read(path).map_err(|source| GuestError::Read { path: path.to_path_buf(), source })?;
                 self.from_bytes(&path.display().to_string(), &bytes, guest, filter)
             }
             None => self.from_bytes("builtin:nanomq", DEFAULT_GUEST, guest, filter),

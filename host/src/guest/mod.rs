@@ -25,8 +25,8 @@ mod wasi;
 
 pub use active::ActiveGuest;
 pub use engine::GuestEngine;
-pub use stats::{GuestStats, GuestStatsSnapshot};
 use stats::CallOutcome;
+pub use stats::{GuestStats, GuestStatsSnapshot};
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -158,7 +158,11 @@ impl GuestModule {
         GuestModule::configured(self.compiled.clone(), guest, filter)
     }
 
-    fn configured(compiled: Arc<Compiled>, guest: &GuestConfig, filter: &FilterSettings) -> Result<GuestModule, GuestError> {
+    fn configured(
+        compiled: Arc<Compiled>,
+        guest: &GuestConfig,
+        filter: &FilterSettings,
+    ) -> Result<GuestModule, GuestError> {
         let timeout = guest.timeout;
         let module = GuestModule {
             compiled,

@@ -74,8 +74,8 @@ use rmqtt::retain::{DefaultRetainStorage, RetainStorage};
 use rmqtt::server::MqttServer;
 use rmqtt::session::Session;
 use rmqtt::types::{
-    ConnectAckReason, ConnectInfo, Disconnect, From as Origin, Id, Publish, Reason, Retain,
-    SubscriptionOptions, TopicFilter, TopicName,
+    ConnectAckReason, ConnectInfo, Disconnect, From as Origin, Id, Publish, Reason, Retain, SubscriptionOptions,
+    TopicFilter, TopicName,
 };
 
 use crate::event::{now_millis, Client, Connack, Connection, Disconnection, Event, EventKind, Message};
@@ -149,15 +149,10 @@ impl Broker {
     /// Binds the listener and attaches the hooks, which hand events to `submitter`. Must be called
     /// inside a tokio runtime, which then runs the broker.
     pub async fn bind(config: BrokerConfig, submitter: Submitter) -> Result<Broker, BrokerError> {
-        let listen_error =
-            |source: rmqtt::Error| BrokerError::Listen { addr: config.listen, source: source.into() };
+        let listen_error = |source: rmqtt::Error| BrokerError::Listen { addr: config.listen, source: source.into() };
         // SO_REUSEADDR, as tokio's own listeners do, so a restart does not wait out TIME_WAIT.
-        let listener = Builder::new()
-            .name("mqhook")
-            .laddr(config.listen)
-            .reuseaddr(Some(true))
-            .bind()
-            .map_err(listen_error)?;
+        let listener =
+            Builder::new().name("mqhook").laddr(config.listen).reuseaddr(Some(true)).bind().map_err(listen_error)?;
         let local_addr = listener.local_addr().map_err(listen_error)?;
 
         // rmqtt's CPU-load check refuses connections when the machine is busy; a webhook broker
@@ -285,9 +280,7 @@ impl QueueFullLog {
         let due = self.next_report_at.load(Ordering::Relaxed);
         let next = now.saturating_add(QUEUE_FULL_LOG_INTERVAL.as_millis() as u64);
         // Of the hooks that find the line due, exactly one wins the exchange and writes it.
-        if now >= due
-            && self.next_report_at.compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed).is_ok()
-        {
+        if now >= due && self.next_report_at.compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
             self.report();
         }
     }
@@ -306,6 +299,8 @@ impl QueueFullLog {
 /// The handler registered for each of [`FORWARDED_HOOKS`].
 struct ForwardingHook(Arc<EventForwarder>);
 
+// rmqtt's trait elides `Parameter`'s lifetime; naming it here would not match the trait.
+#[allow(elided_lifetimes_in_paths)]
 #[async_trait]
 impl Handler for ForwardingHook {
     async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {

@@ -101,7 +101,10 @@ impl Line {
     }
 
     fn client(&self, kind: EventKind) -> Result<Client, LineError> {
-        Ok(Client { clientid: self.clientid.clone().ok_or(missing("clientid", kind))?, username: self.username.clone() })
+        Ok(Client {
+            clientid: self.clientid.clone().ok_or(missing("clientid", kind))?,
+            username: self.username.clone(),
+        })
     }
 
     fn proto_ver(&self, kind: EventKind) -> Result<u8, LineError> {
@@ -286,8 +289,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(connack.kind(), EventKind::ClientConnack);
-        let sub = parse_line(r#"{"event":"client_subscribe","clientid":"c1","username":"u1","topic":"a/#","opts":{"qos":1}}"#, 5)
-            .unwrap();
+        let sub = parse_line(
+            r#"{"event":"client_subscribe","clientid":"c1","username":"u1","topic":"a/#","opts":{"qos":1}}"#,
+            5,
+        )
+        .unwrap();
         assert_eq!(sub.topic(), Some("a/#"));
     }
 
@@ -303,6 +309,9 @@ mod tests {
             parse_line(r#"{"event":"message_publish","topic":"t","qos":3}"#, 0),
             Err(LineError::Invalid { field: "qos", .. })
         ));
-        assert!(matches!(parse_line(r#"{"event":"message_publish","topic":"t","qos":-1}"#, 0), Err(LineError::Json(_))));
+        assert!(matches!(
+            parse_line(r#"{"event":"message_publish","topic":"t","qos":-1}"#, 0),
+            Err(LineError::Json(_))
+        ));
     }
 }

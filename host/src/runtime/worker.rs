@@ -94,7 +94,9 @@ impl Worker {
     }
 
     fn fallback(&self) -> Option<Fallback> {
-        self.active.fallback().map(|fallback| Fallback { policy: fallback.policy, builtin: Running::new(fallback.builtin) })
+        self.active
+            .fallback()
+            .map(|fallback| Fallback { policy: fallback.policy, builtin: Running::new(fallback.builtin) })
     }
 
     /// The next event, waiting for one; `None` once the runtime stops and the queue is empty.

@@ -117,7 +117,8 @@ impl Spool {
         let dir = config.dir.clone();
         fs::create_dir_all(&dir).map_err(io_error(&dir))?;
         let lock_path = dir.join("lock");
-        let lock = File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(io_error(&lock_path))?;
+        let lock =
+            File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(io_error(&lock_path))?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => return Err(SpoolError::InUse(dir)),
@@ -274,14 +275,16 @@ impl Spool {
             file.read_exact_at(&mut chunk, offset).map_err(io_error(&segment.path))?;
             let mut at = 0;
             while records.len() < max && bytes < max_bytes && at + record::FRAME_HEADER <= chunk.len() {
-                let (size, checksum) = record::frame_header(chunk[at..at + record::FRAME_HEADER].try_into().expect("8 bytes"));
+                let (size, checksum) =
+                    record::frame_header(chunk[at..at + record::FRAME_HEADER].try_into().expect("8 bytes"));
                 let frame_end = at + record::FRAME_HEADER + size;
                 let payload = if frame_end <= chunk.len() {
                     chunk[at + record::FRAME_HEADER..frame_end].to_vec()
                 } else if at == 0 {
                     // A record larger than the chunk: read it whole.
                     let mut whole = vec![0; size];
-                    file.read_exact_at(&mut whole, offset + record::FRAME_HEADER as u64).map_err(io_error(&segment.path))?;
+                    file.read_exact_at(&mut whole, offset + record::FRAME_HEADER as u64)
+                        .map_err(io_error(&segment.path))?;
                     whole
                 } else {
                     break;
@@ -318,7 +321,10 @@ impl Spool {
         fs::rename(&temporary, &path).map_err(io_error(&path))?;
         self.acked_persisted = acked;
         self.last_persist = Instant::now();
-        while self.segments.len() > 1 && self.segments[1].first_seq <= acked && self.segments[0].first_seq != self.reader.segment {
+        while self.segments.len() > 1
+            && self.segments[1].first_seq <= acked
+            && self.segments[0].first_seq != self.reader.segment
+        {
             let done = self.segments.pop_front().expect("two segments");
             self.total_bytes -= done.bytes;
             fs::remove_file(&done.path).map_err(io_error(&done.path))?;

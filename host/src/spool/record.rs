@@ -8,8 +8,8 @@
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 
-use crate::request::Request;
 use crate::event::EventKind;
+use crate::request::Request;
 
 /// Bytes before the payload: its length and its CRC-32.
 pub(super) const FRAME_HEADER: usize = 8;
@@ -130,7 +130,10 @@ mod tests {
         assert_eq!(seq, 7);
         assert_eq!(decoded.body, request.body);
         assert_eq!(decoded.headers, request.headers);
-        assert_eq!((decoded.path, decoded.client, decoded.idempotency_key), (request.path, request.client, request.idempotency_key));
+        assert_eq!(
+            (decoded.path, decoded.client, decoded.idempotency_key),
+            (request.path, request.client, request.idempotency_key)
+        );
         frame[20] ^= 1;
         assert_ne!(crc32fast::hash(&frame[FRAME_HEADER..]), checksum);
     }
