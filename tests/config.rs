@@ -157,7 +157,7 @@ fn mqhook_extensions_parse() {
     .unwrap();
     let delivery = &config.delivery;
     assert_eq!(delivery.timeout.as_millis(), 2000);
-    assert_eq!(delivery.retry.max_attempts.get(), 7);
+    assert_eq!(delivery.retry.max_attempts.map(|n| n.get()), Some(7));
     assert_eq!((delivery.retry.backoff.base().as_millis(), delivery.retry.backoff.cap().as_millis()), (50, 5000));
     assert_eq!(delivery.retry.max_age, Some(std::time::Duration::from_secs(60)));
     assert_eq!(config.guest.memory_limit.get(), 16 << 20);
@@ -206,7 +206,7 @@ const MALFORMED: &[(&str, &str, usize, &str, &str)] = &[
     ("policy-file.hcl", "webhook {\n  url = \"http://h\"\n  guest {\n    on_failure = \"dead_letter\"\n  }\n}\n", 4, "webhook.guest.on_failure", "webhook.dead_letter"),
     ("memory.hcl", "webhook {\n  url = \"http://h\"\n  guest {\n    memory_limit = \"lots\"\n  }\n}\n", 4, "webhook.guest.memory_limit", "64MiB"),
     ("spool-dir.conf", "webhook {\n url = \"http://h\"\n spool {\n  max_size = 1GiB\n }\n}\n", 3, "webhook.spool.dir", "required"),
-    ("spool-full.conf", "webhook {\n url = \"http://h\"\n spool {\n  dir = s\n  on_full = block\n }\n}\n", 5, "webhook.spool.on_full", "drop_oldest, reject_new"),
+    ("spool-full.conf", "webhook {\n url = \"http://h\"\n spool {\n  dir = s\n  on_full = wait\n }\n}\n", 5, "webhook.spool.on_full", "block, drop_oldest, reject_new"),
     ("spool-fsync.hcl", "webhook {\n  url = \"http://h\"\n  spool {\n    dir = \"s\"\n    fsync = \"sometimes\"\n  }\n}\n", 5, "webhook.spool.fsync", "always"),
     ("ordering.conf", "webhook {\n url = \"http://h\"\n ordering = per_topic\n}\n", 3, "webhook.ordering", "none, per_client"),
     ("sni.conf", "webhook {\n url = \"https://h\"\n ssl {\n  server_name_indication = \"not a host\"\n }\n}\n", 4, "webhook.ssl.server_name_indication", "host name"),
@@ -253,7 +253,10 @@ async fn check_prints_the_effective_config() {
     let run = mqhook(&["check", "--config", path.to_str().unwrap()], "").await;
     assert!(run.status.success(), "{}", run.stderr);
     let printed: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
-    assert_eq!(printed["queues"], serde_json::json!({ "events": 65536, "requests": 65536, "request_bytes": 64 << 20 }));
+    assert_eq!(
+        printed["queues"],
+        serde_json::json!({ "events": 65536, "requests": 65536, "request_bytes": 64 << 20, "when_full": "block" })
+    );
     assert_eq!(printed["url"], "http://127.0.0.1:80/");
     assert_eq!(printed["pool_size"], 32);
     assert_eq!(printed["encoding"], "plain");

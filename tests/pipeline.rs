@@ -302,7 +302,7 @@ async fn dry_run_prints_requests_without_an_endpoint() {
     .await;
     assert!(run.status.success(), "{}", run.stderr);
     assert!(
-        run.stdout.starts_with("POST /hook HTTP/1.1\nhost: 127.0.0.1:9\ncontent-type: application/json\n"),
+        run.stdout.starts_with("POST /hook HTTP/1.1\nHost: 127.0.0.1:9\nContent-Type: application/json\n"),
         "{}",
         run.stdout
     );

@@ -21,6 +21,45 @@ pub struct Metrics {
     spooled: AtomicU64,
     recovered: AtomicU64,
     dropped: AtomicU64,
+    /// Give-ups by [`GiveUpReason`], in its order.
+    given_up: [AtomicU64; GiveUpReason::ALL.len()],
+}
+
+/// Why delivery gave a request up for good (it is counted as failed, and dead-lettered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GiveUpReason {
+    /// The endpoint's answer says the request will never succeed (4xx but 408/429, or 501).
+    PermanentStatus,
+    /// The TLS handshake failed, or the TLS or URL settings cannot work.
+    Tls,
+    /// `retry.max_attempts` attempts failed.
+    Attempts,
+    /// The request was older than `retry.max_age`.
+    Age,
+    /// It failed transiently, and its body is over `retry.max_replay_size`.
+    TooLargeToReplay,
+}
+
+impl GiveUpReason {
+    /// Every reason, in the order of the counters.
+    pub const ALL: [GiveUpReason; 5] = [
+        GiveUpReason::PermanentStatus,
+        GiveUpReason::Tls,
+        GiveUpReason::Attempts,
+        GiveUpReason::Age,
+        GiveUpReason::TooLargeToReplay,
+    ];
+
+    /// The reason as a word, for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GiveUpReason::PermanentStatus => "permanent_status",
+            GiveUpReason::Tls => "tls",
+            GiveUpReason::Attempts => "attempts",
+            GiveUpReason::Age => "age",
+            GiveUpReason::TooLargeToReplay => "too_large_to_replay",
+        }
+    }
 }
 
 /// A point-in-time copy of the counters.
@@ -50,6 +89,16 @@ pub struct MetricsSnapshot {
     pub recovered: u64,
     /// Accepted requests lost on purpose or by damage: a full spool, unreadable records.
     pub dropped: u64,
+    /// Requests given up because the endpoint's answer is permanent (part of `failed`).
+    pub given_up_status: u64,
+    /// Requests given up on a TLS failure (part of `failed`).
+    pub given_up_tls: u64,
+    /// Requests given up after `retry.max_attempts` (part of `failed`).
+    pub given_up_attempts: u64,
+    /// Requests given up past `retry.max_age` (part of `failed`).
+    pub given_up_age: u64,
+    /// Requests given up because their body is over `retry.max_replay_size` (part of `failed`).
+    pub given_up_too_large: u64,
 }
 
 macro_rules! recorders {
@@ -75,6 +124,12 @@ impl Metrics {
         record_guest_trap => guest_traps,
         record_guest_timeout => guest_timeouts,
         record_spooled => spooled,
+    }
+
+    /// Counts a request given up for `reason`, as failed too.
+    pub fn record_given_up(&self, reason: GiveUpReason) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        self.given_up[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts `n` more recovered requests.
@@ -103,6 +158,11 @@ impl Metrics {
             spooled: get(&self.spooled),
             recovered: get(&self.recovered),
             dropped: get(&self.dropped),
+            given_up_status: get(&self.given_up[GiveUpReason::PermanentStatus as usize]),
+            given_up_tls: get(&self.given_up[GiveUpReason::Tls as usize]),
+            given_up_attempts: get(&self.given_up[GiveUpReason::Attempts as usize]),
+            given_up_age: get(&self.given_up[GiveUpReason::Age as usize]),
+            given_up_too_large: get(&self.given_up[GiveUpReason::TooLargeToReplay as usize]),
         }
     }
 }
@@ -112,7 +172,7 @@ impl fmt::Display for MetricsSnapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "received={} filtered={} delivered={} failed={} guest_traps={} guest_timeouts={} rejected={} malformed={} retries={} spooled={} recovered={} dropped={}",
+            "received={} filtered={} delivered={} failed={} guest_traps={} guest_timeouts={} rejected={} malformed={} retries={} spooled={} recovered={} dropped={} given_up_status={} given_up_tls={} given_up_attempts={} given_up_age={} given_up_too_large={}",
             self.received,
             self.filtered,
             self.delivered,
@@ -124,7 +184,12 @@ impl fmt::Display for MetricsSnapshot {
             self.retries,
             self.spooled,
             self.recovered,
-            self.dropped
+            self.dropped,
+            self.given_up_status,
+            self.given_up_tls,
+            self.given_up_attempts,
+            self.given_up_age,
+            self.given_up_too_large
         )
     }
 }

@@ -30,6 +30,8 @@ pub mod ranges {
     pub const RETRY_ATTEMPTS: RangeInclusive<u64> = 1..=1_000_000;
     /// `retry.base` and `retry.cap`.
     pub const RETRY_BACKOFF: RangeInclusive<Duration> = Duration::from_millis(1)..=Duration::from_secs(86_400);
+    /// `retry.max_replay_size`.
+    pub const RETRY_REPLAY_SIZE: RangeInclusive<u64> = 1..=(1 << 30);
     /// `retry.max_age`.
     pub const RETRY_MAX_AGE: RangeInclusive<Duration> = Duration::from_millis(1)..=Duration::from_secs(30 * 86_400);
     /// `queue_size`, `queues.events` and `queues.requests`.
@@ -50,6 +52,8 @@ pub mod ranges {
     pub const SPOOL_MAX_SIZE: RangeInclusive<u64> = (4 << 10)..=(1 << 50);
     /// `spool.segment_size` (it is also capped at a quarter of `spool.max_size`).
     pub const SPOOL_SEGMENT_SIZE: RangeInclusive<u64> = (1 << 10)..=(1 << 32);
+    /// `queues.when_full` as a bounded wait.
+    pub const QUEUE_WAIT: RangeInclusive<Duration> = Duration::from_millis(1)..=Duration::from_secs(3600);
     /// `spool.fsync` as an interval.
     pub const SPOOL_FSYNC: RangeInclusive<Duration> = Duration::from_millis(1)..=Duration::from_secs(3600);
 }
@@ -263,24 +267,20 @@ pub enum DeliveryOrder {
 }
 
 /// When and how often a failed request is tried again. The decisions over these settings are
-/// delivery's (`delivery::retry`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// delivery's (`delivery::retry`): transient failures are retried without limit unless
+/// `max_attempts` or `max_age` says otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 pub struct RetrySettings {
-    /// Attempts in all, the first included; 1 means no retries.
-    pub max_attempts: NonZeroU32,
-    /// The waits between attempts.
+    /// Attempts in all, the first included (1 means no retries); `None`, the default: no limit.
+    pub max_attempts: Option<NonZeroU32>,
+    /// The endpoint's backoff between probes during an outage.
     #[serde(flatten)]
     pub backoff: Backoff,
-    /// No attempt starts later than this after the first one; `None` leaves only `max_attempts`.
+    /// No attempt starts later than this after the first one; `None`, the default: no limit.
     #[serde(rename = "max_age_ms", serialize_with = "serialize_optional_millis")]
     pub max_age: Option<Duration>,
-}
-
-impl Default for RetrySettings {
-    /// 5 attempts, backoff from 200 ms doubling up to 10 s: about 3 s of retrying in all, on average.
-    fn default() -> Self {
-        RetrySettings { max_attempts: NonZeroU32::new(5).unwrap(), backoff: Backoff::DEFAULT, max_age: None }
-    }
+    /// A request whose body is larger is sent once and never retried; `None`: every body is.
+    pub max_replay_size: Option<ByteSize>,
 }
 
 /// Exponential backoff bounds: the first wait and the longest one. `base <= cap` always holds.
@@ -300,6 +300,12 @@ pub struct InvalidBackoff {
     pub base: Duration,
     /// The cap asked for.
     pub cap: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::DEFAULT
+    }
 }
 
 impl Backoff {
@@ -449,12 +455,34 @@ pub struct QueueConfig {
     pub requests: NonZeroUsize,
     /// Bytes of bodies the delivery queue holds in memory at most (`queues.request_bytes`).
     pub request_bytes: ByteSize,
+    /// What a broker's hook does when the runtime queue is full (`queues.when_full`).
+    pub when_full: WhenFull,
 }
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        QueueConfig { events: DEFAULT_QUEUE_LENGTH, requests: DEFAULT_QUEUE_LENGTH, request_bytes: DEFAULT_QUEUE_BYTES }
+        QueueConfig {
+            events: DEFAULT_QUEUE_LENGTH,
+            requests: DEFAULT_QUEUE_LENGTH,
+            request_bytes: DEFAULT_QUEUE_BYTES,
+            when_full: WhenFull::Block,
+        }
     }
+}
+
+/// What a broker's hook does with an event when the runtime queue is full. NDJSON input always
+/// waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Waits for room, on the publishing client's own connection task: MQTT flow control and TCP
+    /// slow that publisher down; other clients and the broker's other tasks go on.
+    #[default]
+    Block,
+    /// Waits at most this long, then drops the event (counted as rejected).
+    Wait(#[serde(serialize_with = "serialize_millis")] Duration),
+    /// Drops the event at once (counted as rejected), never slowing a publisher.
+    DropNew,
 }
 
 /// The spool (`spool { … }`): where and how requests are kept on disk until delivered.
@@ -481,7 +509,7 @@ impl SpoolConfig {
             max_size: DEFAULT_SPOOL_MAX_SIZE,
             segment_size: DEFAULT_SPOOL_SEGMENT_SIZE,
             fsync: DEFAULT_SPOOL_FSYNC,
-            on_full: FullPolicy::RejectNew,
+            on_full: FullPolicy::Block,
         }
     }
 }
@@ -503,6 +531,9 @@ pub enum FsyncPolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FullPolicy {
+    /// Makes the guest workers wait until delivery frees room, and so, further up, the ingest
+    /// (the default: nothing is dropped; the publishers slow down).
+    Block,
     /// Deletes its oldest segment, undelivered requests and all (counted as dropped).
     DropOldest,
     /// Refuses the new request (counted as dropped).

@@ -16,7 +16,7 @@ use super::tree::{Node, Value};
 use super::{
     ranges, Backoff, ByteSize, Config, ConfigError, DeliveryConfig, DeliveryOrder, FailurePolicy, FilterSettings,
     FsyncPolicy, FullPolicy, GuestConfig, Header, PayloadEncoding, QueueConfig, RetrySettings, Rule, ServerNameCheck,
-    SpoolConfig, TlsFiles,
+    SpoolConfig, TlsFiles, WhenFull,
 };
 use crate::event::EventKind;
 
@@ -39,9 +39,9 @@ const WEBHOOK_KEYS: &[&str] = &[
     "spool",
     "ordering",
 ];
-const QUEUE_KEYS: &[&str] = &["events", "requests", "request_bytes"];
+const QUEUE_KEYS: &[&str] = &["events", "requests", "request_bytes", "when_full"];
 const SPOOL_KEYS: &[&str] = &["dir", "max_size", "segment_size", "fsync", "on_full"];
-const RETRY_KEYS: &[&str] = &["max_attempts", "base", "cap", "max_age"];
+const RETRY_KEYS: &[&str] = &["max_attempts", "base", "cap", "max_age", "max_replay_size"];
 const TLS_KEYS: &[&str] = &["enable", "keyfile", "certfile", "cacertfile", "verify", "server_name_indication"];
 const GUEST_KEYS: &[&str] = &[
     "path",
@@ -177,6 +177,17 @@ impl Ctx<'_> {
         if let Some(node) = section.get("request_bytes") {
             queues.request_bytes = self.size(node, "webhook.queues.request_bytes", ranges::QUEUE_BYTES)?;
         }
+        if let Some(node) = section.get("when_full") {
+            let key = "webhook.queues.when_full";
+            queues.when_full = match self.text(node, key, "block, drop_new or a duration")? {
+                "block" => WhenFull::Block,
+                "drop_new" => WhenFull::DropNew,
+                _ => WhenFull::Wait(self.duration(node, key, ranges::QUEUE_WAIT).map_err(|error| match error {
+                    ConfigError::Invalid { ref message, .. } if message.contains("between") => error,
+                    _ => self.invalid(node, key, "expected `block`, `drop_new` or a wait such as `100ms`"),
+                })?),
+            };
+        }
         Ok(queues)
     }
 
@@ -186,7 +197,7 @@ impl Ctx<'_> {
         let mut retry = RetrySettings::default();
         if let Some(n) = node.get("max_attempts") {
             let attempts: NonZeroU64 = self.count(n, "webhook.retry.max_attempts", ranges::RETRY_ATTEMPTS)?;
-            retry.max_attempts = NonZeroU32::try_from(attempts).expect("the range fits in u32");
+            retry.max_attempts = Some(NonZeroU32::try_from(attempts).expect("the range fits in u32"));
         }
         let mut base = retry.backoff.base();
         let mut cap = retry.backoff.cap();
@@ -201,6 +212,9 @@ impl Ctx<'_> {
         })?;
         if let Some(n) = node.get("max_age") {
             retry.max_age = Some(self.duration(n, "webhook.retry.max_age", ranges::RETRY_MAX_AGE)?);
+        }
+        if let Some(n) = node.get("max_replay_size") {
+            retry.max_replay_size = Some(self.size(n, "webhook.retry.max_replay_size", ranges::RETRY_REPLAY_SIZE)?);
         }
         Ok(retry)
     }
@@ -243,10 +257,11 @@ impl Ctx<'_> {
         }
         if let Some(n) = node.get("on_full") {
             spool.on_full = match self.text(n, "webhook.spool.on_full", "a policy")? {
+                "block" => FullPolicy::Block,
                 "drop_oldest" => FullPolicy::DropOldest,
                 "reject_new" => FullPolicy::RejectNew,
                 other => {
-                    let message = format!("unknown policy `{other}`; accepted: drop_oldest, reject_new");
+                    let message = format!("unknown policy `{other}`; accepted: block, drop_oldest, reject_new");
                     return Err(self.invalid(n, "webhook.spool.on_full", message));
                 }
             };

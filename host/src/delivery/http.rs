@@ -57,6 +57,8 @@ impl HttpSink {
             .pool_max_idle_per_host(delivery.pool.pool_size.get())
             .pool_idle_timeout(delivery.pool.idle_timeout)
             .pool_timer(TokioTimer::new())
+            // NanoMQ writes `Host`, `Content-Type`, `Content-Length`: so does mqhook, byte for byte.
+            .http1_title_case_headers(true)
             .build(connector);
         let timeout = delivery.timeout;
         drop(config);
@@ -82,8 +84,7 @@ impl HttpSink {
             .headers()
             .get(http::header::RETRY_AFTER)
             .and_then(|value| value.to_str().ok())
-            .and_then(|seconds| seconds.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .and_then(|value| retry_after(value, std::time::SystemTime::now()));
         // Reading the body to its end returns the connection to the pool.
         let _ = Limited::new(response.into_body(), MAX_RESPONSE_BODY).collect().await;
         if status.is_success() {
@@ -92,6 +93,17 @@ impl HttpSink {
             Err(DeliveryError::Status { status, retry_after })
         }
     }
+}
+
+/// A `Retry-After` value (RFC 9110 §10.2.3): delay-seconds, or an HTTP-date, which is read as the
+/// time from `now` until then (zero when it has passed).
+fn retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or_default())
 }
 
 /// The TLS error behind a failed request, if that is why it failed. rustls reports through
@@ -124,4 +136,20 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::retry_after;
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
+        assert_eq!(retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now), Some(Duration::from_secs(30)));
+        assert_eq!(retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now), Some(Duration::ZERO), "already past");
+        assert_eq!(retry_after("soon", now), None);
+    }
 }

@@ -7,12 +7,14 @@
 //! - **Hands on** each request's outcome: counted, and acknowledged to the queue, which is when
 //!   the spool may forget it.
 //!
-//! A semaphore of `pool_size` permits bounds the requests in flight (or, with per-client order,
+//! At most `pool_size` requests are in flight, one task each (or, with per-client order,
 //! `pool_size` lanes each send one at a time); draining waits for all of them, so no accepted
-//! request is abandoned.
+//! request is abandoned. When the endpoint fails, its [`health::EndpointHealth`] holds every
+//! request back but one probe, and no new request starts until the endpoint answers again.
 
 pub mod dead_letter;
 pub mod error;
+pub mod health;
 pub mod http;
 pub mod print;
 pub mod queue;
@@ -22,13 +24,15 @@ pub mod tls;
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 
 use crate::config::{DeliveryConfig, DeliveryOrder, QueueConfig, RetrySettings};
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::request::Request;
 use dead_letter::DeadLetters;
+use health::EndpointHealth;
 use queue::{DeliveryQueue, Entry};
+use retry::{Attempts, GaveUp};
 
 /// Where requests go.
 #[derive(Clone)]
@@ -43,6 +47,7 @@ pub enum Sink {
 struct Deliverer {
     sink: Sink,
     retry: RetrySettings,
+    health: EndpointHealth,
     dead_letters: Option<Arc<DeadLetters>>,
     queue: Arc<DeliveryQueue>,
     metrics: Arc<Metrics>,
@@ -81,7 +86,14 @@ pub(crate) async fn run(
     metrics: Arc<Metrics>,
 ) {
     let pool_size = settings.pool.pool_size.get();
-    let deliverer = Arc::new(Deliverer { sink, retry: settings.retry, dead_letters, queue: queue.clone(), metrics });
+    let deliverer = Arc::new(Deliverer {
+        sink,
+        retry: settings.retry,
+        health: EndpointHealth::new(settings.retry.backoff),
+        dead_letters,
+        queue: queue.clone(),
+        metrics,
+    });
     match settings.ordering {
         DeliveryOrder::None => run_pooled(deliverer, pool_size).await,
         DeliveryOrder::PerClient => run_per_client(deliverer, pool_size).await,
@@ -89,22 +101,28 @@ pub(crate) async fn run(
     queue.finish();
 }
 
-/// Up to `pool_size` requests in flight, in any order.
+/// Up to `pool_size` requests in flight, in any order, one task each. During an outage the
+/// tasks wait for the endpoint's health (holding no connection) and the rest stay queued.
 async fn run_pooled(deliverer: Arc<Deliverer>, pool_size: usize) {
-    let permits = Arc::new(Semaphore::new(pool_size));
+    let mut tasks = tokio::task::JoinSet::new();
     while let Some(entries) = deliverer.queue.pop(POP_BATCH).await {
         for entry in entries {
-            // The semaphore is never closed, so acquiring cannot fail.
-            let permit = permits.clone().acquire_owned().await.expect("the semaphore is never closed");
+            while tasks.len() >= pool_size {
+                reap(tasks.join_next().await);
+            }
             let deliverer = deliverer.clone();
-            tokio::spawn(async move {
-                deliverer.deliver(entry).await;
-                drop(permit);
-            });
+            tasks.spawn(async move { deliverer.deliver(entry).await });
         }
     }
-    let all = u32::try_from(pool_size).unwrap_or(u32::MAX);
-    let _drained = permits.acquire_many(all).await.expect("the semaphore is never closed");
+    while let Some(joined) = tasks.join_next().await {
+        reap(Some(joined));
+    }
+}
+
+fn reap(joined: Option<Result<(), tokio::task::JoinError>>) {
+    if let Some(Err(error)) = joined {
+        tracing::error!("A delivery task failed: {error}.");
+    }
 }
 
 /// `pool_size` lanes, each sending one request at a time; a client's requests always take the
@@ -147,29 +165,41 @@ fn hash(client: &str) -> usize {
 
 impl Deliverer {
     /// Sends one request, counts the outcome, dead-letters a give-up and acknowledges it.
-    async fn deliver(&self, entry: Entry) {
+    async fn deliver(self: &Arc<Self>, entry: Entry) {
         match &self.sink {
             Sink::Print(printer) => {
                 printer.print(&entry.request);
                 self.metrics.record_delivered();
             }
-            Sink::Http(client) => match retry::send(client, &entry.request, &self.retry, &self.metrics).await {
-                Ok(()) => self.metrics.record_delivered(),
-                Err(gave_up) => {
-                    let request = &entry.request;
-                    tracing::warn!(
-                        action = request.kind.action(),
-                        attempts = gave_up.attempts,
-                        "Delivery failed: {}.",
-                        gave_up.error
-                    );
-                    if let Some(dead_letters) = &self.dead_letters {
-                        dead_letters.record(request, &gave_up.error, gave_up.attempts);
-                    }
-                    self.metrics.record_failed();
+            Sink::Http(sink) => {
+                let attempts = Attempts { sink, settings: &self.retry, health: &self.health, metrics: &self.metrics };
+                match attempts.send(&entry.request).await {
+                    Ok(()) => self.metrics.record_delivered(),
+                    Err(gave_up) => self.give_up(&entry.request, gave_up).await,
                 }
-            },
+            }
         }
         self.queue.ack(entry.seq);
+    }
+
+    /// Logs and counts a give-up, and writes its dead letter (file I/O, so off the async threads).
+    async fn give_up(&self, request: &Request, gave_up: GaveUp) {
+        tracing::warn!(
+            action = request.kind.action(),
+            attempts = gave_up.attempts,
+            reason = gave_up.reason.as_str(),
+            "Delivery given up: {}.",
+            gave_up.error
+        );
+        self.metrics.record_given_up(gave_up.reason);
+        if let Some(dead_letters) = self.dead_letters.clone() {
+            let request = request.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                dead_letters.record(&request, &gave_up.error, gave_up.attempts);
+            });
+            if written.await.is_err() {
+                tracing::error!("Writing a dead letter panicked.");
+            }
+        }
     }
 }

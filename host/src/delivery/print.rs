@@ -23,7 +23,7 @@ impl PrintSink {
         let path = http_request.uri().path_and_query().map_or("/", |p| p.as_str());
         let mut text = format!("POST {path} HTTP/1.1\n");
         for (name, value) in http_request.headers() {
-            text.push_str(&format!("{name}: {}\n", String::from_utf8_lossy(value.as_bytes())));
+            text.push_str(&format!("{}: {}\n", title_case(name.as_str()), String::from_utf8_lossy(value.as_bytes())));
         }
         text.push('\n');
         let mut out = std::io::stdout().lock();
@@ -34,4 +34,17 @@ impl PrintSink {
         let _ = out.write_all(b"\n\n");
         let _ = out.flush();
     }
+}
+
+/// A header name as the HTTP sink writes it (hyper's title case): `content-length` →
+/// `Content-Length`.
+fn title_case(name: &str) -> String {
+    let mut upper = true;
+    name.chars()
+        .map(|c| {
+            let c = if upper { c.to_ascii_uppercase() } else { c };
+            upper = c == '-';
+            c
+        })
+        .collect()
 }

@@ -14,14 +14,18 @@
 //! lettered); the spool deletes what is acknowledged. This module owns every position.
 
 use std::collections::{BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::Notify;
 
-use crate::config::{QueueConfig, SpoolConfig};
+use crate::config::{FullPolicy, QueueConfig, SpoolConfig};
 use crate::metrics::Metrics;
 use crate::request::{idempotency_key, Request};
 use crate::spool::{Admission, Spool, SpoolError};
+
+/// How often a pusher waiting for room in a full spool frees what was acknowledged meanwhile.
+const FULL_SPOOL_RECHECK: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// One request and its place in the queue.
 #[derive(Debug)]
@@ -45,6 +49,10 @@ pub struct DeliveryQueue {
     bound_bytes: usize,
     /// Whether a spool backs the queue (read without the lock: acknowledging is free without one).
     spooled: bool,
+    /// What a full spool does.
+    on_full: FullPolicy,
+    /// A release of acknowledged records (file I/O) is under way off the async threads.
+    releasing: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -66,30 +74,46 @@ struct State {
     done: BTreeSet<u64>,
     /// Reused buffer for framing records.
     frames: Vec<u8>,
-    /// Requests a full spool refused, for a log line at most once a second.
-    refused: RefusedLog,
+    /// What a full spool refused or made wait, for a log line at most once a second.
+    full: FullLog,
     closed: bool,
 }
 
-/// Counts what a full spool refuses and logs it at most once a second, so a flood of refusals
-/// makes one line per second, not one per request.
+/// Counts what a full spool refuses (or makes wait) and logs it at most once a second, so a
+/// flood makes one line per second, not one per request.
 #[derive(Default)]
-struct RefusedLog {
+struct FullLog {
     unreported: u64,
     last: Option<std::time::Instant>,
 }
 
-impl RefusedLog {
-    fn record(&mut self, spool_bytes: u64) {
+impl FullLog {
+    fn due(&mut self) -> bool {
+        let due = self.last.is_none_or(|last| last.elapsed() >= std::time::Duration::from_secs(1));
+        if due {
+            self.last = Some(std::time::Instant::now());
+        }
+        due
+    }
+
+    fn record_refused(&mut self, spool_bytes: u64) {
         self.unreported += 1;
-        if self.last.is_none_or(|last| last.elapsed() >= std::time::Duration::from_secs(1)) {
+        if self.due() {
             tracing::warn!(
                 spool_bytes,
                 "The spool is full: {} requests dropped (counted as dropped; spool.on_full = reject_new).",
                 self.unreported
             );
             self.unreported = 0;
-            self.last = Some(std::time::Instant::now());
+        }
+    }
+
+    fn record_wait(&mut self, spool_bytes: u64) {
+        if self.due() {
+            tracing::warn!(
+                spool_bytes,
+                "The spool is full: new requests wait until delivery frees room (spool.on_full = block)."
+            );
         }
     }
 }
@@ -122,10 +146,12 @@ impl DeliveryQueue {
             acked: recovered.acked,
             done: BTreeSet::new(),
             frames: Vec::new(),
-            refused: RefusedLog::default(),
+            full: FullLog::default(),
             closed: false,
         };
-        Ok(DeliveryQueue::with_state(state, queues, metrics))
+        let mut queue = DeliveryQueue::with_state(state, queues, metrics);
+        queue.on_full = spool_config.on_full;
+        Ok(queue)
     }
 
     /// A memory-only queue with the `queues` bounds.
@@ -140,7 +166,7 @@ impl DeliveryQueue {
             acked: 0,
             done: BTreeSet::new(),
             frames: Vec::new(),
-            refused: RefusedLog::default(),
+            full: FullLog::default(),
             closed: false,
         };
         DeliveryQueue::with_state(state, queues, metrics)
@@ -154,6 +180,8 @@ impl DeliveryQueue {
             writable: Condvar::new(),
             bound: queues.requests.get(),
             bound_bytes: queues.request_bytes.as_usize(),
+            on_full: FullPolicy::Block,
+            releasing: AtomicBool::new(false),
             metrics,
         }
     }
@@ -167,7 +195,19 @@ impl DeliveryQueue {
     pub(crate) fn push(&self, batch: Vec<Request>) {
         let mut state = self.lock();
         if state.spool.is_some() {
-            self.push_spooled(&mut state, batch);
+            let mut pending = VecDeque::from(batch);
+            while self.push_spooled(&mut state, &mut pending) {
+                // Full, and `on_full = block`: what fitted can go out; wait until delivery frees room.
+                self.readable.notify_one();
+                let spool_bytes = state.spool.as_ref().map_or(0, Spool::bytes);
+                state.full.record_wait(spool_bytes);
+                state = self.writable.wait_timeout(state, FULL_SPOOL_RECHECK).unwrap_or_else(PoisonError::into_inner).0;
+                // Acknowledgements are written down lazily; a waiting pusher may not wait for that.
+                let acked = state.acked;
+                if let Err(error) = state.spool.as_mut().expect("a spooled queue").release(acked, true) {
+                    tracing::error!("Cannot record delivered requests in the spool: {error}.");
+                }
+            }
         } else {
             for mut request in batch {
                 while !state.has_room(self.bound, self.bound_bytes) {
@@ -182,19 +222,35 @@ impl DeliveryQueue {
         self.readable.notify_one();
     }
 
-    fn push_spooled(&self, state: &mut State, batch: Vec<Request>) {
+    /// Writes `pending` to the spool, in order; `true` when it stopped early because the spool is
+    /// full and `on_full = block` (what is left stays in `pending`).
+    fn push_spooled(&self, state: &mut State, pending: &mut VecDeque<Request>) -> bool {
         // Taken out for the batch, so `state` can be updated beside it; put back below.
         let mut spool = state.spool.take().expect("called with a spool");
         let mut frames = std::mem::take(&mut state.frames);
         frames.clear();
         let first = state.next_seq;
-        for mut request in batch {
+        let mut full = false;
+        while let Some(mut request) = pending.pop_front() {
             let seq = state.next_seq;
             state.key_for(seq, &mut request);
             match spool.frame(seq, &request, &mut frames) {
+                Admission::Refused if self.on_full == FullPolicy::Block => {
+                    pending.push_front(request);
+                    full = true;
+                    break;
+                }
                 Admission::Refused => {
                     self.metrics.add_dropped(1);
-                    state.refused.record(spool.bytes());
+                    state.full.record_refused(spool.bytes());
+                    continue;
+                }
+                Admission::TooLarge => {
+                    self.metrics.add_dropped(1);
+                    tracing::error!(
+                        bytes = request.body.len(),
+                        "A request larger than the whole spool (spool.max_size) is dropped (counted as dropped)."
+                    );
                     continue;
                 }
                 Admission::DroppedOldest(dropped) => {
@@ -229,6 +285,7 @@ impl DeliveryQueue {
         }
         state.spool = Some(spool);
         state.frames = frames;
+        full
     }
 
     /// Up to `max` requests, waiting for some; `None` once the queue is closed and empty.
@@ -295,17 +352,46 @@ impl DeliveryQueue {
         }
     }
 
-    /// `seq` is done: delivered, or failed for good (and dead-lettered).
-    pub(crate) fn ack(&self, seq: u64) {
+    /// `seq` is done: delivered, or failed for good (and dead-lettered). When it is time to
+    /// write the acknowledged position down and delete finished segments, that file I/O runs on
+    /// a blocking thread, off the async executor.
+    pub(crate) fn ack(self: &Arc<Self>, seq: u64) {
         if !self.spooled {
             return;
         }
         let mut state = self.lock();
         state.ack_range(seq, seq + 1);
         let acked = state.acked;
-        if let Err(error) = state.spool.as_mut().expect("a spooled queue").release(acked, false) {
-            tracing::error!("Cannot record delivered requests in the spool: {error}.");
+        let due = state.spool.as_ref().is_some_and(|spool| spool.release_due(acked));
+        drop(state);
+        if !due || self.releasing.swap(true, Ordering::AcqRel) {
+            return;
         }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let queue = self.clone();
+                drop(runtime.spawn_blocking(move || queue.release()));
+            }
+            Err(_) => self.release(),
+        }
+    }
+
+    /// Writes the acknowledged position down and deletes finished segments; wakes pushers that
+    /// wait for room in a full spool.
+    fn release(&self) {
+        let mut state = self.lock();
+        let acked = state.acked;
+        if let Some(spool) = state.spool.as_mut() {
+            let before = spool.bytes();
+            if let Err(error) = spool.release(acked, false) {
+                tracing::error!("Cannot record delivered requests in the spool: {error}.");
+            }
+            if spool.bytes() < before {
+                self.writable.notify_all();
+            }
+        }
+        drop(state);
+        self.releasing.store(false, Ordering::Release);
     }
 
     /// No more pushes: `pop` returns `None` once everything is handed out.
@@ -413,13 +499,13 @@ mod tests {
         }
     }
 
-    fn open(setup: &Setup) -> (DeliveryQueue, Arc<Metrics>) {
+    fn open(setup: &Setup) -> (Arc<DeliveryQueue>, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::default());
-        (DeliveryQueue::open(&setup.queues, Some(&setup.spool), metrics.clone()).unwrap(), metrics)
+        (Arc::new(DeliveryQueue::open(&setup.queues, Some(&setup.spool), metrics.clone()).unwrap()), metrics)
     }
 
     /// Every body the queue hands out until it is empty, acknowledging each.
-    fn drain(queue: &DeliveryQueue) -> Vec<String> {
+    fn drain(queue: &Arc<DeliveryQueue>) -> Vec<String> {
         queue.close();
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let mut bodies = Vec::new();
@@ -538,13 +624,40 @@ mod tests {
     }
 
     /// Pushes 400 requests, one at a time, into a 4 KiB spool with `policy`.
-    fn overfill(policy: FullPolicy) -> (tempfile::TempDir, DeliveryQueue, crate::MetricsSnapshot) {
+    fn overfill(policy: FullPolicy) -> (tempfile::TempDir, Arc<DeliveryQueue>, crate::metrics::MetricsSnapshot) {
         let dir = tempfile::tempdir().unwrap();
         let (queue, metrics) = open(&config(dir.path(), 4096, policy, 1));
         for i in 0..400 {
             queue.push(vec![request(i)]);
         }
         (dir, queue, metrics.snapshot())
+    }
+
+    #[test]
+    fn a_full_spool_that_blocks_makes_the_pusher_wait_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (queue, metrics) = open(&config(dir.path(), 4096, FullPolicy::Block, 1));
+        let pusher = {
+            let queue = queue.clone();
+            std::thread::spawn(move || {
+                for i in 0..400 {
+                    queue.push(vec![request(i)]);
+                }
+                queue.close();
+            })
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let mut bodies = Vec::new();
+        while let Some(entries) = runtime.block_on(queue.pop(7)) {
+            for entry in entries {
+                bodies.push(String::from_utf8(entry.request.body.to_vec()).unwrap());
+                queue.ack(entry.seq);
+            }
+        }
+        pusher.join().unwrap();
+        assert_eq!(bodies, expected(0..400), "every request, in order");
+        let snapshot = metrics.snapshot();
+        assert_eq!((snapshot.spooled, snapshot.dropped), (400, 0));
     }
 
     #[test]

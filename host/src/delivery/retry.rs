@@ -1,107 +1,126 @@
-//! Retries: which failures are worth another attempt, how long to wait before it, and the loop
-//! that makes the attempts.
+//! Retries: which failures are worth another attempt, and the loop that makes the attempts.
 //!
-//! The one place that decides about retries and sleeps between them; the HTTP sink makes one
-//! exchange and never decides on its own. Connection errors, timeouts, 408, 429 and 5xx are
-//! transient and retried with exponential backoff and full jitter (a random wait between zero and
-//! `base · 2^attempt`, capped), never sooner than a `Retry-After` the endpoint sent. Other 4xx
-//! answers are permanent. Retries stop at `max_attempts` attempts or, when set, once the first
-//! attempt is `max_age` old. The settings are the config's [`RetrySettings`].
+//! The one place that decides about retries; the HTTP sink makes one exchange and never decides
+//! on its own, and the endpoint's [`EndpointHealth`] decides *when* the next attempt may go.
+//! - **Transient** failures (connection errors, timeouts, 408, 429, 5xx but 501) are retried, by
+//!   default without limit: the request waits, holding no connection, until the
+//!   endpoint's backoff lets it (or another request's probe) through.
+//! - **Permanent** failures are given up at once: other 4xx answers, 501, a TLS failure (an
+//!   untrusted certificate), and a transient failure of a body larger than `retry.max_replay_size`.
+//! - `retry.max_attempts` and `retry.max_age`, when set, give up a request that is still failing.
+//!
+//! Every give-up names its [`GiveUpReason`]; delivery counts and dead-letters it.
 
 use std::time::Duration;
 
 use http::StatusCode;
 
 use super::error::DeliveryError;
+use super::health::{EndpointHealth, Turn};
 use super::http::HttpSink;
 use crate::config::RetrySettings;
-use crate::metrics::Metrics;
+use crate::metrics::{GiveUpReason, Metrics};
 use crate::request::Request;
 
-/// What to do after an attempt failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Try again after this long.
-    RetryAfter(Duration),
-    /// Give up: the failure is permanent, or the attempts or the age are used up.
-    GiveUp,
-}
-
-/// A request given up on: the last failure and the attempts made.
+/// A request given up on: the last failure, the attempts made, and why.
 #[derive(Debug)]
 pub struct GaveUp {
     /// The last attempt's failure.
     pub error: DeliveryError,
     /// Attempts made, the first included.
     pub attempts: u32,
+    /// Why no further attempt is made.
+    pub reason: GiveUpReason,
 }
 
-/// Sends `request` through `sink`, retrying as `settings` say; each retry is counted.
-pub async fn send(
-    sink: &HttpSink,
-    request: &Request,
-    settings: &RetrySettings,
-    metrics: &Metrics,
-) -> Result<(), GaveUp> {
-    let first_attempt = tokio::time::Instant::now();
-    let mut attempt = 1;
-    loop {
-        let error = match sink.send(request).await {
-            Ok(()) => return Ok(()),
-            Err(error) => error,
-        };
-        match after_failure(settings, &error, attempt, first_attempt.elapsed()) {
-            Verdict::RetryAfter(wait) => {
-                tracing::debug!(
-                    action = request.kind.action(),
-                    attempt,
-                    "Delivery failed ({error}); retrying in {wait:?}."
-                );
-                metrics.record_retry();
-                tokio::time::sleep(wait).await;
-                attempt += 1;
-            }
-            Verdict::GiveUp => return Err(GaveUp { error, attempts: attempt }),
-        }
-    }
+/// What one failed attempt means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Worth another attempt, once the endpoint's backoff (at least this `Retry-After`) allows.
+    Transient(Option<Duration>),
+    /// Never worth another attempt.
+    Permanent(GiveUpReason),
 }
 
-/// Decides after failed attempt number `attempt` (1-based), made `age` after the first one.
-pub fn after_failure(settings: &RetrySettings, error: &DeliveryError, attempt: u32, age: Duration) -> Verdict {
-    if !is_transient(error) || attempt >= settings.max_attempts.get() {
-        return Verdict::GiveUp;
-    }
-    let wait = backoff(settings, attempt).max(retry_after(error).unwrap_or_default());
-    match settings.max_age {
-        Some(max_age) if age + wait > max_age => Verdict::GiveUp,
-        _ => Verdict::RetryAfter(wait),
-    }
-}
-
-/// Full jitter: uniformly random between zero and `min(cap, base · 2^(attempt-1))`.
-fn backoff(settings: &RetrySettings, attempt: u32) -> Duration {
-    let exponent = attempt.saturating_sub(1).min(31);
-    let ceiling = settings.backoff.base().saturating_mul(1 << exponent).min(settings.backoff.cap());
-    ceiling.mul_f64(fastrand::f64())
-}
-
-/// 408, 429, 5xx and every transport failure are worth another attempt; other answers are not.
-fn is_transient(error: &DeliveryError) -> bool {
+/// Judges a failed attempt.
+pub fn verdict(error: &DeliveryError) -> Verdict {
     match error {
-        DeliveryError::Status { status, .. } => {
-            *status == StatusCode::REQUEST_TIMEOUT
+        DeliveryError::Status { status, retry_after } => {
+            let transient = *status == StatusCode::REQUEST_TIMEOUT
                 || *status == StatusCode::TOO_MANY_REQUESTS
-                || status.is_server_error()
+                || (status.is_server_error() && *status != StatusCode::NOT_IMPLEMENTED);
+            if transient {
+                Verdict::Transient(*retry_after)
+            } else {
+                Verdict::Permanent(GiveUpReason::PermanentStatus)
+            }
         }
-        DeliveryError::Timeout(_) | DeliveryError::Transport(_) => true,
-        DeliveryError::UnsupportedScheme(_) | DeliveryError::TlsConfig(_) | DeliveryError::Tls(_) => false,
+        DeliveryError::Timeout(_) | DeliveryError::Transport(_) => Verdict::Transient(None),
+        DeliveryError::UnsupportedScheme(_) | DeliveryError::TlsConfig(_) | DeliveryError::Tls(_) => {
+            Verdict::Permanent(GiveUpReason::Tls)
+        }
     }
 }
 
-fn retry_after(error: &DeliveryError) -> Option<Duration> {
-    match error {
-        DeliveryError::Status { retry_after, .. } => *retry_after,
-        _ => None,
+/// How one request is sent: the sink, the settings and the endpoint's health.
+pub(crate) struct Attempts<'a> {
+    pub sink: &'a HttpSink,
+    pub settings: &'a RetrySettings,
+    pub health: &'a EndpointHealth,
+    pub metrics: &'a Metrics,
+}
+
+impl Attempts<'_> {
+    /// Sends `request` until it is delivered or given up; each attempt waits for its turn (see
+    /// [`EndpointHealth`]).
+    pub async fn send(&self, request: &Request) -> Result<(), GaveUp> {
+        let first_attempt = tokio::time::Instant::now();
+        let mut attempts = 0;
+        let mut last_error = None;
+        loop {
+            let turn = self.health.ready().await;
+            if self.settings.max_age.is_some_and(|max_age| first_attempt.elapsed() > max_age) {
+                if let Some(error) = last_error.take() {
+                    if turn == Turn::Probe {
+                        self.health.probe_abandoned();
+                    }
+                    return Err(GaveUp { error, attempts, reason: GiveUpReason::Age });
+                }
+            }
+            attempts += 1;
+            let error = match self.sink.send(request).await {
+                Ok(()) => {
+                    self.health.succeeded();
+                    return Ok(());
+                }
+                Err(error) => error,
+            };
+            match verdict(&error) {
+                Verdict::Permanent(reason) => {
+                    // The endpoint answered (or will never answer this way): it is not unwell.
+                    self.health.succeeded();
+                    return Err(GaveUp { error, attempts, reason });
+                }
+                Verdict::Transient(retry_after) => {
+                    self.health.failed(turn, retry_after, &error);
+                    let too_large =
+                        self.settings.max_replay_size.is_some_and(|cap| request.body.len() as u64 > cap.get());
+                    if too_large {
+                        return Err(GaveUp { error, attempts, reason: GiveUpReason::TooLargeToReplay });
+                    }
+                    if self.settings.max_attempts.is_some_and(|max| attempts >= max.get()) {
+                        return Err(GaveUp { error, attempts, reason: GiveUpReason::Attempts });
+                    }
+                    tracing::debug!(
+                        action = request.kind.action(),
+                        attempts,
+                        "Delivery failed ({error}); it will be retried."
+                    );
+                    self.metrics.record_retry();
+                    last_error = Some(error);
+                }
+            }
+        }
     }
 }
 
@@ -115,49 +134,20 @@ mod tests {
 
     #[test]
     fn transient_failures_are_retried_permanent_ones_are_not() {
-        let policy = RetrySettings::default();
         for code in [408, 429, 500, 502, 503, 504] {
-            assert!(
-                matches!(after_failure(&policy, &status(code, None), 1, Duration::ZERO), Verdict::RetryAfter(_)),
-                "{code}"
-            );
+            assert_eq!(verdict(&status(code, None)), Verdict::Transient(None), "{code}");
         }
-        for code in [400, 401, 403, 404, 410, 422] {
-            assert_eq!(after_failure(&policy, &status(code, None), 1, Duration::ZERO), Verdict::GiveUp, "{code}");
+        for code in [400, 401, 403, 404, 410, 422, 501] {
+            assert_eq!(verdict(&status(code, None)), Verdict::Permanent(GiveUpReason::PermanentStatus), "{code}");
         }
-        let timeout = DeliveryError::Timeout(Duration::from_secs(5));
-        assert!(matches!(after_failure(&policy, &timeout, 1, Duration::ZERO), Verdict::RetryAfter(_)));
-        let refused = DeliveryError::Transport("connection refused".into());
-        assert!(matches!(after_failure(&policy, &refused, 1, Duration::ZERO), Verdict::RetryAfter(_)));
+        assert_eq!(verdict(&DeliveryError::Timeout(Duration::from_secs(5))), Verdict::Transient(None));
+        assert_eq!(verdict(&DeliveryError::Transport("connection refused".into())), Verdict::Transient(None));
+        assert_eq!(verdict(&DeliveryError::Tls("unknown issuer".into())), Verdict::Permanent(GiveUpReason::Tls));
     }
 
     #[test]
-    fn backoff_grows_is_capped_and_stops_at_the_limits() {
-        let policy = RetrySettings {
-            max_attempts: std::num::NonZeroU32::new(10).unwrap(),
-            backoff: crate::config::Backoff::new(Duration::from_millis(100), Duration::from_millis(1000)).unwrap(),
-            max_age: Some(Duration::from_secs(60)),
-        };
-        let error = status(503, None);
-        for attempt in 1..10 {
-            let ceiling = Duration::from_millis(100 * (1 << (attempt - 1))).min(Duration::from_millis(1000));
-            for _ in 0..50 {
-                let Verdict::RetryAfter(wait) = after_failure(&policy, &error, attempt, Duration::ZERO) else {
-                    panic!("attempt {attempt} must be retried");
-                };
-                assert!(wait <= ceiling, "attempt {attempt}: {wait:?} > {ceiling:?}");
-            }
-        }
-        assert_eq!(after_failure(&policy, &error, 10, Duration::ZERO), Verdict::GiveUp, "attempts used up");
-        assert_eq!(after_failure(&policy, &error, 2, Duration::from_secs(60)), Verdict::GiveUp, "too old");
-    }
-
-    #[test]
-    fn retry_after_is_honoured() {
-        let policy = RetrySettings::default();
-        let error = status(429, Some(Duration::from_secs(3)));
-        assert!(
-            matches!(after_failure(&policy, &error, 1, Duration::ZERO), Verdict::RetryAfter(wait) if wait >= Duration::from_secs(3))
-        );
+    fn retry_after_is_passed_on() {
+        let wait = Some(Duration::from_secs(3));
+        assert_eq!(verdict(&status(429, wait)), Verdict::Transient(wait));
     }
 }

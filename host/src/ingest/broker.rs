@@ -4,8 +4,8 @@
 //!   hook handlers and the retained-message store. Every rmqtt type stays in this module.
 //! - **Receives** rmqtt hook calls, made on rmqtt's own connection tasks.
 //! - **Hands on** one [`Event`] per hook call (one per topic filter for the subscription hooks) to
-//!   [`Submitter::try_submit`], which never waits, so a broker task is never held up by mqhook.
-//!   A hook whose event kind no rule selects builds no event at all (no payload is copied).
+//!   [`Submitter::submit`]. A hook whose event kind no rule selects builds no event at all (no
+//!   payload is copied).
 //!
 //! # Where each event comes from
 //! | event | rmqtt hook, `Type::…` | `Parameter::…` and what is read from it |
@@ -32,10 +32,15 @@
 //! words and `"expired"` for a persistent session whose expiry interval ran out.
 //!
 //! # Queue full
-//! When the runtime queue is full the event is dropped: `try_submit` counts it (`rejected` in the
-//! summary) and this module logs at `warn` how many were dropped, at most one line a second (the
-//! first drop at once, later ones with the next drop a second on, the remainder when the broker
-//! stops). Nothing here waits for room.
+//! When the runtime queue is full, the hook waits for room (`queues.when_full = block`, the
+//! default). rmqtt runs a client's hooks on that client's own connection task, so only that
+//! client waits: it stops reading from its socket, and MQTT flow control (QoS 1/2) and TCP slow
+//! the publisher down, while other clients and the broker go on. Nothing waits on HTTP itself;
+//! the queue drains as the guest workers and delivery make room. With `when_full = drop_new`
+//! (or a bounded wait that runs out) the event is dropped instead: `submit` counts it (`rejected`
+//! in the summary) and this module logs at `warn` how many were dropped, at most one line a
+//! second (the first drop at once, later ones with the next drop a second on, the remainder when
+//! the broker stops).
 //!
 //! # Retained messages
 //! rmqtt 0.24's built-in store is a stub (`enable()` is false; `set` only logs "use the
@@ -233,15 +238,12 @@ impl EventForwarder {
         submitter.as_ref().is_some_and(|submitter| submitter.admits(kind))
     }
 
-    /// Hands `event` to the runtime if it has room; never waits.
-    fn forward(&self, event: Event) {
-        let outcome = {
-            let submitter = self.submitter.read().unwrap_or_else(PoisonError::into_inner);
-            match submitter.as_ref() {
-                Some(submitter) => submitter.try_submit(event),
-                None => return,
-            }
-        };
+    /// Hands `event` to the runtime as `queues.when_full` says: by default waiting for room on
+    /// this hook's connection task (see the module doc).
+    async fn forward(&self, event: Event) {
+        let submitter = self.submitter.read().unwrap_or_else(PoisonError::into_inner).clone();
+        let Some(submitter) = submitter else { return };
+        let outcome = submitter.submit(event).await;
         match outcome {
             Ok(()) => {}
             Err(SubmitError::Full(_)) => self.queue_full.record(),
@@ -306,7 +308,7 @@ impl Handler for ForwardingHook {
     async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
         if kind_of(param).is_some_and(|kind| self.0.admits(kind)) {
             if let Some(event) = event_from(param).await {
-                self.0.forward(event);
+                self.0.forward(event).await;
             }
         }
         // Observe only: the chain goes on with whatever earlier handlers decided.

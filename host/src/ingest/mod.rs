@@ -1,5 +1,5 @@
-//! Ingest: where broker events enter mqhook, each source converting to [`Event`](crate::Event) at
-//! its border and handing events to a [`Submitter`](crate::Submitter).
+//! Ingest: where broker events enter mqhook, each source converting to [`Event`](crate::event::Event) at
+//! its border and handing events to a [`Submitter`](crate::runtime::Submitter).
 //!
 //! - `broker` (feature `broker`, on by default): an embedded rmqtt MQTT broker whose hooks submit
 //!   events;

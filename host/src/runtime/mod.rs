@@ -15,12 +15,10 @@
 //! queue and exit, delivery sends what is left and waits for requests in flight, and only then
 //! does [`Runtime::shutdown`] return.
 
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Sender, TrySendError};
-
-use crate::config::{DeliveryOrder, LiveConfig};
+use crate::config::{DeliveryOrder, LiveConfig, WhenFull};
 use crate::delivery::dead_letter::{DeadLetterError, DeadLetters};
 use crate::delivery::queue::DeliveryQueue;
 use crate::delivery::{self, Sink};
@@ -29,7 +27,9 @@ use crate::guest::{ActiveGuest, GuestModule};
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::spool::SpoolError;
 
+mod queue;
 mod worker;
+use queue::{EventQueue, Refused};
 use worker::Worker;
 
 /// Why an event was not accepted.
@@ -57,12 +57,11 @@ pub enum StartError {
 /// Hands events to a running [`Runtime`]. Cheap to clone; one per ingest thread or broker hook.
 #[derive(Clone)]
 pub struct Submitter {
-    queue: Sender<Event>,
+    queue: Arc<EventQueue>,
+    /// What [`Submitter::submit`] does on a full queue (`queues.when_full`).
+    when_full: WhenFull,
     live: LiveConfig,
     metrics: Arc<Metrics>,
-    /// `true` once the runtime shuts down. Held for reading across a send, so that closing waits
-    /// for sends under way and no event slips into the queue after the workers' final drain.
-    closed: Arc<RwLock<bool>>,
 }
 
 impl Submitter {
@@ -81,34 +80,45 @@ impl Submitter {
     /// Accepts an event if the queue has room; never blocks. A full queue hands the event back and
     /// counts it as `rejected`.
     pub fn try_submit(&self, event: Event) -> Result<(), SubmitError> {
-        let closed = self.closed.read().unwrap_or_else(PoisonError::into_inner);
-        if *closed {
-            return Err(SubmitError::Closed(Box::new(event)));
-        }
         if !self.admit(&event) {
             return Ok(());
         }
-        match self.queue.try_send(event) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(event)) => {
-                self.metrics.record_rejected();
-                Err(SubmitError::Full(Box::new(event)))
-            }
-            Err(TrySendError::Disconnected(event)) => Err(SubmitError::Closed(Box::new(event))),
+        self.outcome(self.queue.try_push(event))
+    }
+
+    /// Accepts an event as `queues.when_full` says: by default waiting for room, without blocking
+    /// the thread, so a broker hook slows down only its own client's connection task. A bounded
+    /// wait that runs out, or `drop_new`, hands the event back and counts it as `rejected`.
+    pub async fn submit(&self, event: Event) -> Result<(), SubmitError> {
+        if !self.admit(&event) {
+            return Ok(());
         }
+        let pushed = match self.when_full {
+            WhenFull::Block => self.queue.push(event, None).await,
+            WhenFull::Wait(limit) => self.queue.push(event, Some(limit)).await,
+            WhenFull::DropNew => self.queue.try_push(event),
+        };
+        self.outcome(pushed)
     }
 
     /// Accepts an event, waiting for room in the queue. For ingest threads that may wait (a file
     /// or a pipe), never for a broker's own threads.
     pub fn submit_blocking(&self, event: Event) -> Result<(), SubmitError> {
-        let closed = self.closed.read().unwrap_or_else(PoisonError::into_inner);
-        if *closed {
-            return Err(SubmitError::Closed(Box::new(event)));
-        }
         if !self.admit(&event) {
             return Ok(());
         }
-        self.queue.send(event).map_err(|e| SubmitError::Closed(Box::new(e.into_inner())))
+        self.outcome(self.queue.push_blocking(event))
+    }
+
+    fn outcome(&self, pushed: Result<(), Refused>) -> Result<(), SubmitError> {
+        match pushed {
+            Ok(()) => Ok(()),
+            Err(Refused::Full(event)) => {
+                self.metrics.record_rejected();
+                Err(SubmitError::Full(Box::new(event)))
+            }
+            Err(Refused::Closed(event)) => Err(SubmitError::Closed(Box::new(event))),
+        }
     }
 
     /// Counts an input record that was not a valid event (it never enters the pipeline).
@@ -130,8 +140,7 @@ impl Submitter {
 pub struct Runtime {
     submitter: Submitter,
     active: ActiveGuest,
-    /// Dropped to tell the workers to drain the queue and stop.
-    stop: crossbeam_channel::Sender<()>,
+    events: Arc<EventQueue>,
     workers: Vec<JoinHandle<()>>,
     requests: Arc<DeliveryQueue>,
     delivery: tokio::task::JoinHandle<()>,
@@ -151,8 +160,7 @@ impl Runtime {
             None => None,
         };
         let requests = Arc::new(DeliveryQueue::open(&config.queues, config.spool.as_ref(), metrics.clone())?);
-        let (queue, events) = crossbeam_channel::bounded(config.queues.events.get());
-        let (stop, stopping) = crossbeam_channel::bounded::<()>(0);
+        let events = Arc::new(EventQueue::new(config.queues.events.get()));
         let active = ActiveGuest::new(guest, live.clone());
         // Per-client order starts at the guest: two workers would race a client's events.
         let worker_count = match config.delivery.ordering {
@@ -164,7 +172,6 @@ impl Runtime {
                 let worker = Worker {
                     active: active.clone(),
                     events: events.clone(),
-                    stopping: stopping.clone(),
                     requests: requests.clone(),
                     dead_letters: dead_letters.clone(),
                     metrics: metrics.clone(),
@@ -179,8 +186,9 @@ impl Runtime {
             let (requests, settings, metrics) = (requests.clone(), config.delivery.clone(), metrics.clone());
             tokio::spawn(async move { delivery::run(requests, sink, &settings, dead_letters, metrics).await })
         };
-        let submitter = Submitter { queue, live, metrics: metrics.clone(), closed: Arc::default() };
-        Ok(Runtime { submitter, active, stop, workers, requests, delivery, metrics })
+        let submitter =
+            Submitter { queue: events.clone(), when_full: config.queues.when_full, live, metrics: metrics.clone() };
+        Ok(Runtime { submitter, active, events, workers, requests, delivery, metrics })
     }
 
     /// A handle for submitting events.
@@ -206,10 +214,9 @@ impl Runtime {
     /// Stops accepting events (every `Submitter` now answers `Closed`) and waits until every
     /// accepted event is delivered, failed or filtered.
     pub async fn shutdown(self) -> MetricsSnapshot {
-        let Runtime { submitter, stop, workers, requests, delivery, metrics, .. } = self;
-        // Waits for sends under way; none can start after this.
-        *submitter.closed.write().unwrap_or_else(PoisonError::into_inner) = true;
-        drop(stop);
+        let Runtime { events, workers, requests, delivery, metrics, .. } = self;
+        // No event enters after this; workers drain what is queued, then stop.
+        events.close();
         // Workers drain the queue and exit; joining them blocks, so off the executor.
         let joined = tokio::task::spawn_blocking(move || {
             for worker in workers {

@@ -8,8 +8,7 @@
 
 use std::sync::Arc;
 
-use crossbeam_channel::Receiver;
-
+use super::queue::EventQueue;
 use crate::config::FailurePolicy;
 use crate::delivery::dead_letter::DeadLetters;
 use crate::delivery::queue::DeliveryQueue;
@@ -24,9 +23,8 @@ const BATCH: usize = 256;
 /// One guest worker's inputs and outputs.
 pub(super) struct Worker {
     pub active: ActiveGuest,
-    pub events: Receiver<Event>,
-    /// Disconnected when the runtime shuts down: drain `events`, then stop.
-    pub stopping: Receiver<()>,
+    /// Closed when the runtime shuts down: drain it, then stop.
+    pub events: Arc<EventQueue>,
     pub requests: Arc<DeliveryQueue>,
     pub dead_letters: Option<Arc<DeadLetters>>,
     pub metrics: Arc<Metrics>,
@@ -69,9 +67,10 @@ impl Worker {
         let (mut generation, guest) = self.active.current();
         let mut running = Running::new(guest);
         let mut fallback = self.fallback();
-        while let Some(first) = self.next_event() {
+        let mut events = Vec::with_capacity(BATCH);
+        while self.events.pop_batch(BATCH, &mut events) {
             let mut batch = Vec::new();
-            for event in std::iter::once(first).chain(self.events.try_iter().take(BATCH - 1)) {
+            for event in events.drain(..) {
                 // A swapped-in guest takes over from the next event; one atomic load per event.
                 if self.active.generation() != generation {
                     let guest;
@@ -97,14 +96,6 @@ impl Worker {
         self.active
             .fallback()
             .map(|fallback| Fallback { policy: fallback.policy, builtin: Running::new(fallback.builtin) })
-    }
-
-    /// The next event, waiting for one; `None` once the runtime stops and the queue is empty.
-    fn next_event(&self) -> Option<Event> {
-        crossbeam_channel::select! {
-            recv(self.events) -> event => event.ok(),
-            recv(self.stopping) -> _ => self.events.try_recv().ok(),
-        }
     }
 
     /// The guest's request for `event`, or the fallback's, or none.

@@ -81,8 +81,10 @@ pub enum Admission {
     Fits,
     /// It fits now that the oldest segment, with these records, is gone (`drop_oldest`).
     DroppedOldest(Dropped),
-    /// The spool is full and refuses it (`reject_new`, or nothing left to drop).
+    /// The spool is full and refuses it (`reject_new` or `block`, or nothing left to drop).
     Refused,
+    /// The record alone is larger than the whole spool (`max_size`): it never fits.
+    TooLarge,
 }
 
 /// Records dropped to make room, when the spool is full and drops its oldest.
@@ -193,6 +195,10 @@ impl Spool {
         let needed = self.total_bytes + batch.len() as u64;
         if needed <= self.config.max_size.get() {
             return Admission::Fits;
+        }
+        if (batch.len() - start) as u64 > self.config.max_size.get() {
+            batch.truncate(start);
+            return Admission::TooLarge;
         }
         if self.config.on_full == FullPolicy::DropOldest && self.segments.len() > 1 {
             match self.drop_oldest() {
@@ -307,6 +313,11 @@ impl Spool {
             }
         }
         Ok(records)
+    }
+
+    /// Whether [`Spool::release`] would write anything for `acked` now.
+    pub fn release_due(&self, acked: u64) -> bool {
+        acked != self.acked_persisted && self.last_persist.elapsed() >= ACK_PERSIST_INTERVAL
     }
 
     /// Everything below `acked` is done: deletes the segments that hold nothing else, and writes
