@@ -2,60 +2,25 @@
 //! million events against a dead endpoint, and per-client order — all through the real binary,
 //! a real spool directory and a real HTTP server on 127.0.0.1.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hyper::StatusCode;
 use tokio::io::AsyncWriteExt;
 
-use crate::support::endpoint::{Behaviour, Endpoint, Recorded};
+use crate::support::endpoint::{Behaviour, Endpoint};
 use crate::support::{
-    admin_metrics, free_loopback_addr, mqhook, signal, spawn_mqhook, wait_for_listener, wait_until, Scratch, StderrLog,
-    Webhook, WAIT_LIMIT,
+    admin_metrics, check_at_least_once, free_loopback_addr, mqhook, ndjson_publishes as publishes, payload_id, signal,
+    spawn_mqhook, wait_for_listener, wait_until, Scratch, StderrLog, Webhook, WAIT_LIMIT,
 };
 
 /// `count` publishes, `clients` publishers taking turns, payload `p-<i>`.
-fn publishes(count: usize, clients: usize) -> String {
-    (0..count)
-        .map(|i| {
-            format!(
-                "{{\"event\":\"message_publish\",\"from_client_id\":\"c{}\",\"topic\":\"t\",\"qos\":1,\"payload\":\"p-{i}\",\"ts\":1}}\n",
-                i % clients
-            )
-        })
-        .collect()
-}
-
-/// The `i` of the `p-<i>` payload in a request's body.
-fn payload_id(request: &Recorded) -> usize {
-    let body = request.body_text();
-    let start = body.find("\"payload\":\"p-").expect("a test payload") + "\"payload\":\"p-".len();
-    body[start..].split('"').next().unwrap().parse().unwrap()
-}
-
 /// A spooled config for publishes to `url`, with `extra` lines; returns its path.
 fn config(scratch: &Scratch, url: &str, extra: &str) -> String {
     let spool = scratch.0.path().join("spool");
     let webhook =
         Webhook::new(url).publishes().with(&format!("  spool {{ dir = \"{}\" }}", spool.display())).with(extra);
     webhook.write(scratch, "nanomq.conf").to_str().unwrap().to_string()
-}
-
-/// Each event delivered at least once, and the same idempotency key on every copy of one event
-/// and on no other. Returns how many requests were duplicates.
-fn check_at_least_once(recorded: &[Recorded], count: usize) -> usize {
-    let delivered: Vec<&Recorded> = recorded.iter().collect();
-    let mut keys: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
-    for request in &delivered {
-        let key = request.header("idempotency-key").expect("an idempotency key").to_string();
-        keys.entry(payload_id(request)).or_default().insert(key);
-    }
-    let missing: Vec<usize> = (0..count).filter(|i| !keys.contains_key(i)).collect();
-    assert!(missing.is_empty(), "{} events never arrived, e.g. {:?}", missing.len(), &missing[..missing.len().min(10)]);
-    assert!(keys.values().all(|k| k.len() == 1), "one key per event, across retries and restarts");
-    let distinct: BTreeSet<&String> = keys.values().flatten().collect();
-    assert_eq!(distinct.len(), count, "no two events share a key");
-    delivered.len() - count
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

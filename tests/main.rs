@@ -7,6 +7,8 @@ mod config;
 mod delivery;
 mod examples;
 mod golden;
+#[cfg(feature = "broker")]
+mod outage;
 mod pipeline;
 mod reload;
 mod sandbox;

@@ -64,6 +64,8 @@ struct State {
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     connections: AtomicUsize,
+    /// While set, every answer has this status (an outage that still answers).
+    failing: Mutex<Option<StatusCode>>,
 }
 
 /// The running server; stopped when dropped.
@@ -133,6 +135,11 @@ impl Endpoint {
         self.state.recorded.lock().unwrap().clone()
     }
 
+    /// How many requests were recorded (cheaper than `recorded().len()` for long runs).
+    pub fn count(&self) -> usize {
+        self.state.recorded.lock().unwrap().len()
+    }
+
     /// Stops listening and drops open connections (as a crashed server would); returns what it
     /// recorded.
     pub async fn stop(self) -> Vec<Recorded> {
@@ -152,6 +159,16 @@ impl Endpoint {
 
     pub fn connections(&self) -> usize {
         self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// Requests answered so far, whatever the answer.
+    pub fn answered(&self) -> usize {
+        self.state.answered.load(Ordering::SeqCst)
+    }
+
+    /// From now on answers every request with `status` (`None`: as its behaviour says again).
+    pub fn fail_with(&self, status: Option<StatusCode>) {
+        *self.state.failing.lock().unwrap() = status;
     }
 }
 
@@ -180,9 +197,11 @@ async fn handle(
     state.recorded.lock().unwrap().push(Recorded { method, path, headers, body });
     state.in_flight.fetch_sub(1, Ordering::SeqCst);
     let answered = state.answered.fetch_add(1, Ordering::SeqCst);
-    let status = match behaviour.fail_first {
-        Some(failures) if answered >= failures => StatusCode::OK,
-        _ => behaviour.status,
+    let failing = *state.failing.lock().unwrap();
+    let status = match (failing, behaviour.fail_first) {
+        (Some(status), _) => status,
+        (None, Some(failures)) if answered >= failures => StatusCode::OK,
+        (None, _) => behaviour.status,
     };
     let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
     *response.status_mut() = status;

@@ -1,6 +1,11 @@
 //! Shared test parts: a real HTTP endpoint, the real `mqhook` binary, config files on disk.
 
 pub mod endpoint;
+pub mod wire;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use endpoint::Recorded;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -285,4 +290,40 @@ pub async fn admin_request(addr: &str, method: &str, path: &str, body: Vec<u8>) 
     let status = response.status().as_u16();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+/// `count` NDJSON publishes (QoS 1, topic `t`) from `clients` clients in turn, with payloads
+/// `p-0`, `p-1`, …
+pub fn ndjson_publishes(count: usize, clients: usize) -> String {
+    (0..count)
+        .map(|i| {
+            format!(
+                "{{\"event\":\"message_publish\",\"from_client_id\":\"c{}\",\"topic\":\"t\",\"qos\":1,\"payload\":\"p-{i}\",\"ts\":1}}\n",
+                i % clients
+            )
+        })
+        .collect()
+}
+
+/// The `i` of the `p-<i>` payload in a request's body.
+pub fn payload_id(request: &Recorded) -> usize {
+    let body = request.body_text();
+    let start = body.find("\"payload\":\"p-").expect("a test payload") + "\"payload\":\"p-".len();
+    body[start..].split('"').next().unwrap().parse().unwrap()
+}
+
+/// Each of `count` events (`p-0` … ) delivered at least once, and the same idempotency key on
+/// every copy of one event and on no other. Returns how many requests were duplicates.
+pub fn check_at_least_once(recorded: &[Recorded], count: usize) -> usize {
+    let mut keys: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
+    for request in recorded {
+        let key = request.header("idempotency-key").expect("an idempotency key").to_string();
+        keys.entry(payload_id(request)).or_default().insert(key);
+    }
+    let missing: Vec<usize> = (0..count).filter(|i| !keys.contains_key(i)).collect();
+    assert!(missing.is_empty(), "{} events never arrived, e.g. {:?}", missing.len(), &missing[..missing.len().min(10)]);
+    assert!(keys.values().all(|k| k.len() == 1), "one key per event, across retries and restarts");
+    let distinct: BTreeSet<&String> = keys.values().flatten().collect();
+    assert_eq!(distinct.len(), count, "no two events share a key");
+    recorded.len() - count
 }

@@ -115,9 +115,9 @@ impl Submitter {
             Ok(()) => Ok(()),
             Err(Refused::Full(event)) => {
                 self.metrics.record_rejected();
-                Err(SubmitError::Full(Box::new(event)))
+                Err(SubmitError::Full(event))
             }
-            Err(Refused::Closed(event)) => Err(SubmitError::Closed(Box::new(event))),
+            Err(Refused::Closed(event)) => Err(SubmitError::Closed(event)),
         }
     }
 

@@ -21,9 +21,9 @@ const KEPT_CAPACITY: usize = 1024;
 #[derive(Debug)]
 pub(super) enum Refused {
     /// The queue is full (and the caller would not, or no longer, wait).
-    Full(Event),
+    Full(Box<Event>),
     /// The queue is closed: the runtime shuts down.
-    Closed(Event),
+    Closed(Box<Event>),
 }
 
 pub(super) struct EventQueue {
@@ -81,7 +81,7 @@ impl EventQueue {
             tokio::pin!(room);
             room.as_mut().enable();
             match self.try_push(event) {
-                Err(Refused::Full(back)) => event = back,
+                Err(Refused::Full(back)) => event = *back,
                 done => return done,
             }
             match deadline {
@@ -97,10 +97,10 @@ impl EventQueue {
 
     fn push_locked(&self, state: &mut State, event: Event) -> Result<(), Refused> {
         if state.closed {
-            return Err(Refused::Closed(event));
+            return Err(Refused::Closed(Box::new(event)));
         }
         if state.events.len() >= self.capacity {
-            return Err(Refused::Full(event));
+            return Err(Refused::Full(Box::new(event)));
         }
         state.events.push_back(event);
         self.readable.notify_one();
