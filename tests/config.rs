@@ -40,6 +40,10 @@ fn seed_rules() -> Vec<Rule> {
 fn seed_block_parses_verbatim() {
     let config = load("nanomq.conf", SEED).unwrap();
     assert!(config.enabled);
+    // Nothing lost by default: retries without limit, hooks and a full spool wait.
+    assert_eq!((config.delivery.retry.max_attempts, config.delivery.retry.max_age), (None, None));
+    assert_eq!(config.queues.when_full, mqhook::config::WhenFull::Block);
+    assert_eq!(mqhook::config::SpoolConfig::in_dir("s".into()).on_full, mqhook::config::FullPolicy::Block);
     assert_eq!(config.delivery.url.to_string(), "http://127.0.0.1:80/");
     let content_type = Header::new("content-type".parse().unwrap(), "application/json".parse().unwrap());
     assert_eq!(config.delivery.headers, vec![content_type]);
@@ -134,6 +138,13 @@ fn mqhook_extensions_parse() {
     base = "50ms"
     cap = "5s"
     max_age = "1m"
+    max_replay_size = "1MiB"
+  }
+  queues {
+    events = 100
+    requests = 200
+    request_bytes = "1MiB"
+    when_full = "250ms"
   }
   tls {
     cacertfile = "ca.pem"
@@ -160,6 +171,10 @@ fn mqhook_extensions_parse() {
     assert_eq!(delivery.retry.max_attempts.map(|n| n.get()), Some(7));
     assert_eq!((delivery.retry.backoff.base().as_millis(), delivery.retry.backoff.cap().as_millis()), (50, 5000));
     assert_eq!(delivery.retry.max_age, Some(std::time::Duration::from_secs(60)));
+    assert_eq!(delivery.retry.max_replay_size.map(|size| size.get()), Some(1 << 20));
+    let queues = config.queues;
+    assert_eq!((queues.events.get(), queues.requests.get(), queues.request_bytes.get()), (100, 200, 1 << 20));
+    assert_eq!(queues.when_full, mqhook::config::WhenFull::Wait(std::time::Duration::from_millis(250)));
     assert_eq!(config.guest.memory_limit.get(), 16 << 20);
     assert_eq!(config.guest.timeout.as_millis(), 250);
     assert_eq!(config.guest.workers.get(), 3);
@@ -212,6 +227,7 @@ const MALFORMED: &[(&str, &str, usize, &str, &str)] = &[
     ("sni.conf", "webhook {\n url = \"https://h\"\n ssl {\n  server_name_indication = \"not a host\"\n }\n}\n", 4, "webhook.ssl.server_name_indication", "host name"),
     ("pool-huge.conf", "webhook {\n url = \"http://h\"\n pool_size = 100000000000\n}\n", 3, "webhook.pool_size", "between 1 and 1024"),
     ("queue-huge.conf", "webhook {\n url = \"http://h\"\n queue_size = 99999999999999999999999\n}\n", 3, "webhook.queue_size", "between 1 and 16777216"),
+    ("when-full.conf", "webhook {\n url = \"http://h\"\n queues {\n  when_full = sometimes\n }\n}\n", 4, "webhook.queues.when_full", "drop_new"),
     ("queues-key.conf", "webhook {\n url = \"http://h\"\n queues {\n  event = 5\n }\n}\n", 4, "webhook.queues.event", "events, requests, request_bytes"),
     ("workers.hcl", "webhook {\n  url = \"http://h\"\n  guest {\n    workers = 100000\n  }\n}\n", 4, "webhook.guest.workers", "between 1 and 256"),
     ("memory-huge.hcl", "webhook {\n  url = \"http://h\"\n  guest {\n    memory_limit = \"8GiB\"\n  }\n}\n", 4, "webhook.guest.memory_limit", "between"),

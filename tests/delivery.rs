@@ -15,6 +15,12 @@ use crate::support::{
 };
 
 /// `count` publishes, `clients` publishers taking turns, payload `p-<i>`.
+/// `mqhook run` reading NDJSON events from `input`, with the admin API on `admin`.
+fn run_from_file(input: &std::path::Path, config: &str, admin: &str) -> tokio::process::Child {
+    let ingest = format!("ndjson:{}", input.display());
+    spawn_mqhook(&["run", "--ingest", &ingest, "--config", config, "--admin", admin])
+}
+
 /// A spooled config for publishes to `url`, with `extra` lines; returns its path.
 fn config(scratch: &Scratch, url: &str, extra: &str) -> String {
     let spool = scratch.0.path().join("spool");
@@ -29,7 +35,7 @@ async fn an_endpoint_down_for_ten_seconds_loses_nothing() {
     let scratch = Scratch::new();
     let first = Endpoint::start(Behaviour::default()).await;
     let addr = first.addr;
-    let retry = "  pool_size = 8\n  queue_size = 1000\n  retry { max_attempts = 10000, base = 50, cap = 500 }";
+    let retry = "  pool_size = 8\n  queue_size = 1000\n  retry { base = 50, cap = 500 }";
     let config = config(&scratch, &first.url(), retry);
     let mut child = spawn_mqhook(&["run", "--ingest", "ndjson:-", "--config", &config]);
     let mut input = child.stdin.take().unwrap();
@@ -63,15 +69,7 @@ async fn kill_9_mid_stream_then_restart_delivers_every_accepted_event() {
     let config = config(&scratch, &endpoint.url(), "  pool_size = 2");
     let input = scratch.file("events.ndjson", &publishes(EVENTS, 7));
     let admin = free_loopback_addr();
-    let mut child = spawn_mqhook(&[
-        "run",
-        "--ingest",
-        &format!("ndjson:{}", input.display()),
-        "--config",
-        &config,
-        "--admin",
-        &admin,
-    ]);
+    let mut child = run_from_file(&input, &config, &admin);
     wait_for_listener(&admin).await;
     wait_until("every event is spooled", async || admin_metrics(&admin).await["spooled"] == EVENTS).await;
     wait_until("some are delivered", async || endpoint.recorded().len() >= EVENTS / 10).await;
@@ -99,8 +97,7 @@ async fn a_second_signal_exits_at_once_and_the_spool_keeps_the_rest() {
     let scratch = Scratch::new();
     let addr = free_loopback_addr();
     // Nothing listens yet: every request fails and waits to be retried.
-    let config =
-        config(&scratch, &format!("http://{addr}"), "  retry { max_attempts = 10000, base = 100, cap = 1000 }");
+    let config = config(&scratch, &format!("http://{addr}"), "  retry { base = 100, cap = 1000 }");
     let admin = free_loopback_addr();
     let mut child = spawn_mqhook(&["run", "--ingest", "ndjson:-", "--config", &config, "--admin", &admin]);
     let mut input = child.stdin.take().unwrap();
@@ -138,19 +135,10 @@ async fn a_million_events_against_a_dead_endpoint_stay_on_disk_not_in_memory() {
     const EVENTS: usize = 1_000_000;
     let scratch = Scratch::new();
     let dead = format!("http://{}", free_loopback_addr());
-    let config =
-        config(&scratch, &dead, "  queue_size = 1024\n  retry { max_attempts = 10000, base = 100, cap = 1000 }");
+    let config = config(&scratch, &dead, "  queue_size = 1024\n  retry { base = 100, cap = 1000 }");
     let input = scratch.file("events.ndjson", &publishes(EVENTS, 100));
     let admin = free_loopback_addr();
-    let mut child = spawn_mqhook(&[
-        "run",
-        "--ingest",
-        &format!("ndjson:{}", input.display()),
-        "--config",
-        &config,
-        "--admin",
-        &admin,
-    ]);
+    let mut child = run_from_file(&input, &config, &admin);
     let pid = child.id().unwrap();
     wait_for_listener(&admin).await;
     wait_until("every event is spooled", async || admin_metrics(&admin).await["spooled"] == EVENTS).await;

@@ -158,9 +158,10 @@ async fn a_failing_endpoint_gets_a_handful_of_attempts_per_backoff_step() {
     // wave (up to pool_size requests were in flight when the outage began) and the first probes;
     // the next six seconds are counted.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let at_start = endpoint.answered();
+    let (at_start, connections_at_start) = (endpoint.answered(), endpoint.connections());
     tokio::time::sleep(Duration::from_secs(6)).await;
     let attempts = endpoint.answered() - at_start;
+    let connections = endpoint.connections() - connections_at_start;
     endpoint.fail_with(None);
     drop(input);
     let run = finish(child).await;
@@ -168,6 +169,7 @@ async fn a_failing_endpoint_gets_a_handful_of_attempts_per_backoff_step() {
     // Backoff from 200 ms doubling (each wait at least half its step): at most 4 probes in these
     // 6 s, where one budget per request would have made thousands of attempts.
     assert!(attempts <= 8, "{attempts} attempts in 6 s of outage");
+    assert!(connections <= 8, "{connections} connections opened in 6 s of outage");
     assert_eq!((run.summary("delivered"), run.summary("failed")), (EVENTS as u64, 0));
     assert!(run.summary("retries") >= attempts as u64, "{}", run.stdout);
 }

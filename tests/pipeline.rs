@@ -274,6 +274,50 @@ async fn bytes_that_are_not_utf8_and_a_last_line_without_newline_do_not_stop_the
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_head_is_written_as_nanomq_writes_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A bare TCP server, so the header names are seen as they were written, not as a parser
+    // normalises them.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let read = stream.read(&mut buffer).await.unwrap();
+            assert!(read > 0, "the request ended before its head did");
+            head.extend_from_slice(&buffer[..read]);
+        }
+        stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await.unwrap();
+        String::from_utf8(head).unwrap()
+    });
+    let scratch = Scratch::new();
+    let webhook = crate::support::Webhook::new(&format!("http://{addr}/hook"))
+        .publishes()
+        .with("  headers.content-type = \"application/json\"");
+    let config = webhook.write(&scratch, "nanomq.conf");
+    let run =
+        mqhook(&["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap()], &ndjson(&[EVENTS[9].0])).await;
+    assert!(run.status.success(), "{}", run.stderr);
+    let head = server.await.unwrap();
+    let lines: Vec<&str> = head.split("\r\n\r\n").next().unwrap().split("\r\n").collect();
+    let body_length = EVENTS[9].1.len();
+    assert_eq!(
+        lines[..4],
+        [
+            "POST /hook HTTP/1.1".to_string(),
+            format!("Host: {addr}"),
+            "Content-Type: application/json".to_string(),
+            format!("Content-Length: {body_length}"),
+        ],
+        "NanoMQ's head: Host, the configured headers, Content-Length, in its letter case"
+    );
+    assert!(lines[4].starts_with("Idempotency-Key: "), "{head}");
+    assert_eq!(lines.len(), 5, "{head}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_stdout_ends_check_quietly() {
     let scratch = Scratch::new();
     let config = scratch.file("nanomq.conf", &all_events_config("http://127.0.0.1:9", ""));

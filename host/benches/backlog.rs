@@ -46,7 +46,7 @@ fn backlog(events: usize) -> Backlog {
     let spool = dir.path().join("spool");
     let config = dir.path().join("nanomq.conf");
     let text = format!(
-        "webhook {{\n url = \"http://127.0.0.1:{dead}/\"\n queue_size = 1024\n retry {{ max_attempts = 1000000, base = 100, cap = 1000 }}\n \
+        "webhook {{\n url = \"http://127.0.0.1:{dead}/\"\n queue_size = 1024\n retry {{ base = 100, cap = 1000 }}\n \
          spool {{ dir = \"{}\", max_size = \"16GiB\" }}\n events = [ {{ event = \"on_message_publish\" }} ]\n}}\n",
         spool.display()
     );

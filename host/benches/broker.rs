@@ -5,6 +5,11 @@
 //! same broker and publishers with the webhook disabled; the ratio of publish rates says what the
 //! webhook costs the broker.
 //!
+//! Then overload: a sink that takes 10 ms per answer (about 3,200 webhooks a second through the
+//! default pool of 32), slower than the publishers. With the default queues the publishers'
+//! events pile up in memory and wait there; with a short queue the publishers are held back (the
+//! broker waits for room before it acknowledges), so an event's publish-to-arrival latency falls.
+//!
 //! Run: `cargo bench -p mqhook --bench broker` (env `PUBLISHERS`, `MESSAGES` per publisher).
 
 use std::net::SocketAddr;
@@ -34,8 +39,8 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     runtime.block_on(async move {
         // The baseline first: the same broker and publishers, with no webhook selecting anything.
-        let baseline = round(false, publishers, messages).await;
-        let hooked = round(true, publishers, messages).await;
+        let baseline = round(false, publishers, messages, Duration::ZERO, "").await;
+        let hooked = round(true, publishers, messages, Duration::ZERO, "").await;
         let sent = publishers * messages;
         let mut latencies = hooked.latencies.clone();
         latencies.sort_unstable();
@@ -55,6 +60,21 @@ fn main() {
         );
         println!("sent {sent}, received {received}, loss {}", sent.saturating_sub(received));
         println!("runtime: {}", hooked.totals);
+        println!("overload: a sink at 10 ms per answer (about 3,200 webhooks/s), the same publishers");
+        for (name, extra) in [("default queues (65,536)", ""), ("queue_size = 512", " queue_size = 512\n")] {
+            let overloaded = round(true, publishers, messages, Duration::from_millis(10), extra).await;
+            let mut latencies = overloaded.latencies.clone();
+            latencies.sort_unstable();
+            let at = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)).copied();
+            println!(
+                "  {name:<24} publishes/s {:>7.0}  latency p50 {:>8} µs  p99 {:>8} µs  loss {}  rejected {}",
+                rate(overloaded.publishing),
+                at(0.50).unwrap_or(0),
+                at(0.99).unwrap_or(0),
+                sent.saturating_sub(latencies.len()),
+                overloaded.totals.rejected
+            );
+        }
     });
 }
 
@@ -70,11 +90,12 @@ struct Round {
 }
 
 /// Runs the publishers once through a fresh broker; with `webhooks`, every publish is a webhook.
-async fn round(webhooks: bool, publishers: usize, messages: usize) -> Round {
+/// The sink answers after `delay`; `extra` lines go into the webhook block.
+async fn round(webhooks: bool, publishers: usize, messages: usize, delay: Duration, extra: &str) -> Round {
     let epoch = Instant::now();
-    let (endpoint, arrivals) = serve(epoch).await;
+    let (endpoint, arrivals) = serve(epoch, delay).await;
     let text = format!(
-        "webhook {{\n enable = {webhooks}\n url = \"http://{endpoint}/hook\"\n pool_size = 32\n events = [{{ event = \"on_message_publish\", topic = \"bench/#\" }}]\n}}\n"
+        "webhook {{\n enable = {webhooks}\n url = \"http://{endpoint}/hook\"\n pool_size = 32\n{extra} events = [{{ event = \"on_message_publish\", topic = \"bench/#\" }}]\n}}\n"
     );
     let config = Config::parse(&text, Path::new("bench.hcl"), Syntax::Hcl).expect("bench config");
     let guest = GuestEngine::new().expect("engine").load(None, &config.guest, &config.filter).expect("built-in guest");
@@ -168,7 +189,7 @@ async fn read_packet(stream: &mut TcpStream) {
 }
 
 /// A keep-alive HTTP/1.1 server on 127.0.0.1 recording each body's publish-to-arrival time.
-async fn serve(epoch: Instant) -> (SocketAddr, Arrivals) {
+async fn serve(epoch: Instant, delay: Duration) -> (SocketAddr, Arrivals) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding 127.0.0.1:0");
     let addr = listener.local_addr().expect("local addr");
     let arrivals: Arrivals = Arc::default();
@@ -185,6 +206,7 @@ async fn serve(epoch: Instant) -> (SocketAddr, Arrivals) {
                         if let Some(sent) = sent_at(&body) {
                             recorded.lock().unwrap().push(now.saturating_sub(sent));
                         }
+                        tokio::time::sleep(delay).await;
                         Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from_static(b"ok"))))
                     }
                 });

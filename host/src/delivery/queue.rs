@@ -504,9 +504,16 @@ mod tests {
         (Arc::new(DeliveryQueue::open(&setup.queues, Some(&setup.spool), metrics.clone()).unwrap()), metrics)
     }
 
-    /// Every body the queue hands out until it is empty, acknowledging each.
+    /// Closes the queue and takes every body it hands out until it is empty.
     fn drain(queue: &Arc<DeliveryQueue>) -> Vec<String> {
         queue.close();
+        let bodies = take_all(queue);
+        queue.finish();
+        bodies
+    }
+
+    /// Every body the queue hands out until it is closed and empty, acknowledging each.
+    fn take_all(queue: &Arc<DeliveryQueue>) -> Vec<String> {
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let mut bodies = Vec::new();
         while let Some(entries) = runtime.block_on(queue.pop(7)) {
@@ -515,7 +522,6 @@ mod tests {
                 queue.ack(entry.seq);
             }
         }
-        queue.finish();
         bodies
     }
 
@@ -646,14 +652,7 @@ mod tests {
                 queue.close();
             })
         };
-        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let mut bodies = Vec::new();
-        while let Some(entries) = runtime.block_on(queue.pop(7)) {
-            for entry in entries {
-                bodies.push(String::from_utf8(entry.request.body.to_vec()).unwrap());
-                queue.ack(entry.seq);
-            }
-        }
+        let bodies = take_all(&queue);
         pusher.join().unwrap();
         assert_eq!(bodies, expected(0..400), "every request, in order");
         let snapshot = metrics.snapshot();
