@@ -199,6 +199,19 @@ async fn a_400_is_tried_once_and_dead_lettered_and_a_501_is_not_retried() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_replay_cap_is_not_retried() {
+    let scratch = Scratch::new();
+    let endpoint = Endpoint::start(Behaviour { status: StatusCode::SERVICE_UNAVAILABLE, ..Behaviour::default() }).await;
+    let webhook = Webhook::new(&endpoint.url()).publishes().with("  retry { max_replay_size = 16 }");
+    let config = webhook.write(&scratch, "nanomq.conf");
+    let run =
+        mqhook(&["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap()], &ndjson_publishes(3, 1)).await;
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!(endpoint.recorded().len(), 3, "each is sent once");
+    assert_eq!((run.summary("failed"), run.summary("given_up_too_large"), run.summary("retries")), (3, 3, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_sink_slows_the_publishers_down_and_loses_nothing() {
     const PER_CLIENT: usize = 100_000;
     let scratch = Scratch::new();

@@ -148,3 +148,45 @@ impl Config {
         Ok(config)
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Arbitrary text never panics a parser: it yields a config or an error with a position.
+    //! Longer runs: `PROPTEST_CASES=200000 cargo test --release -p mqhook --lib fuzz`.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Text made mostly of the characters the three syntaxes give meaning to.
+    fn config_text() -> impl Strategy<Value = String> {
+        let pieces = prop_oneof![
+            Just("webhook {".to_string()),
+            Just("webhook = {".to_string()),
+            Just("web.hook.".to_string()),
+            Just("url = \"http://127.0.0.1:1\"".to_string()),
+            Just("events = [".to_string()),
+            Just("{ event = \"on_message_publish\" }".to_string()),
+            Just("pool_size = ".to_string()),
+            Just("spool { dir = s }".to_string()),
+            Just("queues.when_full".to_string()),
+            "[{}\\[\\]=:,\"\n #a-z0-9._$\\\\-]{0,12}",
+            any::<char>().prop_map(String::from),
+        ];
+        proptest::collection::vec(pieces, 0..40).prop_map(|pieces| pieces.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_text_yields_a_config_or_an_error_with_a_position(text in config_text()) {
+            for syntax in [Syntax::Hocon, Syntax::Legacy, Syntax::Hcl] {
+                match Config::parse(&text, Path::new("fuzz.conf"), syntax) {
+                    Ok(_) => {}
+                    Err(error) => prop_assert!(error.line().is_some_and(|line| line >= 1), "{error}"),
+                }
+            }
+        }
+    }
+}

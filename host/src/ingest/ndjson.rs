@@ -194,8 +194,8 @@ enum LineRead {
 }
 
 /// Reads the next line into `buffer` (cleared first); `None` at the end of the input. A last line
-/// without a newline is a line.
-fn next_line(reader: &mut impl BufRead, buffer: &mut Vec<u8>) -> std::io::Result<Option<LineRead>> {
+/// without a newline is a line; one longer than `max` bytes is skipped whole.
+fn next_line(reader: &mut impl BufRead, buffer: &mut Vec<u8>, max: usize) -> std::io::Result<Option<LineRead>> {
     buffer.clear();
     let mut too_long = false;
     let mut read_any = false;
@@ -213,7 +213,7 @@ fn next_line(reader: &mut impl BufRead, buffer: &mut Vec<u8>) -> std::io::Result
             Some(end) => (&available[..end], Some(end + 1)),
             None => (available, None),
         };
-        if !too_long && buffer.len() + chunk.len() <= MAX_LINE {
+        if !too_long && buffer.len() + chunk.len() <= max {
             buffer.extend_from_slice(chunk);
         } else {
             too_long = true;
@@ -235,7 +235,7 @@ pub fn ingest(mut reader: impl BufRead, source: &str, submitter: &Submitter) -> 
     let mut malformed = 0;
     let mut buffer = Vec::new();
     let mut number = 0;
-    while let Some(read) = next_line(&mut reader, &mut buffer)? {
+    while let Some(read) = next_line(&mut reader, &mut buffer, MAX_LINE)? {
         number += 1;
         let parsed = match read {
             LineRead::TooLong => Err(format!("the line is longer than {MAX_LINE} bytes")),
@@ -313,5 +313,85 @@ mod tests {
             parse_line(r#"{"event":"message_publish","topic":"t","qos":-1}"#, 0),
             Err(LineError::Json(_))
         ));
+    }
+
+    #[test]
+    fn an_overlong_line_is_skipped_and_the_next_one_read() {
+        let input = format!("{}\n{}\nshort", "x".repeat(100), "y".repeat(10));
+        let mut reader = std::io::Cursor::new(input.as_bytes());
+        let mut buffer = Vec::new();
+        let mut seen = Vec::new();
+        while let Some(read) = next_line(&mut reader, &mut buffer, 64).unwrap() {
+            seen.push(match read {
+                LineRead::TooLong => "too long".to_string(),
+                LineRead::Line => String::from_utf8(buffer.clone()).unwrap(),
+            });
+        }
+        assert_eq!(seen, ["too long".to_string(), "y".repeat(10), "short".to_string()]);
+    }
+
+    mod fuzz {
+        //! Any byte sequence is read line by line and never panics the parser.
+        //! Longer runs: `PROPTEST_CASES=200000 cargo test --release -p mqhook --lib fuzz`.
+
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// Lines of the spec's shapes, mutated: bytes flipped, cut short, NULs and invalid UTF-8.
+        fn input() -> impl Strategy<Value = Vec<u8>> {
+            let line = prop_oneof![
+                Just(
+                    br#"{"event":"message_publish","from_client_id":"c1","topic":"a/b","qos":1,"payload":"hello"}"#
+                        .to_vec()
+                ),
+                Just(
+                    br#"{"event":"client_connack","clientid":"c1","keepalive":60,"proto_ver":4,"reason_code":0}"#
+                        .to_vec()
+                ),
+                Just(br#"{"event":"client_subscribe","clientid":"c1","topic":"a/#","opts":{"qos":1}}"#.to_vec()),
+                Just(br#"{"event":"message_publish","topic":"t","qos":99999999999999999999,"ts":-1}"#.to_vec()),
+                Just(br#"{"event":"message_publish","topic":"t","topic":"u","payload_base64":"!!"}"#.to_vec()),
+                Just(b"[".repeat(300)),
+                proptest::collection::vec(any::<u8>(), 0..200),
+            ];
+            let mutated = (line, proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4))
+                .prop_map(|(mut line, flips)| {
+                    for (at, byte) in flips {
+                        if !line.is_empty() {
+                            let at = at.index(line.len());
+                            line[at] = byte;
+                        }
+                    }
+                    line
+                });
+            (proptest::collection::vec(mutated, 0..20), any::<bool>()).prop_map(|(lines, last_newline)| {
+                let mut bytes = lines.join(&b'\n');
+                if last_newline {
+                    bytes.push(b'\n');
+                }
+                bytes
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+            #[test]
+            fn any_bytes_are_handled_line_by_line(bytes in input()) {
+                let mut reader = std::io::Cursor::new(&bytes);
+                let mut buffer = Vec::new();
+                let mut lines = 0;
+                while let Some(read) = next_line(&mut reader, &mut buffer, 64).unwrap() {
+                    lines += 1;
+                    if let (LineRead::Line, Ok(text)) = (read, std::str::from_utf8(&buffer)) {
+                        let _ = parse_line(text, 0);
+                    }
+                }
+                let newlines = bytes.iter().filter(|&&b| b == b'\n').count();
+                let unterminated = usize::from(!bytes.is_empty() && bytes.last() != Some(&b'\n'));
+                prop_assert_eq!(lines, newlines + unterminated, "every line, the last one without a newline too");
+            }
+        }
     }
 }
