@@ -8,11 +8,18 @@
 //! acknowledged; a segment whose records are all acknowledged is deleted.
 //!
 //! On start the segments are scanned: a torn record at the end of the newest segment (a crash
-//! mid-write) is cut off, a record with a bad checksum elsewhere is skipped — both logged — and
-//! every record from `acked` on is delivered again (at least once; endpoints de-duplicate by
-//! the idempotency key). The owner of all this state is [`crate::delivery::queue`].
+//! mid-write) is cut off; a damaged record (bad checksum, garbled length) is skipped, and the scan
+//! goes on at the next sound record, so damage never hides the intact records after it; a
+//! damaged segment is rewritten with its sound records only. All of it is logged, and the lost
+//! records are counted as dropped. `acked` carries a checksum: a damaged one means every record
+//! left is delivered again. Every record from `acked` on is delivered again (at least once;
+//! endpoints de-duplicate by the idempotency key). The owner of all this state is [`crate::delivery::queue`].
 
 mod record;
+
+/// Bytes of a record's frame header (its length and checksum), for the tests that damage files.
+#[cfg(test)]
+pub(crate) const FRAME_HEADER_BYTES: usize = record::FRAME_HEADER;
 
 use std::collections::VecDeque;
 use std::fs::{self, File};
@@ -128,8 +135,11 @@ impl Spool {
         }
         let id = read_or_create_id(&dir)?;
         let acked_path = dir.join("acked");
-        let acked = match fs::read_to_string(&acked_path) {
-            Ok(text) => text.trim().parse::<u64>().unwrap_or(0),
+        let acked = match fs::read(&acked_path) {
+            Ok(text) => parse_acked(&String::from_utf8_lossy(&text)).unwrap_or_else(|| {
+                tracing::error!(file = %acked_path.display(), "The acknowledged position is damaged; every record left is delivered again.");
+                0
+            }),
             Err(error) if error.kind() == io::ErrorKind::NotFound => 0,
             Err(error) => return Err(io_error(&acked_path)(error)),
         };
@@ -139,7 +149,7 @@ impl Spool {
         found.sort();
         let newest = found.last().map(|(first, _)| *first);
         for (first_seq, path) in found {
-            let scan = scan_segment(&path, Some(first_seq) == newest)?;
+            let scan = scan_segment(&path, first_seq, Some(first_seq) == newest)?;
             if let Some(last) = scan.last_seq {
                 recovered.next_seq = recovered.next_seq.max(last + 1);
             }
@@ -328,7 +338,7 @@ impl Spool {
         }
         let path = self.dir.join("acked");
         let temporary = self.dir.join("acked.tmp");
-        fs::write(&temporary, acked.to_string()).map_err(io_error(&temporary))?;
+        fs::write(&temporary, format_acked(acked)).map_err(io_error(&temporary))?;
         fs::rename(&temporary, &path).map_err(io_error(&path))?;
         self.acked_persisted = acked;
         self.last_persist = Instant::now();
@@ -365,6 +375,28 @@ impl Spool {
 
 fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
     dir.join(format!("{first_seq:020}.seg"))
+}
+
+/// The `acked` file: the position and a CRC-32 of its digits, so that a damaged file is noticed
+/// (and everything delivered again) instead of skipping records that were never delivered.
+fn format_acked(acked: u64) -> String {
+    let digits = acked.to_string();
+    format!("{digits} {:08x}\n", crc32fast::hash(digits.as_bytes()))
+}
+
+/// Reads an `acked` file; `None` when it is damaged. A bare number (as earlier versions wrote it)
+/// is taken as it is.
+fn parse_acked(text: &str) -> Option<u64> {
+    let mut parts = text.split_whitespace();
+    let digits = parts.next()?;
+    let acked = digits.parse::<u64>().ok()?;
+    match (parts.next(), parts.next()) {
+        (None, _) => Some(acked),
+        (Some(checksum), None) if u32::from_str_radix(checksum, 16).ok()? == crc32fast::hash(digits.as_bytes()) => {
+            Some(acked)
+        }
+        _ => None,
+    }
 }
 
 fn segment_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, SpoolError> {
@@ -406,38 +438,83 @@ struct Scan {
     corrupt: u64,
 }
 
-/// Reads a segment through, checking every checksum. In the newest segment a torn tail (a crash
-/// mid-write) is cut off; elsewhere, and for bad checksums, records are skipped and counted.
-fn scan_segment(path: &Path, newest: bool) -> Result<Scan, SpoolError> {
+/// Reads a segment through, checking every checksum. Damage is skipped, not followed: after a
+/// record that does not check out (a flipped byte, a garbled length), the scan looks for the next
+/// offset where a sound record starts, so one damaged record never hides the intact ones after
+/// it. A damaged segment is rewritten with its sound records only (to a temporary file, then
+/// renamed), so that the reader never meets the damage again; the records lost are those the
+/// reader then finds missing (counted as dropped). In the newest segment a torn tail (a crash
+/// mid-write) is simply cut off.
+fn scan_segment(path: &Path, first_seq: u64, newest: bool) -> Result<Scan, SpoolError> {
     let bytes = fs::read(path).map_err(io_error(path))?;
     let mut scan = Scan { last_seq: None, valid_bytes: 0, corrupt: 0 };
+    let mut sound: Vec<std::ops::Range<usize>> = Vec::new();
     let mut at = 0;
     while at + record::FRAME_HEADER <= bytes.len() {
-        let (size, checksum) = record::frame_header(bytes[at..at + record::FRAME_HEADER].try_into().expect("8 bytes"));
-        let end = at + record::FRAME_HEADER + size;
-        if size > record::MAX_PAYLOAD || end > bytes.len() {
-            break;
+        if let Some((end, seq)) = sound_frame(&bytes, at, None) {
+            sound.push(at..end);
+            scan.last_seq = Some(seq);
+            at = end;
+            continue;
         }
-        let payload = &bytes[at + record::FRAME_HEADER..end];
-        match (crc32fast::hash(payload) == checksum).then(|| record::decode(payload)).flatten() {
-            Some((seq, _)) => scan.last_seq = Some(seq),
-            None => scan.corrupt += 1,
+        // Damage: resume at the next sound record, if there is one.
+        let lowest = scan.last_seq.map_or(first_seq, |last| last + 1);
+        match (at + 1..=bytes.len() - record::FRAME_HEADER).find(|&o| sound_frame(&bytes, o, Some(lowest)).is_some()) {
+            Some(next) => {
+                scan.corrupt += 1;
+                at = next;
+            }
+            None => break,
         }
-        at = end;
     }
-    scan.valid_bytes = at as u64;
-    if at < bytes.len() {
-        let lost = bytes.len() - at;
-        if newest {
-            tracing::warn!(segment = %path.display(), "Cutting off {lost} bytes of a record torn by a crash mid-write.");
+    let tail = bytes.len() - sound.last().map_or(0, |r| r.end);
+    if scan.corrupt == 0 && (tail == 0 || newest) {
+        scan.valid_bytes = (bytes.len() - tail) as u64;
+        if tail > 0 {
+            tracing::warn!(segment = %path.display(), "Cutting off {tail} bytes of a record torn by a crash mid-write.");
             let file = File::options().write(true).open(path).map_err(io_error(path))?;
-            file.set_len(at as u64).map_err(io_error(path))?;
-        } else {
-            tracing::error!(segment = %path.display(), "The last {lost} bytes of this segment are unreadable; skipped.");
+            file.set_len(scan.valid_bytes).map_err(io_error(path))?;
         }
+        return Ok(scan);
     }
-    if scan.corrupt > 0 {
-        tracing::error!(segment = %path.display(), "Skipped {} records whose checksum does not match.", scan.corrupt);
-    }
+    tracing::error!(
+        segment = %path.display(),
+        "Damaged records found ({} damaged stretches, {tail} unreadable bytes at the end); the segment keeps its {} sound records.",
+        scan.corrupt,
+        sound.len()
+    );
+    let repaired: Vec<u8> = sound.iter().flat_map(|range| bytes[range.clone()].iter().copied()).collect();
+    let temporary = path.with_extension("seg.repair");
+    fs::write(&temporary, &repaired).map_err(io_error(&temporary))?;
+    fs::rename(&temporary, path).map_err(io_error(path))?;
+    scan.valid_bytes = repaired.len() as u64;
     Ok(scan)
 }
+
+/// The end and sequence number of a sound record starting at `at` in `bytes`: its length fits,
+/// its checksum matches and it decodes. When resynchronising after damage, `lowest` is the
+/// smallest number the next record can have, and a candidate must be at or just above it (a cheap
+/// check before the checksum that rules out almost every garbage offset).
+fn sound_frame(bytes: &[u8], at: usize, lowest: Option<u64>) -> Option<(usize, u64)> {
+    let header: &[u8; record::FRAME_HEADER] = bytes.get(at..at + record::FRAME_HEADER)?.try_into().ok()?;
+    let (size, checksum) = record::frame_header(header);
+    let end = at + record::FRAME_HEADER + size;
+    if size > record::MAX_PAYLOAD || end > bytes.len() {
+        return None;
+    }
+    let payload = &bytes[at + record::FRAME_HEADER..end];
+    if let Some(lowest) = lowest {
+        let seq = u64::from_le_bytes(payload.get(..8)?.try_into().ok()?);
+        if seq < lowest || seq - lowest > MAX_RESYNC_GAP {
+            return None;
+        }
+    }
+    if crc32fast::hash(payload) != checksum {
+        return None;
+    }
+    record::decode(payload).map(|(seq, _)| (end, seq))
+}
+
+/// After damage, a record more than this many numbers past the last sound one is taken for a
+/// coincidence in the garbage rather than a record.
+const MAX_RESYNC_GAP: u64 = 1 << 32;
