@@ -177,6 +177,53 @@ async fn a_refused_connect_reports_a_failed_connack() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_mqtt_sockets_never_takes_the_broker_down() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    let broker = Running::start().await;
+    let mut sockets = Vec::new();
+    // Random bytes, 50 connections of up to 2 KiB each (a fixed seed: the same bytes every run).
+    let mut random = fastrand::Rng::with_seed(14);
+    for _ in 0..50 {
+        let mut socket = TcpStream::connect(broker.addr).await.unwrap();
+        let garbage: Vec<u8> = (0..random.usize(1..2048)).map(|_| random.u8(..)).collect();
+        let _ = socket.write_all(&garbage).await;
+        sockets.push(socket);
+    }
+    // A CONNECT cut short, a remaining length of 256 MiB, and a remaining length that never ends.
+    for bytes in [&b"\x10\x20\x00\x04MQTT\x04"[..], b"\x10\xff\xff\xff\x7f", b"\x30\xff\xff\xff\xff\xff\x01"] {
+        let mut socket = TcpStream::connect(broker.addr).await.unwrap();
+        let _ = socket.write_all(bytes).await;
+        sockets.push(socket);
+    }
+    // A flood of connections that never send anything.
+    for _ in 0..200 {
+        sockets.push(TcpStream::connect(broker.addr).await.unwrap());
+    }
+    // A subscriber that never reads what the broker sends it.
+    let deaf = Who { clientid: "deaf", username: None, keepalive: 0, proto_ver: 4 };
+    let mut deaf_client = deaf.connect_wire(&broker).await;
+    deaf_client.subscribe(1, &[("flood/#", 0)]).await;
+    let big = "x".repeat(60_000);
+    for _ in 0..40 {
+        mosquitto("mosquitto_pub", broker.addr, &["-i", "flooder", "-t", "flood/x", "-m", &big]).await;
+    }
+    // Meanwhile a well-behaved client publishes, and its webhooks arrive.
+    for n in 0..20 {
+        let payload = format!("still-here-{n}");
+        mosquitto("mosquitto_pub", broker.addr, &["-i", "good", "-t", "ok/x", "-q", "1", "-m", &payload]).await;
+    }
+    broker
+        .wait_until("every good publish's webhook", |bodies| {
+            (0..20).all(|n| has(bodies, &format!(r#""payload":"still-here-{n}""#)))
+        })
+        .await;
+    drop(sockets);
+    drop(deaf_client);
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_port_in_use_is_a_clear_error() {
     let occupied = std::net::TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
     let addr = occupied.local_addr().expect("the bound address");
@@ -252,6 +299,18 @@ impl Running {
         support::wait_until(what, async || done(&self.bodies())).await;
     }
 
+    /// Stops the broker and drains the runtime; returns the counters, the endpoint and when the
+    /// test started.
+    async fn stop(self) -> (mqhook::MetricsSnapshot, Endpoint, u64) {
+        let Running { endpoint, runtime, stop, serving, started_at, .. } = self;
+        // The receiver only goes away once the broker has stopped.
+        let _ = stop.send(());
+        let served = timeout(STOP_LIMIT, serving).await.expect("the broker stops in time");
+        served.expect("the broker task does not panic").expect("the broker serves until told to stop");
+        let totals = timeout(STOP_LIMIT, runtime.shutdown()).await.expect("the runtime drains in time");
+        (totals, endpoint, started_at)
+    }
+
     /// Waits for as many requests as `expected` has, stops the broker, drains the runtime, and
     /// checks the bodies and the counters.
     async fn finish(self, expected: Vec<String>) {
@@ -259,12 +318,7 @@ impl Running {
         self.wait_until(&format!("{count} requests"), |bodies| bodies.len() >= count).await;
         // Stopping the broker and draining the runtime delivers everything its hooks submitted, so
         // an unexpected request shows up in the comparison below.
-        let Running { endpoint, runtime, stop, serving, started_at, .. } = self;
-        // The receiver only goes away once the broker has stopped.
-        let _ = stop.send(());
-        let served = timeout(STOP_LIMIT, serving).await.expect("the broker stops in time");
-        served.expect("the broker task does not panic").expect("the broker serves until told to stop");
-        let totals = timeout(STOP_LIMIT, runtime.shutdown()).await.expect("the runtime drains in time");
+        let (totals, endpoint, started_at) = self.stop().await;
 
         let window = started_at..=now_millis();
         let mut bodies: Vec<String> =
