@@ -226,3 +226,46 @@ async fn a_config_reload_moves_requests_to_a_new_url_and_headers() {
     let received: usize = stdout.split("received=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
     assert_eq!(first.recorded().len() + second.recorded().len(), received, "none lost or doubled: {stdout}");
 }
+
+/// Whether the admin API answers `GET /metrics` within a second.
+async fn admin_answers(addr: &str) -> bool {
+    use tokio::io::AsyncReadExt;
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").await.ok()?;
+        let mut status = [0u8; 12];
+        stream.read_exact(&mut status).await.ok()?;
+        Some(status.starts_with(b"HTTP/1.1 200"))
+    };
+    timeout(Duration::from_secs(1), attempt).await.ok().flatten().unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_of_slow_admin_clients_is_bounded_and_slows_no_event() {
+    const EVENTS: usize = 500;
+    let endpoint = Endpoint::start(Behaviour::default()).await;
+    let scratch = Scratch::new();
+    let config = Webhook::new(&endpoint.url()).publishes().write(&scratch, "nanomq.conf");
+    let addr = free_loopback_addr();
+    let mut child =
+        spawn_mqhook(&["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap(), "--admin", &addr]);
+    let mut stdin = child.stdin.take().unwrap();
+    wait_until("the admin API answers", async || admin_answers(&addr).await).await;
+    // 100 clients that start a request and never finish its head.
+    let mut crowd = Vec::new();
+    for _ in 0..100 {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let _ = stream.write_all(b"GET /met").await;
+        crowd.push(stream);
+    }
+    // Events flow all the while.
+    stdin.write_all(crate::support::ndjson_publishes(EVENTS, 5).as_bytes()).await.unwrap();
+    wait_until("every event is delivered", async || endpoint.count() >= EVENTS).await;
+    // The crowd is cut off by the header timeout, and the API answers again.
+    wait_until("the admin API answers despite the crowd", async || admin_answers(&addr).await).await;
+    drop(crowd);
+    drop(stdin);
+    let output = timeout(WAIT_LIMIT, child.wait_with_output()).await.expect("mqhook ends with its input").unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains(&format!("delivered={EVENTS} failed=0")));
+}

@@ -8,17 +8,20 @@
 //!   running) when any of that fails;
 //! - `GET /metrics`: the pipeline's counters as JSON (the fields of the end-of-run summary).
 //!
-//! It only ever binds loopback addresses: uploading a guest means running code in the host.
+//! It only ever binds loopback addresses: uploading a guest means running code in the host. Its
+//! use of the process is bounded: [`MAX_CONNECTIONS`] at once (more are closed as they arrive),
+//! a request head within [`HEADER_TIMEOUT`], a connection within [`CONNECTION_TIMEOUT`], a body
+//! of at most [`MAX_UPLOAD`].
 
 use std::net::SocketAddr;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use std::sync::Arc;
@@ -27,8 +30,15 @@ use crate::config::Config;
 use crate::guest::{ActiveGuest, GuestError};
 use crate::metrics::Metrics;
 
-/// Largest component accepted by `PUT /guest`.
+/// Largest component accepted by `PUT /guest`; a larger body is answered 413.
 pub const MAX_UPLOAD: usize = 64 << 20;
+/// Connections served at once; more are closed as they arrive (the API is for an operator, not
+/// a crowd), so a flood of connections costs the event flow nothing.
+pub const MAX_CONNECTIONS: usize = 32;
+/// A request's head must arrive within this; a client that trickles bytes is cut off.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// No connection lasts longer, whatever it sends (an upload of [`MAX_UPLOAD`] included).
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Why the admin listener could not start.
 #[derive(Debug, thiserror::Error)]
@@ -69,23 +79,37 @@ impl Admin {
     }
 
     /// Serves admin requests until the future is dropped.
+    /// At most [`MAX_CONNECTIONS`] at once, each bounded by [`HEADER_TIMEOUT`] and
+    /// [`CONNECTION_TIMEOUT`].
     pub async fn serve(self) {
+        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
             let stream = match self.listener.accept().await {
                 Ok((stream, _)) => stream,
                 Err(error) => {
+                    // Out of file descriptors, say: wait a little instead of spinning.
                     tracing::warn!("Admin listener: accept failed: {error}.");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
+            };
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                tracing::debug!("Admin listener: {MAX_CONNECTIONS} connections open already; one more is closed.");
+                continue;
             };
             let (active, metrics) = (self.active.clone(), self.metrics.clone());
             tokio::spawn(async move {
                 let service = service_fn(move |request| handle(request, active.clone(), metrics.clone()));
-                if let Err(error) =
-                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await
-                {
-                    tracing::debug!("Admin connection ended: {error}.");
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), service);
+                match tokio::time::timeout(CONNECTION_TIMEOUT, connection).await {
+                    Ok(Err(error)) => tracing::debug!("Admin connection ended: {error}."),
+                    Err(_) => tracing::debug!("Admin connection cut off after {CONNECTION_TIMEOUT:?}."),
+                    Ok(Ok(())) => {}
                 }
+                drop(permit);
             });
         }
     }
