@@ -230,7 +230,7 @@ async fn a_port_in_use_is_a_clear_error() {
     let endpoint = Endpoint::start(Behaviour::default()).await;
     let runtime = start_runtime(&endpoint);
 
-    let error = Broker::bind(BrokerConfig { listen: addr }, runtime.submitter())
+    let error = Broker::bind(BrokerConfig { listen: addr, ..BrokerConfig::default() }, runtime.submitter())
         .await
         .err()
         .expect("a second listener on a port in use fails");
@@ -278,7 +278,7 @@ impl Running {
     async fn start() -> Running {
         let endpoint = Endpoint::start(Behaviour::default()).await;
         let runtime = start_runtime(&endpoint);
-        let loopback = BrokerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)) };
+        let loopback = BrokerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), ..BrokerConfig::default() };
         let broker = Broker::bind(loopback, runtime.submitter()).await.expect("the broker binds a free loopback port");
         let addr = broker.local_addr();
         assert_ne!(addr.port(), 0, "local_addr reports the port actually bound");

@@ -140,6 +140,12 @@ fn mqhook_extensions_parse() {
     max_age = "1m"
     max_replay_size = "1MiB"
   }
+  broker {
+    max_packet_size = "64KiB"
+    max_connections = 100
+    max_inflight = 8
+    connect_timeout = "2s"
+  }
   queues {
     events = 100
     requests = 200
@@ -172,6 +178,12 @@ fn mqhook_extensions_parse() {
     assert_eq!((delivery.retry.backoff.base().as_millis(), delivery.retry.backoff.cap().as_millis()), (50, 5000));
     assert_eq!(delivery.retry.max_age, Some(std::time::Duration::from_secs(60)));
     assert_eq!(delivery.retry.max_replay_size.map(|size| size.get()), Some(1 << 20));
+    let broker = config.broker;
+    assert_eq!(
+        (broker.max_packet_size.get(), broker.max_connections.get(), broker.max_inflight.get()),
+        (64 << 10, 100, 8)
+    );
+    assert_eq!(broker.connect_timeout.as_millis(), 2000);
     let queues = config.queues;
     assert_eq!((queues.events.get(), queues.requests.get(), queues.request_bytes.get()), (100, 200, 1 << 20));
     assert_eq!(queues.when_full, mqhook::config::WhenFull::Wait(std::time::Duration::from_millis(250)));

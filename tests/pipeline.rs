@@ -318,6 +318,32 @@ async fn the_request_head_is_written_as_nanomq_writes_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_standard_streams_end_every_command_quietly() {
+    let scratch = Scratch::new();
+    let config = scratch.file("nanomq.conf", &all_events_config("http://127.0.0.1:9", ""));
+    let events = scratch.file("events.ndjson", &crate::support::ndjson_publishes(2000, 3));
+    let binary = env!("CARGO_BIN_EXE_mqhook");
+    let bash = |script: String| async move {
+        let output = tokio::process::Command::new("bash").args(["-c", &script]).output().await.unwrap();
+        (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    // A dry run whose reader goes away after a few bytes still drains and exits 0 (a panic is 101).
+    let (code, stderr) = bash(format!(
+        "{binary} run --ingest ndjson:{} --config {} --dry-run | head -c 10 >/dev/null; exit ${{PIPESTATUS[0]}}",
+        events.display(),
+        config.display()
+    ))
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // With stderr closed, an error is still an exit code of 1, and `--help` into `head` is fine.
+    let (code, _) = bash(format!("exec {binary} check --config /nonexistent 2>&-")).await;
+    assert_eq!(code, Some(1));
+    let (code, stderr) = bash(format!("{binary} --help | head -1 >/dev/null; exit ${{PIPESTATUS[0]}}")).await;
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_stdout_ends_check_quietly() {
     let scratch = Scratch::new();
     let config = scratch.file("nanomq.conf", &all_events_config("http://127.0.0.1:9", ""));

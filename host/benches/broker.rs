@@ -102,7 +102,7 @@ async fn round(webhooks: bool, publishers: usize, messages: usize, delay: Durati
     let live = LiveConfig::new(config);
     let sink = Sink::Http(HttpSink::new(live.clone()).expect("sink"));
     let pipeline = Runtime::start(live, guest, sink).expect("runtime");
-    let loopback = BrokerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)) };
+    let loopback = BrokerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), ..BrokerConfig::default() };
     let broker = Broker::bind(loopback, pipeline.submitter()).await.expect("broker");
     let broker_addr = broker.local_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

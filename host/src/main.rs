@@ -155,6 +155,7 @@ fn run(args: RunArgs) -> Result<()> {
     let guest_path = args.guest.as_deref().or(config.guest.path.as_deref());
     let guest = GuestEngine::new()?.load(guest_path, &config.guest, &config.filter)?;
     tracing::info!(guest = guest.name(), url = %config.delivery.url, "Guest loaded.");
+    let broker_limits = config.broker;
     let live = LiveConfig::new(config);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let result = runtime.block_on(async {
@@ -180,7 +181,7 @@ fn run(args: RunArgs) -> Result<()> {
         };
         match input {
             #[cfg(feature = "broker")]
-            Ingest::Broker => serve_broker(args.listen, submitter).await?,
+            Ingest::Broker => serve_broker(args.listen, broker_limits, submitter).await?,
             Ingest::Ndjson(source) => {
                 // Reading may block on a pipe, so it runs on its own thread and waits for queue room.
                 let reader = tokio::task::spawn_blocking(move || source.read_into(&submitter));
@@ -219,9 +220,13 @@ impl Drop for AbortOnDrop {
 
 /// Runs the embedded broker until SIGINT or SIGTERM.
 #[cfg(feature = "broker")]
-async fn serve_broker(listen: std::net::SocketAddr, submitter: mqhook::runtime::Submitter) -> Result<()> {
+async fn serve_broker(
+    listen: std::net::SocketAddr,
+    limits: mqhook::config::BrokerLimits,
+    submitter: mqhook::runtime::Submitter,
+) -> Result<()> {
     use mqhook::ingest::broker::{Broker, BrokerConfig};
-    let broker = Broker::bind(BrokerConfig { listen }, submitter).await?;
+    let broker = Broker::bind(BrokerConfig { listen, limits }, submitter).await?;
     tracing::info!(listen = %broker.local_addr(), "MQTT broker listening; SIGINT or SIGTERM stops it.");
     broker.serve(stop_signal()).await?;
     Ok(())

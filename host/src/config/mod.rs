@@ -42,6 +42,8 @@ pub struct Config {
     pub queues: QueueConfig,
     /// The durable on-disk queue in front of delivery; `None` keeps requests in memory only.
     pub spool: Option<SpoolConfig>,
+    /// The embedded broker's limits (with `--ingest broker`).
+    pub broker: BrokerLimits,
 }
 
 /// Why a config could not be loaded.

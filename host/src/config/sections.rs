@@ -5,7 +5,7 @@
 //! [`QueueConfig`], the spool its [`SpoolConfig`]. Every default is written once, in a `Default`
 //! impl or a `DEFAULT_*` constant here; the accepted range of each number is in [`ranges`].
 
-use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
+use std::num::{NonZeroU16, NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -54,6 +54,14 @@ pub mod ranges {
     pub const SPOOL_SEGMENT_SIZE: RangeInclusive<u64> = (1 << 10)..=(1 << 32);
     /// `queues.when_full` as a bounded wait.
     pub const QUEUE_WAIT: RangeInclusive<Duration> = Duration::from_millis(1)..=Duration::from_secs(3600);
+    /// `broker.max_packet_size`.
+    pub const BROKER_PACKET_SIZE: RangeInclusive<u64> = (1 << 10)..=(256 << 20);
+    /// `broker.max_connections`.
+    pub const BROKER_CONNECTIONS: RangeInclusive<u64> = 1..=1_000_000;
+    /// `broker.max_inflight`: MQTT's receive maximum.
+    pub const BROKER_INFLIGHT: RangeInclusive<u64> = 1..=65_535;
+    /// `broker.connect_timeout`.
+    pub const BROKER_CONNECT_TIMEOUT: RangeInclusive<Duration> = Duration::from_millis(100)..=Duration::from_secs(600);
     /// `spool.fsync` as an interval.
     pub const SPOOL_FSYNC: RangeInclusive<Duration> = Duration::from_millis(1)..=Duration::from_secs(3600);
 }
@@ -483,6 +491,32 @@ pub enum WhenFull {
     Wait(#[serde(serialize_with = "serialize_millis")] Duration),
     /// Drops the event at once (counted as rejected), never slowing a publisher.
     DropNew,
+}
+
+/// The embedded broker's limits (`broker { … }`): what one client or a crowd of them may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BrokerLimits {
+    /// A larger MQTT packet closes its connection.
+    pub max_packet_size: ByteSize,
+    /// Connections at once; more are refused.
+    pub max_connections: NonZeroUsize,
+    /// QoS 1 and 2 messages a client may have in flight towards the broker (receive maximum).
+    pub max_inflight: NonZeroU16,
+    /// A connection that has not completed CONNECT by then is closed.
+    #[serde(rename = "connect_timeout_ms", serialize_with = "serialize_millis")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for BrokerLimits {
+    /// 1 MiB packets, 10,000 connections, 16 in flight, 10 s to CONNECT.
+    fn default() -> Self {
+        BrokerLimits {
+            max_packet_size: ByteSize::new(1 << 20).unwrap(),
+            max_connections: NonZeroUsize::new(10_000).unwrap(),
+            max_inflight: NonZeroU16::new(16).unwrap(),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// The spool (`spool { … }`): where and how requests are kept on disk until delivered.

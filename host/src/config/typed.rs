@@ -14,9 +14,9 @@ use http::{HeaderName, HeaderValue};
 
 use super::tree::{Node, Value};
 use super::{
-    ranges, Backoff, ByteSize, Config, ConfigError, DeliveryConfig, DeliveryOrder, FailurePolicy, FilterSettings,
-    FsyncPolicy, FullPolicy, GuestConfig, Header, PayloadEncoding, QueueConfig, RetrySettings, Rule, ServerNameCheck,
-    SpoolConfig, TlsFiles, WhenFull,
+    ranges, Backoff, BrokerLimits, ByteSize, Config, ConfigError, DeliveryConfig, DeliveryOrder, FailurePolicy,
+    FilterSettings, FsyncPolicy, FullPolicy, GuestConfig, Header, PayloadEncoding, QueueConfig, RetrySettings, Rule,
+    ServerNameCheck, SpoolConfig, TlsFiles, WhenFull,
 };
 use crate::event::EventKind;
 
@@ -38,7 +38,9 @@ const WEBHOOK_KEYS: &[&str] = &[
     "dead_letter",
     "spool",
     "ordering",
+    "broker",
 ];
+const BROKER_KEYS: &[&str] = &["max_packet_size", "max_connections", "max_inflight", "connect_timeout"];
 const QUEUE_KEYS: &[&str] = &["events", "requests", "request_bytes", "when_full"];
 const SPOOL_KEYS: &[&str] = &["dir", "max_size", "segment_size", "fsync", "on_full"];
 const RETRY_KEYS: &[&str] = &["max_attempts", "base", "cap", "max_age", "max_replay_size"];
@@ -76,6 +78,10 @@ pub(crate) fn config_from_tree(root: &Node, file: &Path) -> Result<Config, Confi
         },
         queues: ctx.queues(webhook)?,
         spool: webhook.get("spool").map(|node| ctx.spool(node)).transpose()?,
+        broker: match webhook.get("broker") {
+            Some(node) => ctx.broker(node)?,
+            None => BrokerLimits::default(),
+        },
     };
     if config.guest.on_failure == FailurePolicy::DeadLetter && config.delivery.dead_letter.is_none() {
         let node = webhook.get("guest").and_then(|g| g.get("on_failure")).unwrap_or(webhook);
@@ -189,6 +195,26 @@ impl Ctx<'_> {
             };
         }
         Ok(queues)
+    }
+
+    fn broker(&self, node: &Node) -> Result<BrokerLimits, ConfigError> {
+        let fields = self.object(node, "webhook.broker")?;
+        self.reject_unknown(fields, "webhook.broker", BROKER_KEYS)?;
+        let mut broker = BrokerLimits::default();
+        if let Some(n) = node.get("max_packet_size") {
+            broker.max_packet_size = self.size(n, "webhook.broker.max_packet_size", ranges::BROKER_PACKET_SIZE)?;
+        }
+        if let Some(n) = node.get("max_connections") {
+            broker.max_connections = self.count(n, "webhook.broker.max_connections", ranges::BROKER_CONNECTIONS)?;
+        }
+        if let Some(n) = node.get("max_inflight") {
+            broker.max_inflight = self.count(n, "webhook.broker.max_inflight", ranges::BROKER_INFLIGHT)?;
+        }
+        if let Some(n) = node.get("connect_timeout") {
+            broker.connect_timeout =
+                self.duration(n, "webhook.broker.connect_timeout", ranges::BROKER_CONNECT_TIMEOUT)?;
+        }
+        Ok(broker)
     }
 
     fn retry(&self, node: &Node) -> Result<RetrySettings, ConfigError> {

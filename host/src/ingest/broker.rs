@@ -83,6 +83,7 @@ use rmqtt::types::{
     TopicFilter, TopicName,
 };
 
+use crate::config::BrokerLimits;
 use crate::event::{now_millis, Client, Connack, Connection, Disconnection, Event, EventKind, Message};
 use crate::event::{SubscribeOptions, Subscription};
 use crate::runtime::{SubmitError, Submitter};
@@ -109,17 +110,19 @@ const EXPIRED_RETAINED_SWEEP: Duration = Duration::from_secs(60);
 /// At most one queue-full warning per this interval.
 const QUEUE_FULL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Where the embedded broker listens.
+/// Where the embedded broker listens, and its limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BrokerConfig {
     /// TCP address for MQTT clients; port 0 picks a free port (see [`Broker::local_addr`]).
     pub listen: SocketAddr,
+    /// What one client or a crowd of them may take (`webhook.broker`).
+    pub limits: BrokerLimits,
 }
 
 impl Default for BrokerConfig {
-    /// `127.0.0.1:1883`, MQTT's port on loopback only.
+    /// `127.0.0.1:1883`, MQTT's port on loopback only, with the default limits.
     fn default() -> Self {
-        BrokerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 1883)) }
+        BrokerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 1883)), limits: BrokerLimits::default() }
     }
 }
 
@@ -156,8 +159,16 @@ impl Broker {
     pub async fn bind(config: BrokerConfig, submitter: Submitter) -> Result<Broker, BrokerError> {
         let listen_error = |source: rmqtt::Error| BrokerError::Listen { addr: config.listen, source: source.into() };
         // SO_REUSEADDR, as tokio's own listeners do, so a restart does not wait out TIME_WAIT.
-        let listener =
-            Builder::new().name("mqhook").laddr(config.listen).reuseaddr(Some(true)).bind().map_err(listen_error)?;
+        let listener = Builder::new()
+            .name("mqhook")
+            .laddr(config.listen)
+            .reuseaddr(Some(true))
+            .max_packet_size(u32::try_from(config.limits.max_packet_size.get()).unwrap_or(u32::MAX))
+            .max_connections(config.limits.max_connections.get())
+            .max_inflight(config.limits.max_inflight)
+            .handshake_timeout(config.limits.connect_timeout)
+            .bind()
+            .map_err(listen_error)?;
         let local_addr = listener.local_addr().map_err(listen_error)?;
 
         // rmqtt's CPU-load check refuses connections when the machine is busy; a webhook broker
