@@ -263,6 +263,12 @@ async fn a_crowd_of_slow_admin_clients_is_bounded_and_slows_no_event() {
     wait_until("every event is delivered", async || endpoint.count() >= EVENTS).await;
     // The crowd is cut off by the header timeout, and the API answers again.
     wait_until("the admin API answers despite the crowd", async || admin_answers(&addr).await).await;
+    // A guest larger than the cap is refused from its declared length, before its body is read.
+    let mut upload = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    upload.write_all(b"PUT /guest HTTP/1.1\r\nHost: admin\r\nContent-Length: 100000000\r\n\r\n").await.unwrap();
+    let mut status = [0u8; 12];
+    tokio::io::AsyncReadExt::read_exact(&mut upload, &mut status).await.unwrap();
+    assert_eq!(&status, b"HTTP/1.1 413");
     drop(crowd);
     drop(stdin);
     let output = timeout(WAIT_LIMIT, child.wait_with_output()).await.expect("mqhook ends with its input").unwrap();

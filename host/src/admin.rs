@@ -123,6 +123,11 @@ async fn handle(
     Ok(match (request.method(), request.uri().path()) {
         (&Method::GET, "/metrics") => json(StatusCode::OK, serde_json::json!(metrics.snapshot())),
         (&Method::GET, "/guest") => json(StatusCode::OK, guest_info(&active)),
+        (&Method::PUT, "/guest") if declared_length(&request).is_some_and(|length| length > MAX_UPLOAD as u64) => {
+            // Refused before a byte of it is read.
+            let message = format!("a guest is at most {MAX_UPLOAD} bytes");
+            json(StatusCode::PAYLOAD_TOO_LARGE, serde_json::json!({ "error": message }))
+        }
         (&Method::PUT, "/guest") => match Limited::new(request.into_body(), MAX_UPLOAD).collect().await {
             Ok(body) => upload(&active, body.to_bytes()).await,
             Err(error) => json(StatusCode::PAYLOAD_TOO_LARGE, serde_json::json!({ "error": error.to_string() })),
@@ -133,6 +138,11 @@ async fn handle(
             serde_json::json!({ "error": "the admin API has GET and PUT /guest, GET /metrics" }),
         ),
     })
+}
+
+/// The `Content-Length` a request declares, if any.
+fn declared_length(request: &http::Request<Incoming>) -> Option<u64> {
+    request.headers().get(http::header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
 }
 
 async fn upload(active: &ActiveGuest, component: Bytes) -> http::Response<Full<Bytes>> {
