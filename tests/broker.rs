@@ -196,9 +196,20 @@ async fn garbage_on_mqtt_sockets_never_takes_the_broker_down() {
         let _ = socket.write_all(bytes).await;
         sockets.push(socket);
     }
-    // A flood of connections that never send anything.
+    // A flood of connections that never send anything, and one of CONNECTs that go away at once.
     for _ in 0..200 {
         sockets.push(TcpStream::connect(broker.addr).await.unwrap());
+    }
+    for n in 0..100 {
+        let clientid = format!("flood-{n}");
+        let connect = wire::Connect {
+            version: 4,
+            clientid: &clientid,
+            username: None,
+            keepalive: 0,
+            authentication_method: None,
+        };
+        drop(wire::Client::connect(broker.addr, &connect).await);
     }
     // A subscriber that never reads what the broker sends it.
     let deaf = Who { clientid: "deaf", username: None, keepalive: 0, proto_ver: 4 };
