@@ -607,20 +607,23 @@ mod tests {
         assert_eq!(again[0].request.client.as_deref(), Some("c1"));
     }
 
-    #[test]
-    fn a_torn_tail_is_cut_off_and_a_damaged_record_skipped_and_counted() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = config(dir.path(), 1 << 20, FullPolicy::RejectNew, 1000);
+    /// Ten requests spooled in one segment, and the queue stopped: its config, the segment and
+    /// the segment's bytes (ten records of the same size).
+    fn ten_spooled(dir: &Path) -> (Setup, std::path::PathBuf, Vec<u8>) {
+        let config = config(dir, 1 << 20, FullPolicy::RejectNew, 1000);
         let (queue, _) = open(&config);
         queue.push((0..10).map(request).collect());
         queue.finish();
         drop(queue);
-        let segment = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.extension().is_some_and(|e| e == "seg"))
-            .unwrap();
-        let mut bytes = std::fs::read(&segment).unwrap();
+        let segment = segments(dir).remove(0);
+        let bytes = std::fs::read(&segment).unwrap();
+        (config, segment, bytes)
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_off_and_a_damaged_record_skipped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, segment, mut bytes) = ten_spooled(dir.path());
         let record = bytes.len() / 10;
         bytes[record * 3 + 20] ^= 0xff; // flips a byte inside the fourth record
         bytes.extend_from_slice(&[7, 0, 0]); // and a crash mid-write left half a header
@@ -639,13 +642,7 @@ mod tests {
     #[test]
     fn a_garbled_length_hides_nothing_after_it() {
         let dir = tempfile::tempdir().unwrap();
-        let config = config(dir.path(), 1 << 20, FullPolicy::RejectNew, 1000);
-        let (queue, _) = open(&config);
-        queue.push((0..10).map(request).collect());
-        queue.finish();
-        drop(queue);
-        let segment = segments(dir.path()).remove(0);
-        let mut bytes = std::fs::read(&segment).unwrap();
+        let (config, segment, mut bytes) = ten_spooled(dir.path());
         let record = bytes.len() / 10;
         bytes[record * 2 + 1] ^= 0x40; // the length of the third record: 16 KiB longer
         std::fs::write(&segment, &bytes).unwrap();
