@@ -336,7 +336,15 @@ async fn closed_standard_streams_end_every_command_quietly() {
     .await;
     assert_eq!(code, Some(0), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
-    // With stderr closed, an error is still an exit code of 1, and `--help` into `head` is fine.
+    // With stderr closed, a run logs into nothing and still drains, an error is still an exit code
+    // of 1, and `--help` into `head` is fine.
+    let (code, _) = bash(format!(
+        "exec {binary} run --ingest ndjson:{} --config {} --dry-run 2>&- >/dev/null",
+        events.display(),
+        config.display()
+    ))
+    .await;
+    assert_eq!(code, Some(0));
     let (code, _) = bash(format!("exec {binary} check --config /nonexistent 2>&-")).await;
     assert_eq!(code, Some(1));
     let (code, stderr) = bash(format!("{binary} --help | head -1 >/dev/null; exit ${{PIPESTATUS[0]}}")).await;
