@@ -36,8 +36,22 @@ fn main() {
     }
 }
 
+/// Fails in one line when the wasm target is missing: rustup adds a toolchain file's targets only
+/// when it installs the toolchain itself, so a machine that had `stable` already lacks it.
+fn require_wasm_target() {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let libdir = Command::new(rustc).args(["--print", "target-libdir", "--target", "wasm32-wasip2"]).output();
+    let installed = libdir
+        .ok()
+        .filter(|output| output.status.success())
+        .map(|output| PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()))
+        .is_some_and(|dir| dir.exists());
+    assert!(installed, "the wasm32-wasip2 target is not installed: run `rustup target add wasm32-wasip2`");
+}
+
 /// One `cargo build` of `packages` for wasm32-wasip2.
 fn build(workspace: &Path, target_dir: &Path, packages: &[&str]) {
+    require_wasm_target();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut command = Command::new(cargo);
     command
