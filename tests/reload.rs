@@ -251,6 +251,15 @@ async fn a_crowd_of_slow_admin_clients_is_bounded_and_slows_no_event() {
         spawn_mqhook(&["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap(), "--admin", &addr]);
     let mut stdin = child.stdin.take().unwrap();
     wait_until("the admin API answers", async || admin_answers(&addr).await).await;
+    // Random bytes (a fixed seed: the same every run) on 30 connections: each is answered with an
+    // error or closed, and the API goes on.
+    let mut random = fastrand::Rng::with_seed(15);
+    for _ in 0..30 {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let garbage: Vec<u8> = (0..random.usize(1..4096)).map(|_| random.u8(..)).collect();
+        let _ = stream.write_all(&garbage).await;
+    }
+    wait_until("the admin API answers after the garbage", async || admin_answers(&addr).await).await;
     // 100 clients that start a request and never finish its head.
     let mut crowd = Vec::new();
     for _ in 0..100 {
