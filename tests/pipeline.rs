@@ -60,14 +60,13 @@ const EVENTS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Every event kind selected, with three configured headers and `extra` lines.
 fn all_events_config(url: &str, extra: &str) -> String {
-    let rules: Vec<String> =
-        mqhook::EventKind::ALL.iter().map(|k| format!("    {{ event = \"{}\" }}", k.config_name())).collect();
-    format!(
-        "webhook {{\n  url = \"{url}\"\n  headers.content-type = \"application/json\"\n  headers.x-api-key = \"secret\"\n  \
-         headers.accept = \"*/*\"\n{extra}\n  events = [\n{}\n  ]\n}}\n",
-        rules.join("\n")
-    )
+    crate::support::Webhook::new(url)
+        .with("  headers.content-type = \"application/json\"\n  headers.x-api-key = \"secret\"\n  headers.accept = \"*/*\"")
+        .with(extra)
+        .all_events()
+        .text()
 }
 
 fn ndjson(lines: &[&str]) -> String {

@@ -19,6 +19,8 @@ fn publish_event(topic: &str) -> Event {
     Event::MessagePublish(message(topic))
 }
 
+/// The hostile guest's config, in HCL on purpose: these tests are also the HCL syntax's end-to-end
+/// check (the other tests write HOCON through `support::Webhook`).
 fn hostile_config(url: &str, settings: &str) -> String {
     format!(
         "webhook {{\n  url = \"{url}\"\n  events = [{{ event = \"on_message_publish\" }}]\n  \
