@@ -211,6 +211,7 @@ const MALFORMED: &[(&str, &str, usize, &str, &str)] = &[
     ("unknown-event.conf", "webhook {\n url = \"http://h\"\n events = [\n  { event = \"on_message_publishd\" }\n ]\n}\n", 4, "webhook.events[0].event", "on_message_publish, on_message_delivered"),
     ("unknown-encoding.conf", "webhook {\n url = \"http://h\"\n body.encoding = base63\n}\n", 3, "webhook.body.encoding", "plain, base64, base62"),
     ("bad-url.conf", "webhook {\n url = \"ftp://h/x\"\n}\n", 2, "webhook.url", "http://"),
+    ("url-credentials.conf", "webhook {\n url = \"http://alice:s3cret@h/x\"\n}\n", 2, "webhook.url", "headers.authorization"),
     ("url-garbage.conf", "webhook {\n\n url = \"http://\"\n}\n", 3, "webhook.url", "URL"),
     ("pool-zero.conf", "webhook {\n url = \"http://h\"\n pool_size = 0\n}\n", 3, "webhook.pool_size", "at least 1"),
     ("pool-type.conf", "webhook {\n url = \"http://h\"\n pool_size = [1]\n}\n", 3, "webhook.pool_size", "positive integer"),
@@ -257,6 +258,7 @@ fn malformed_configs_name_line_and_key() {
         assert!(message.contains(&format!("{name}:{line}:")), "{name}: no file:line in {message}");
         assert!(message.contains(&format!("`{key}`")), "{name}: key `{key}` not named in {message}");
         assert!(message.contains(hint), "{name}: `{hint}` missing from {message}");
+        assert!(!message.contains("s3cret"), "{name}: a secret in the error: {message}");
     }
 }
 

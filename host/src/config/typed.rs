@@ -578,6 +578,18 @@ impl Ctx<'_> {
 
     fn url(&self, node: &Node, key: &str) -> Result<http::Uri, ConfigError> {
         let text = self.text(node, key, "a URL")?.trim();
+        if text
+            .split_once("://")
+            .map_or(text, |(_, rest)| rest)
+            .split(['/', '?', '#'])
+            .next()
+            .is_some_and(|a| a.contains('@'))
+        {
+            // Credentials would end up in the Host header and in logs (so they are not echoed here
+            // either); they go in a header instead.
+            let message = "must not carry credentials (`user:password@`); set `headers.authorization` instead";
+            return Err(self.invalid(node, key, message));
+        }
         let uri: http::Uri =
             text.parse().map_err(|e| self.invalid(node, key, format!("`{text}` is not a valid URL: {e}")))?;
         match uri.scheme_str() {
