@@ -96,10 +96,10 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("binding").local_addr().expect("address").port()
 }
 
-/// `spooled` from the admin API's `GET /metrics`, if it answers.
+/// `spooled` from the admin API's `GET /metrics.json`, if it answers.
 fn spooled(admin: &str) -> Option<u64> {
     let mut stream = TcpStream::connect(admin).ok()?;
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").ok()?;
+    stream.write_all(b"GET /metrics.json HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let body = response.split("\r\n\r\n").nth(1)?;

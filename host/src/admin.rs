@@ -1,12 +1,23 @@
-//! The admin listener: a small HTTP API on its own loopback address for swapping the guest and
-//! reading the counters.
+//! The admin listener: a small HTTP API on its own loopback address for operators and their
+//! tools: health, metrics, status, and swapping the guest.
 //!
+//! - `GET /healthz`: 200 while the process serves at all (liveness; never needs a token);
+//! - `GET /readyz`: 200 when a guest is loaded, the spool (if any) takes writes and delivery is
+//!   not backing off a failing endpoint; else 503, with which check failed;
+//! - `GET /metrics`: the metrics in the Prometheus text format (OpenMetrics 1.0);
+//! - `GET /metrics.json`: the counters of the end-of-run summary, as JSON;
+//! - `GET /status`: JSON: the guest, the config file, queue and spool depth, requests in flight,
+//!   the endpoint's state, last error and last success;
 //! - `GET /guest`: the running guest as JSON — name, SHA-256, load time (ms), generation, and its
 //!   counters (calls, filtered, delivered, traps, timeouts, invalid deliveries, mean time per call);
 //! - `PUT /guest` with a component as the body: compiles it, checks its world, runs its `configure`
 //!   with the running configuration, and swaps it in; `422` with the reason (and the old guest still
-//!   running) when any of that fails;
-//! - `GET /metrics`: the pipeline's counters as JSON (the fields of the end-of-run summary).
+//!   running) when any of that fails.
+//!
+//! With an [`AdminTokens::write`] token set, every route but `/healthz` needs
+//! `Authorization: Bearer <token>`: the write token may do everything, the optional read token
+//! only `GET`s. A missing or wrong token gets 401 (a read token on `PUT`, 403), counted as
+//! `mqhook_admin_unauthorized_total`. Tokens are compared in constant time.
 //!
 //! It only ever binds loopback addresses: uploading a guest means running code in the host. Its
 //! use of the process is bounded: [`MAX_CONNECTIONS`] at once (more are closed as they arrive),
@@ -14,21 +25,28 @@
 //! of at most [`MAX_UPLOAD`].
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::{Method, StatusCode};
+use http::{header, HeaderValue, Method, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
-use std::sync::Arc;
-
 use crate::config::Config;
+use crate::delivery::request_builder::url_without_query;
 use crate::guest::{ActiveGuest, GuestError};
-use crate::metrics::Metrics;
+use crate::metrics::Problem;
+use crate::runtime::Observer;
+
+/// The content type of `GET /metrics`.
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Largest component accepted by `PUT /guest`; a larger body is answered 413.
 pub const MAX_UPLOAD: usize = 64 << 20;
@@ -56,21 +74,95 @@ pub enum AdminError {
     },
 }
 
+/// A bearer token for the admin API. Its value is never shown: `Debug` prints `<redacted>`.
+#[derive(Clone)]
+pub struct Token(Arc<[u8; 32]>);
+
+impl Token {
+    /// A token with this value (leading and trailing white space, a file's newline, removed);
+    /// `None` when nothing is left.
+    pub fn new(value: &str) -> Option<Token> {
+        let value = value.trim();
+        (!value.is_empty()).then(|| Token(Arc::new(Sha256::digest(value.as_bytes()).into())))
+    }
+
+    /// Whether `offered` is this token. Both are hashed first, so the comparison takes the same
+    /// time whatever the length or the first differing byte.
+    fn matches(&self, offered: &[u8]) -> bool {
+        let offered: [u8; 32] = Sha256::digest(offered).into();
+        self.0.ct_eq(&offered).into()
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Who may use the admin API. With no `write` token, anyone on the host may (the listener is
+/// loopback only); with one, every route but `/healthz` needs a token.
+#[derive(Debug, Clone, Default)]
+pub struct AdminTokens {
+    /// May do everything.
+    pub write: Option<Token>,
+    /// May only read (`GET`); needs a `write` token beside it.
+    pub read: Option<Token>,
+}
+
+/// What a request's token allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    None,
+    Read,
+    Write,
+}
+
+impl AdminTokens {
+    fn access(&self, request: &http::Request<Incoming>) -> Access {
+        let Some(write) = &self.write else { return Access::Write };
+        let offered = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
+            .map(|token| token.trim_ascii());
+        match offered {
+            Some(token) if write.matches(token) => Access::Write,
+            Some(token) if self.read.as_ref().is_some_and(|read| read.matches(token)) => Access::Read,
+            _ => Access::None,
+        }
+    }
+}
+
+/// What the admin API serves besides the pipeline itself.
+#[derive(Debug, Clone, Default)]
+pub struct AdminOptions {
+    /// Who may use it.
+    pub tokens: AdminTokens,
+    /// The config file in use, shown by `/status`.
+    pub config_file: Option<PathBuf>,
+}
+
 /// A bound admin listener.
 pub struct Admin {
     listener: TcpListener,
-    active: ActiveGuest,
-    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
+}
+
+/// What every admin connection reads.
+struct Shared {
+    observer: Observer,
+    options: AdminOptions,
 }
 
 impl Admin {
     /// Binds `addr`, which must be loopback.
-    pub async fn bind(addr: SocketAddr, active: ActiveGuest, metrics: Arc<Metrics>) -> Result<Admin, AdminError> {
+    pub async fn bind(addr: SocketAddr, observer: Observer, options: AdminOptions) -> Result<Admin, AdminError> {
         if !addr.ip().is_loopback() {
             return Err(AdminError::NotLoopback(addr));
         }
         let listener = TcpListener::bind(addr).await.map_err(|source| AdminError::Bind { addr, source })?;
-        Ok(Admin { listener, active, metrics })
+        Ok(Admin { listener, shared: Arc::new(Shared { observer, options }) })
     }
 
     /// The bound address (with the real port when port 0 was asked for).
@@ -97,9 +189,9 @@ impl Admin {
                 tracing::debug!("Admin listener: {MAX_CONNECTIONS} connections open already; one more is closed.");
                 continue;
             };
-            let (active, metrics) = (self.active.clone(), self.metrics.clone());
+            let shared = self.shared.clone();
             tokio::spawn(async move {
-                let service = service_fn(move |request| handle(request, active.clone(), metrics.clone()));
+                let service = service_fn(move |request| handle(request, shared.clone()));
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(HEADER_TIMEOUT)
@@ -115,28 +207,100 @@ impl Admin {
     }
 }
 
+const ROUTES: &str = "GET /healthz, /readyz, /metrics, /metrics.json, /status, /guest; PUT /guest";
+
 async fn handle(
     request: http::Request<Incoming>,
-    active: ActiveGuest,
-    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
 ) -> Result<http::Response<Full<Bytes>>, hyper::Error> {
-    Ok(match (request.method(), request.uri().path()) {
-        (&Method::GET, "/metrics") => json(StatusCode::OK, serde_json::json!(metrics.snapshot())),
-        (&Method::GET, "/guest") => json(StatusCode::OK, guest_info(&active)),
+    let (method, path) = (request.method().clone(), request.uri().path().to_string());
+    if method == Method::GET && path == "/healthz" {
+        return Ok(json(StatusCode::OK, serde_json::json!({ "status": "live" })));
+    }
+    let needed = if method == Method::GET { Access::Read } else { Access::Write };
+    let access = shared.options.tokens.access(&request);
+    if access == Access::None || (needed == Access::Write && access == Access::Read) {
+        let observer = &shared.observer;
+        let (status, why) = match access {
+            Access::None => (StatusCode::UNAUTHORIZED, "a missing or wrong token"),
+            _ => (StatusCode::FORBIDDEN, "a read-only token"),
+        };
+        let message = format_args!("Admin request {method} {path} refused: {why}.");
+        observer.metrics().report(Problem::AdminUnauthorized, 1, message);
+        let mut response =
+            json(status, serde_json::json!({ "error": format!("{method} {path} needs a valid admin token") }));
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"mqhook\""));
+        }
+        return Ok(response);
+    }
+    let observer = &shared.observer;
+    let active = observer.active_guest();
+    Ok(match (&method, path.as_str()) {
+        (&Method::GET, "/metrics") => {
+            let mut response = http::Response::new(Full::new(Bytes::from(observer.encode_metrics())));
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(METRICS_CONTENT_TYPE));
+            response
+        }
+        (&Method::GET, "/metrics.json") => json(StatusCode::OK, serde_json::json!(observer.metrics().snapshot())),
+        (&Method::GET, "/readyz") => readiness(observer),
+        (&Method::GET, "/status") => json(StatusCode::OK, status(observer, &shared.options)),
+        (&Method::GET, "/guest") => json(StatusCode::OK, guest_info(active)),
         (&Method::PUT, "/guest") if declared_length(&request).is_some_and(|length| length > MAX_UPLOAD as u64) => {
             // Refused before a byte of it is read.
             let message = format!("a guest is at most {MAX_UPLOAD} bytes");
             json(StatusCode::PAYLOAD_TOO_LARGE, serde_json::json!({ "error": message }))
         }
         (&Method::PUT, "/guest") => match Limited::new(request.into_body(), MAX_UPLOAD).collect().await {
-            Ok(body) => upload(&active, body.to_bytes()).await,
+            Ok(body) => upload(active, body.to_bytes()).await,
             Err(error) => json(StatusCode::PAYLOAD_TOO_LARGE, serde_json::json!({ "error": error.to_string() })),
         },
         (_, "/guest") => json(StatusCode::METHOD_NOT_ALLOWED, serde_json::json!({ "error": "use GET or PUT" })),
-        _ => json(
-            StatusCode::NOT_FOUND,
-            serde_json::json!({ "error": "the admin API has GET and PUT /guest, GET /metrics" }),
-        ),
+        _ => json(StatusCode::NOT_FOUND, serde_json::json!({ "error": format!("the admin API has {ROUTES}") })),
+    })
+}
+
+/// `/readyz`: each check and its outcome; 503 unless all pass.
+fn readiness(observer: &Observer) -> http::Response<Full<Bytes>> {
+    // A running pipeline always has a guest; an upload or reload that fails keeps the old one.
+    let guest_loaded = !observer.active_guest().current().1.name().is_empty();
+    let spool_writable = !observer.spool_failing();
+    let endpoint_healthy = !observer.depths().backing_off;
+    let ready = guest_loaded && spool_writable && endpoint_healthy;
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    json(
+        status,
+        serde_json::json!({
+            "ready": ready,
+            "checks": {
+                "guest_loaded": guest_loaded,
+                "spool_writable": spool_writable,
+                "delivery_not_backing_off": endpoint_healthy,
+            },
+        }),
+    )
+}
+
+/// `/status`: what an operator asks first. Shows no header value and no URL query.
+fn status(observer: &Observer, options: &AdminOptions) -> serde_json::Value {
+    let (generation, guest) = observer.active_guest().current();
+    let config = observer.active_guest().config();
+    let depths = observer.depths();
+    let url = url_without_query(&config.delivery.url, None);
+    serde_json::json!({
+        "guest": { "name": guest.name(), "sha256": guest.sha256(), "generation": generation },
+        "config_file": options.config_file,
+        "queues": { "events": depths.events, "requests": depths.requests },
+        "spool": config.spool.as_ref().map(|spool| serde_json::json!({
+            "dir": spool.dir,
+            "bytes": depths.spool_bytes,
+            "records": depths.spool_records,
+            "writable": !observer.spool_failing(),
+        })),
+        "requests_in_flight": observer.metrics().in_flight().get(),
+        "endpoint": { "url": url, "status": observer.endpoint() },
     })
 }
 

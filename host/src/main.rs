@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use mqhook::admin::Admin;
+use mqhook::admin::{Admin, AdminOptions, AdminTokens, Token};
 use mqhook::config::{Config, LiveConfig};
 use mqhook::delivery::dead_letter::{self, DeadLetters};
 use mqhook::delivery::http::HttpSink;
@@ -14,7 +14,7 @@ use mqhook::delivery::print::PrintSink;
 use mqhook::delivery::{self as delivery, Sink};
 use mqhook::guest::GuestEngine;
 use mqhook::reload::Reloader;
-use mqhook::runtime::Runtime;
+use mqhook::runtime::{AbortOnDrop, Runtime};
 
 /// The embedded broker when it is built in, else standard input.
 #[cfg(feature = "broker")]
@@ -68,9 +68,17 @@ struct RunArgs {
     /// Print each request on standard output instead of sending it.
     #[arg(long)]
     dry_run: bool,
-    /// Serve the admin API (GET/PUT /guest: read or swap the guest) on this loopback address.
+    /// Serve the admin API (health, metrics, status, GET/PUT /guest) on this loopback address.
     #[arg(long)]
     admin: Option<std::net::SocketAddr>,
+    /// A file holding the admin API's bearer token (or set MQHOOK_ADMIN_TOKEN). With a token,
+    /// every admin route but /healthz needs `Authorization: Bearer <token>`.
+    #[arg(long, value_name = "PATH")]
+    admin_token_file: Option<PathBuf>,
+    /// A file holding a read-only admin token, for GET routes only (or set
+    /// MQHOOK_ADMIN_READ_TOKEN); needs the admin token beside it.
+    #[arg(long, value_name = "PATH")]
+    admin_read_token_file: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -152,6 +160,7 @@ fn run(args: RunArgs) -> Result<()> {
         tracing::warn!("The webhook is disabled in {}: events are counted, nothing is sent.", args.config.display());
     }
     let input = Ingest::parse(&args.ingest)?;
+    let tokens = admin_tokens(&args)?;
     let guest_path = args.guest.as_deref().or(config.guest.path.as_deref());
     let guest = GuestEngine::new()?.load(guest_path, &config.guest, &config.filter)?;
     tracing::info!(guest = guest.name(), url = %config.delivery.url, "Guest loaded.");
@@ -173,8 +182,9 @@ fn run(args: RunArgs) -> Result<()> {
         let watching = AbortOnDrop(tokio::spawn(reloader.watch()));
         let admin = match args.admin {
             Some(addr) => {
-                let admin = Admin::bind(addr, pipeline.active_guest(), pipeline.counters()).await?;
-                tracing::info!(listen = %admin.local_addr()?, "Admin API listening (GET/PUT /guest, GET /metrics).");
+                let options = AdminOptions { tokens, config_file: std::path::absolute(&args.config).ok() };
+                let admin = Admin::bind(addr, pipeline.observer(), options).await?;
+                tracing::info!(listen = %admin.local_addr()?, "Admin API listening (/healthz, /readyz, /metrics, /status, /guest).");
                 Some(AbortOnDrop(tokio::spawn(admin.serve())))
             }
             None => None,
@@ -209,13 +219,36 @@ fn run(args: RunArgs) -> Result<()> {
     result
 }
 
-/// Aborts a background task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+/// The admin tokens from `--admin-token-file` / `MQHOOK_ADMIN_TOKEN` and the read-only ones.
+fn admin_tokens(args: &RunArgs) -> Result<AdminTokens> {
+    let token = |file: Option<&Path>, variable: &str| -> Result<Option<Token>> {
+        let (value, from) = match file {
+            Some(path) => (
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the admin token file {}", path.display()))?,
+                path.display().to_string(),
+            ),
+            None => match std::env::var(variable) {
+                Ok(value) => (value, format!("${variable}")),
+                Err(_) => return Ok(None),
+            },
+        };
+        match Token::new(&value) {
+            Some(token) => Ok(Some(token)),
+            None => bail!("the admin token in {from} is empty"),
+        }
+    };
+    let tokens = AdminTokens {
+        write: token(args.admin_token_file.as_deref(), "MQHOOK_ADMIN_TOKEN")?,
+        read: token(args.admin_read_token_file.as_deref(), "MQHOOK_ADMIN_READ_TOKEN")?,
+    };
+    if tokens.read.is_some() && tokens.write.is_none() {
+        bail!("a read-only admin token needs an admin token beside it (--admin-token-file or MQHOOK_ADMIN_TOKEN)");
     }
+    if tokens.write.is_some() && args.admin.is_none() {
+        tracing::warn!("An admin token is set, but no --admin listener: it is not used.");
+    }
+    Ok(tokens)
 }
 
 /// Runs the embedded broker until SIGINT or SIGTERM.

@@ -5,6 +5,8 @@
 //! it accepts it ([`idempotency_key`]), and the key stays with it through retries, the spool, dead
 //! letters, replays and restarts.
 
+use std::time::SystemTime;
+
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 
@@ -30,6 +32,9 @@ pub struct Request {
     /// Names the request for the endpoint; given by the delivery queue when it accepts the
     /// request (see [`idempotency_key`]), kept when it already has one (a replay).
     pub idempotency_key: Option<String>,
+    /// When its event arrived, for the delivery latency histogram; kept in the spool, not in a
+    /// dead letter (a replay is not timed).
+    pub received_at: Option<SystemTime>,
 }
 
 /// The idempotency key of request number `seq` of a queue whose keys start with `prefix` (the

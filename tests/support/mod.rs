@@ -267,9 +267,9 @@ pub async fn admin(addr: &str, method: &str, body: Vec<u8>) -> (u16, serde_json:
     admin_request(addr, method, "/guest", body).await
 }
 
-/// The counters from the admin API's `GET /metrics`.
+/// The counters from the admin API's `GET /metrics.json`.
 pub async fn admin_metrics(addr: &str) -> serde_json::Value {
-    let (status, metrics) = admin_request(addr, "GET", "/metrics", Vec::new()).await;
+    let (status, metrics) = admin_request(addr, "GET", "/metrics.json", Vec::new()).await;
     assert_eq!(status, 200, "{metrics}");
     metrics
 }

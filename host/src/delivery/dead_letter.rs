@@ -115,6 +115,7 @@ impl DeadLetter {
             path: self.path.clone(),
             client: None,
             idempotency_key: self.idempotency_key.clone(),
+            received_at: None,
         })
     }
 }

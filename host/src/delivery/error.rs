@@ -5,6 +5,7 @@ use std::time::Duration;
 use http::StatusCode;
 
 use super::tls::TlsError;
+use crate::metrics::FailureReason;
 
 /// Why a request was not delivered.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +37,20 @@ pub enum DeliveryError {
 }
 
 impl DeliveryError {
+    /// The reason this attempt failed, as its counter names it.
+    pub fn failure_reason(&self) -> FailureReason {
+        match self {
+            DeliveryError::Status { status, .. } if status.is_client_error() => FailureReason::Status4xx,
+            DeliveryError::Status { status, .. } if status.is_server_error() => FailureReason::Status5xx,
+            DeliveryError::Status { .. } => FailureReason::StatusOther,
+            DeliveryError::Timeout(_) => FailureReason::Timeout,
+            DeliveryError::Transport(_) => FailureReason::Connect,
+            DeliveryError::UnsupportedScheme(_) | DeliveryError::TlsConfig(_) | DeliveryError::Tls(_) => {
+                FailureReason::Tls
+            }
+        }
+    }
+
     /// The HTTP status, when the endpoint answered.
     pub fn status(&self) -> Option<StatusCode> {
         match self {

@@ -11,13 +11,14 @@
 //! (between half of it and all of it), so that an outage costs a handful of connection attempts
 //! per backoff step, not `pool_size` per request.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::Backoff;
+use crate::metrics::{Metrics, Problem};
 
 /// Shared by every delivery task of one endpoint.
 pub struct EndpointHealth {
@@ -25,10 +26,36 @@ pub struct EndpointHealth {
     state: Mutex<State>,
     /// Woken when the endpoint is healthy again, a probe's turn comes, or a probe ends.
     changed: Notify,
+    metrics: Arc<Metrics>,
+}
+
+/// The phase, and what `/status` shows of the latest outcomes.
+#[derive(Debug)]
+struct State {
+    phase: Phase,
+    last_error: Option<(String, SystemTime)>,
+    last_success: Option<SystemTime>,
+}
+
+/// The endpoint as `/status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EndpointStatus {
+    /// `healthy` or `backing_off`.
+    pub state: &'static str,
+    /// The latest failed attempt's error, if any.
+    pub last_error: Option<String>,
+    /// When it failed, in milliseconds since the Unix epoch.
+    pub last_error_at_ms: Option<u64>,
+    /// When a request last got a 2xx, in milliseconds since the Unix epoch.
+    pub last_success_at_ms: Option<u64>,
+}
+
+fn epoch_millis(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |since| since.as_millis() as u64)
 }
 
 #[derive(Debug)]
-enum State {
+enum Phase {
     /// Requests go out freely.
     Healthy,
     /// Nothing goes out before `until`; then one probe.
@@ -51,9 +78,11 @@ pub enum Turn {
 }
 
 impl EndpointHealth {
-    /// A healthy endpoint whose outages back off within `backoff`.
-    pub fn new(backoff: Backoff) -> EndpointHealth {
-        EndpointHealth { backoff, state: Mutex::new(State::Healthy), changed: Notify::new() }
+    /// A healthy endpoint whose outages back off within `backoff`; each outage is reported to
+    /// `metrics` ([`Problem::EndpointBackingOff`]).
+    pub fn new(backoff: Backoff, metrics: Arc<Metrics>) -> EndpointHealth {
+        let state = State { phase: Phase::Healthy, last_error: None, last_success: None };
+        EndpointHealth { backoff, state: Mutex::new(state), changed: Notify::new(), metrics }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -62,20 +91,34 @@ impl EndpointHealth {
 
     /// Whether the endpoint is backing off now.
     pub fn is_backing_off(&self) -> bool {
-        matches!(*self.lock(), State::BackingOff { .. })
+        matches!(self.lock().phase, Phase::BackingOff { .. })
+    }
+
+    /// The endpoint's state and latest outcomes.
+    pub fn status(&self) -> EndpointStatus {
+        let state = self.lock();
+        EndpointStatus {
+            state: match state.phase {
+                Phase::Healthy => "healthy",
+                Phase::BackingOff { .. } => "backing_off",
+            },
+            last_error: state.last_error.as_ref().map(|(error, _)| error.clone()),
+            last_error_at_ms: state.last_error.as_ref().map(|(_, at)| epoch_millis(*at)),
+            last_success_at_ms: state.last_success.map(epoch_millis),
+        }
     }
 
     /// A request's turn if it may go at once: `Send` while healthy, `Probe` if the backoff has
     /// passed and no probe is out; `None` if it must wait ([`EndpointHealth::ready`]).
     pub fn try_ready(&self) -> Option<Turn> {
         let mut state = self.lock();
-        match &mut *state {
-            State::Healthy => Some(Turn::Send),
-            State::BackingOff { until, probing, .. } if !*probing && *until <= Instant::now() => {
+        match &mut state.phase {
+            Phase::Healthy => Some(Turn::Send),
+            Phase::BackingOff { until, probing, .. } if !*probing && *until <= Instant::now() => {
                 *probing = true;
                 Some(Turn::Probe)
             }
-            State::BackingOff { .. } => None,
+            Phase::BackingOff { .. } => None,
         }
     }
 
@@ -89,8 +132,8 @@ impl EndpointHealth {
             if let Some(turn) = self.try_ready() {
                 return turn;
             }
-            let wait_until = match *self.lock() {
-                State::BackingOff { until, probing: false, .. } => Some(until),
+            let wait_until = match self.lock().phase {
+                Phase::BackingOff { until, probing: false, .. } => Some(until),
                 _ => None,
             };
             match wait_until {
@@ -105,13 +148,27 @@ impl EndpointHealth {
         }
     }
 
-    /// An attempt got through (2xx, or an answer that says nothing about the endpoint's health):
-    /// the outage, if any, is over.
+    /// An attempt got a 2xx: the outage, if any, is over.
     pub fn succeeded(&self) {
+        self.answered(None);
+    }
+
+    /// An attempt got an answer that says nothing about the endpoint's health (a permanent
+    /// refusal, `error`): the outage, if any, is over.
+    pub fn refused(&self, error: &dyn std::fmt::Display) {
+        self.answered(Some(error));
+    }
+
+    fn answered(&self, error: Option<&dyn std::fmt::Display>) {
         let mut state = self.lock();
-        if let State::BackingOff { step, .. } = *state {
+        let now = SystemTime::now();
+        match error {
+            Some(error) => state.last_error = Some((error.to_string(), now)),
+            None => state.last_success = Some(now),
+        }
+        if let Phase::BackingOff { step, .. } = state.phase {
             tracing::info!(failed_probes = step, "The endpoint answers again; delivery resumes at full concurrency.");
-            *state = State::Healthy;
+            state.phase = Phase::Healthy;
             drop(state);
             self.changed.notify_waiters();
         }
@@ -121,20 +178,25 @@ impl EndpointHealth {
     /// `at_least` is a `Retry-After` the endpoint asked for.
     pub fn failed(&self, turn: Turn, at_least: Option<Duration>, reason: &dyn std::fmt::Display) {
         let mut state = self.lock();
-        let step = match (&*state, turn) {
-            (State::Healthy, _) => {
-                tracing::warn!(
-                    "The endpoint is failing ({reason}); delivery backs off and probes it with one request."
+        state.last_error = Some((reason.to_string(), SystemTime::now()));
+        let step = match (&state.phase, turn) {
+            (Phase::Healthy, _) => {
+                self.metrics.report(
+                    Problem::EndpointBackingOff,
+                    1,
+                    format_args!(
+                        "The endpoint is failing ({reason}); delivery backs off and probes it with one request."
+                    ),
                 );
                 0
             }
-            (State::BackingOff { step, .. }, Turn::Probe) => step + 1,
+            (Phase::BackingOff { step, .. }, Turn::Probe) => step + 1,
             // A request sent before the outage began: the outage is already being handled.
-            (State::BackingOff { .. }, Turn::Send) => return,
+            (Phase::BackingOff { .. }, Turn::Send) => return,
         };
         let wait = self.wait(step).max(at_least.unwrap_or_default());
         tracing::debug!(step, "The endpoint is still failing ({reason}); next probe in {wait:?}.");
-        *state = State::BackingOff { step, until: Instant::now() + wait, probing: false };
+        state.phase = Phase::BackingOff { step, until: Instant::now() + wait, probing: false };
         drop(state);
         self.changed.notify_waiters();
     }
@@ -143,7 +205,7 @@ impl EndpointHealth {
     /// another reason): the next waiting request probes instead.
     pub fn probe_abandoned(&self) {
         let mut state = self.lock();
-        if let State::BackingOff { probing, .. } = &mut *state {
+        if let Phase::BackingOff { probing, .. } = &mut state.phase {
             *probing = false;
         }
         drop(state);
@@ -162,7 +224,8 @@ mod tests {
     use super::*;
 
     fn health() -> EndpointHealth {
-        EndpointHealth::new(Backoff::new(Duration::from_millis(100), Duration::from_secs(1)).unwrap())
+        let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1)).unwrap();
+        EndpointHealth::new(backoff, Arc::default())
     }
 
     #[tokio::test(start_paused = true)]
@@ -182,9 +245,12 @@ mod tests {
         let second = Instant::now();
         assert_eq!(health.ready().await, Turn::Probe);
         assert!(second.elapsed() >= Duration::from_millis(100), "the backoff grows");
+        assert_eq!(health.status().state, "backing_off");
+        assert_eq!(health.status().last_error.as_deref(), Some("refused"));
         health.succeeded();
         assert_eq!(health.ready().await, Turn::Send);
         assert!(!health.is_backing_off());
+        assert!(health.status().last_success_at_ms.is_some());
     }
 
     #[tokio::test(start_paused = true)]

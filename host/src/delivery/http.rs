@@ -65,6 +65,11 @@ impl HttpSink {
         Ok(HttpSink { client, live, timeout })
     }
 
+    /// Where `request` goes now, as a log line may show it (see [`request_builder::url_without_query`]).
+    pub fn loggable_url(&self, request: &Request) -> String {
+        request_builder::url_without_query(&self.live.load().delivery.url, request.path.as_deref())
+    }
+
     /// One attempt: `Ok` only for a 2xx answer within `cancel_timeout`.
     pub async fn send(&self, request: &Request) -> Result<(), DeliveryError> {
         match tokio::time::timeout(self.timeout, self.exchange(request)).await {

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::config::{DeliveryConfig, DeliveryOrder, QueueConfig, RetrySettings};
-use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::metrics::{Metrics, MetricsSnapshot, Problem};
 use crate::request::Request;
 use dead_letter::DeadLetters;
 use health::EndpointHealth;
@@ -47,7 +47,7 @@ pub enum Sink {
 struct Deliverer {
     sink: Sink,
     retry: RetrySettings,
-    health: EndpointHealth,
+    health: Arc<EndpointHealth>,
     dead_letters: Option<Arc<DeadLetters>>,
     queue: Arc<DeliveryQueue>,
     metrics: Arc<Metrics>,
@@ -62,14 +62,16 @@ pub async fn send_all(
     dead_letters: Option<Arc<DeadLetters>>,
 ) -> MetricsSnapshot {
     let metrics = Arc::new(Metrics::default());
-    (0..requests.len()).for_each(|_| metrics.record_received());
+    requests.iter().for_each(|request| metrics.record_received(request.kind));
     let length = requests.len().try_into().unwrap_or(std::num::NonZeroUsize::MIN);
     let queues = QueueConfig { requests: length, ..QueueConfig::default() };
     let queue = Arc::new(DeliveryQueue::in_memory(&queues, metrics.clone()));
     queue.push(requests);
     queue.close();
     let settings = DeliveryConfig { ordering: DeliveryOrder::None, ..settings.clone() };
-    run(queue, sink, &settings, dead_letters, metrics.clone()).await;
+    let health = Arc::new(EndpointHealth::new(settings.retry.backoff, metrics.clone()));
+    run(queue, sink, &settings, health, dead_letters, metrics.clone()).await;
+    metrics.flush_held(true);
     metrics.snapshot()
 }
 
@@ -77,23 +79,19 @@ pub async fn send_all(
 const POP_BATCH: usize = 64;
 
 /// Sends every request the queue hands out until it closes, then waits for those in flight.
-/// `settings` gives the pool size, the order and the retries (read at start only).
+/// `settings` gives the pool size, the order and the retries (read at start only); `health` is
+/// the endpoint's.
 pub(crate) async fn run(
     queue: Arc<DeliveryQueue>,
     sink: Sink,
     settings: &DeliveryConfig,
+    health: Arc<EndpointHealth>,
     dead_letters: Option<Arc<DeadLetters>>,
     metrics: Arc<Metrics>,
 ) {
     let pool_size = settings.pool.pool_size.get();
-    let deliverer = Arc::new(Deliverer {
-        sink,
-        retry: settings.retry,
-        health: EndpointHealth::new(settings.retry.backoff),
-        dead_letters,
-        queue: queue.clone(),
-        metrics,
-    });
+    let deliverer =
+        Arc::new(Deliverer { sink, retry: settings.retry, health, dead_letters, queue: queue.clone(), metrics });
     match settings.ordering {
         DeliveryOrder::None => run_pooled(deliverer, pool_size).await,
         DeliveryOrder::PerClient => run_per_client(deliverer, pool_size).await,
@@ -166,32 +164,38 @@ fn hash(client: &str) -> usize {
 impl Deliverer {
     /// Sends one request, counts the outcome, dead-letters a give-up and acknowledges it.
     async fn deliver(self: &Arc<Self>, entry: Entry) {
+        let in_flight = self.metrics.in_flight();
+        in_flight.inc();
+        let received_at = entry.request.received_at;
         match &self.sink {
             Sink::Print(printer) => {
                 printer.print(&entry.request);
-                self.metrics.record_delivered();
+                self.metrics.record_delivered(received_at);
             }
             Sink::Http(sink) => {
                 let attempts = Attempts { sink, settings: &self.retry, health: &self.health, metrics: &self.metrics };
                 match attempts.send(&entry.request).await {
-                    Ok(()) => self.metrics.record_delivered(),
-                    Err(gave_up) => self.give_up(&entry.request, gave_up).await,
+                    Ok(()) => self.metrics.record_delivered(received_at),
+                    Err(gave_up) => self.give_up(sink, &entry.request, gave_up).await,
                 }
             }
         }
+        in_flight.dec();
         self.queue.ack(entry.seq);
     }
 
     /// Logs and counts a give-up, and writes its dead letter (file I/O, so off the async threads).
-    async fn give_up(&self, request: &Request, gave_up: GaveUp) {
-        tracing::warn!(
-            action = request.kind.action(),
-            attempts = gave_up.attempts,
-            reason = gave_up.reason.as_str(),
-            "Delivery given up: {}.",
-            gave_up.error
+    async fn give_up(&self, sink: &http::HttpSink, request: &Request, gave_up: GaveUp) {
+        let (action, client) = (request.kind.action(), request.client.as_deref().unwrap_or("-"));
+        let (url, reason, attempts) = (sink.loggable_url(request), gave_up.reason.as_str(), gave_up.attempts);
+        self.metrics.report(
+            Problem::GivenUp(gave_up.reason),
+            1,
+            format_args!(
+                "Delivery of {action} (client {client:?}) to {url} given up ({reason}) after {attempts} attempts: {}.",
+                gave_up.error
+            ),
         );
-        self.metrics.record_given_up(gave_up.reason);
         if let Some(dead_letters) = self.dead_letters.clone() {
             let request = request.clone();
             let written = tokio::task::spawn_blocking(move || {

@@ -20,7 +20,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use tokio::sync::Notify;
 
 use crate::config::{FullPolicy, QueueConfig, SpoolConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{Depths, Metrics, Problem};
 use crate::request::{idempotency_key, Request};
 use crate::spool::{Admission, Spool, SpoolError};
 
@@ -53,6 +53,8 @@ pub struct DeliveryQueue {
     on_full: FullPolicy,
     /// A release of acknowledged records (file I/O) is under way off the async threads.
     releasing: AtomicBool,
+    /// The latest write to the spool failed (readiness).
+    spool_failing: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -74,48 +76,7 @@ struct State {
     done: BTreeSet<u64>,
     /// Reused buffer for framing records.
     frames: Vec<u8>,
-    /// What a full spool refused or made wait, for a log line at most once a second.
-    full: FullLog,
     closed: bool,
-}
-
-/// Counts what a full spool refuses (or makes wait) and logs it at most once a second, so a
-/// flood makes one line per second, not one per request.
-#[derive(Default)]
-struct FullLog {
-    unreported: u64,
-    last: Option<std::time::Instant>,
-}
-
-impl FullLog {
-    fn due(&mut self) -> bool {
-        let due = self.last.is_none_or(|last| last.elapsed() >= std::time::Duration::from_secs(1));
-        if due {
-            self.last = Some(std::time::Instant::now());
-        }
-        due
-    }
-
-    fn record_refused(&mut self, spool_bytes: u64) {
-        self.unreported += 1;
-        if self.due() {
-            tracing::warn!(
-                spool_bytes,
-                "The spool is full: {} requests dropped (counted as dropped; spool.on_full = reject_new).",
-                self.unreported
-            );
-            self.unreported = 0;
-        }
-    }
-
-    fn record_wait(&mut self, spool_bytes: u64) {
-        if self.due() {
-            tracing::warn!(
-                spool_bytes,
-                "The spool is full: new requests wait until delivery frees room (spool.on_full = block)."
-            );
-        }
-    }
 }
 
 impl DeliveryQueue {
@@ -146,7 +107,6 @@ impl DeliveryQueue {
             acked: recovered.acked,
             done: BTreeSet::new(),
             frames: Vec::new(),
-            full: FullLog::default(),
             closed: false,
         };
         let mut queue = DeliveryQueue::with_state(state, queues, metrics);
@@ -166,7 +126,6 @@ impl DeliveryQueue {
             acked: 0,
             done: BTreeSet::new(),
             frames: Vec::new(),
-            full: FullLog::default(),
             closed: false,
         };
         DeliveryQueue::with_state(state, queues, metrics)
@@ -182,6 +141,7 @@ impl DeliveryQueue {
             bound_bytes: queues.request_bytes.as_usize(),
             on_full: FullPolicy::Block,
             releasing: AtomicBool::new(false),
+            spool_failing: AtomicBool::new(false),
             metrics,
         }
     }
@@ -199,8 +159,14 @@ impl DeliveryQueue {
             while self.push_spooled(&mut state, &mut pending) {
                 // Full, and `on_full = block`: what fitted can go out; wait until delivery frees room.
                 self.readable.notify_one();
-                let spool_bytes = state.spool.as_ref().map_or(0, Spool::bytes);
-                state.full.record_wait(spool_bytes);
+                // A wait, not a loss: logged through the limiter, counted as nothing.
+                self.metrics.report(
+                    Problem::SpoolFull,
+                    0,
+                    format_args!(
+                        "The spool is full: new requests wait until delivery frees room (spool.on_full = block)."
+                    ),
+                );
                 state = self.writable.wait_timeout(state, FULL_SPOOL_RECHECK).unwrap_or_else(PoisonError::into_inner).0;
                 // Acknowledgements are written down lazily; a waiting pusher may not wait for that.
                 let acked = state.acked;
@@ -241,24 +207,32 @@ impl DeliveryQueue {
                     break;
                 }
                 Admission::Refused => {
-                    self.metrics.add_dropped(1);
-                    state.full.record_refused(spool.bytes());
+                    let (action, bytes) = (request.kind.action(), spool.bytes());
+                    self.metrics.report(
+                        Problem::SpoolFull,
+                        1,
+                        format_args!("The spool is full ({bytes} bytes): a {action} request is dropped (spool.on_full = reject_new)."),
+                    );
                     continue;
                 }
                 Admission::TooLarge => {
-                    self.metrics.add_dropped(1);
-                    tracing::error!(
-                        bytes = request.body.len(),
-                        "A request larger than the whole spool (spool.max_size) is dropped (counted as dropped)."
+                    let (action, bytes) = (request.kind.action(), request.body.len());
+                    self.metrics.report(
+                        Problem::SpoolFull,
+                        1,
+                        format_args!("A {action} request of {bytes} bytes, larger than the whole spool (spool.max_size), is dropped."),
                     );
                     continue;
                 }
                 Admission::DroppedOldest(dropped) => {
                     let lost = dropped.to.saturating_sub(dropped.from.max(state.disk_next));
                     state.disk_next = state.disk_next.max(dropped.to);
-                    self.metrics.add_dropped(lost);
-                    tracing::warn!(
-                        "The spool is full (on_full = drop_oldest): {lost} undelivered requests are dropped."
+                    self.metrics.report(
+                        Problem::SpoolFull,
+                        lost,
+                        format_args!(
+                            "The spool is full (spool.on_full = drop_oldest): {lost} undelivered requests are dropped."
+                        ),
                     );
                     state.ack_range(dropped.from, dropped.to);
                 }
@@ -271,12 +245,18 @@ impl DeliveryQueue {
                 state.disk_next = seq + 1;
             }
         }
-        if let Err(error) = spool.write(&frames, first) {
+        let written = spool.write(&frames, first);
+        self.spool_failing.store(written.is_err(), Ordering::Relaxed);
+        if let Err(error) = written {
             // What is in memory is still delivered; the rest of the batch never reached the disk.
             let from = state.disk_next.max(first);
             let to = state.next_seq;
-            tracing::error!("Cannot write to the spool: {error}; {} requests are lost.", to - from);
-            (from..to).for_each(|_| self.metrics.record_failed());
+            let lost = to - from;
+            self.metrics.report(
+                Problem::SpoolWriteFailed,
+                lost,
+                format_args!("Cannot write to the spool: {error}; {lost} requests are lost."),
+            );
             state.ack_range(from, to);
             state.disk_next = to;
         }
@@ -352,8 +332,11 @@ impl DeliveryQueue {
         // A record the reader skipped is also a number it did not find: count each loss once.
         let corrupt = corrupt.max(missing);
         if corrupt > 0 {
-            tracing::error!("{corrupt} spooled requests could not be read back; they are lost.");
-            self.metrics.add_dropped(corrupt);
+            self.metrics.report(
+                Problem::SpoolDamaged,
+                corrupt,
+                format_args!("{corrupt} spooled requests could not be read back; they are lost."),
+            );
         }
     }
 
@@ -403,6 +386,21 @@ impl DeliveryQueue {
     pub(crate) fn close(&self) {
         self.lock().closed = true;
         self.readable.notify_one();
+    }
+
+    /// What the queue holds now, for the gauges (`events` and `backing_off` are not its to say).
+    pub(crate) fn depths(&self) -> Depths {
+        let state = self.lock();
+        let (spool_bytes, spool_records) = match &state.spool {
+            Some(spool) => (spool.bytes(), state.next_seq - state.acked),
+            None => (0, 0),
+        };
+        Depths { requests: state.memory.len(), spool_bytes, spool_records, ..Depths::default() }
+    }
+
+    /// Whether a spool backs the queue and its latest write failed.
+    pub(crate) fn spool_failing(&self) -> bool {
+        self.spool_failing.load(Ordering::Relaxed)
     }
 
     /// Writes the acknowledged position down and syncs the spool; for the end of a run.
@@ -481,6 +479,7 @@ mod tests {
             path: None,
             client: Some(format!("c{}", i % 3)),
             idempotency_key: None,
+            received_at: None,
         }
     }
 

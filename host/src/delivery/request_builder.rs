@@ -12,20 +12,28 @@ use http_body_util::Full;
 use crate::config::DeliveryConfig;
 use crate::request::{Request, IDEMPOTENCY_KEY};
 
-/// The full HTTP request for one delivery to `delivery.url`.
-pub fn build(delivery: &DeliveryConfig, request: &Request) -> http::Request<Full<Bytes>> {
-    let url = &delivery.url;
+/// The URL a request with `guest_path` goes to, without its query: `scheme://authority/path`.
+/// Also what a log line or `/status` shows of it (the query may carry a token; a URL with user
+/// info is refused when the config is read).
+pub fn url_without_query(url: &Uri, guest_path: Option<&str>) -> String {
     let authority = url.authority().map_or("", |a| a.as_str());
     let base_path = url.path();
-    let path = match &request.path {
+    let path = match guest_path {
         Some(suffix) => format!("{}{}", base_path.trim_end_matches('/'), suffix),
         None if base_path.is_empty() => "/".to_string(),
         None => base_path.to_string(),
     };
     let scheme = url.scheme_str().unwrap_or("http");
+    format!("{scheme}://{authority}{path}")
+}
+
+/// The full HTTP request for one delivery to `delivery.url`.
+pub fn build(delivery: &DeliveryConfig, request: &Request) -> http::Request<Full<Bytes>> {
+    let url = &delivery.url;
+    let authority = url.authority().map_or("", |a| a.as_str());
     let uri = match url.query() {
-        Some(query) => format!("{scheme}://{authority}{path}?{query}"),
-        None => format!("{scheme}://{authority}{path}"),
+        Some(query) => format!("{}?{query}", url_without_query(url, request.path.as_deref())),
+        None => url_without_query(url, request.path.as_deref()),
     };
     let mut headers = HeaderMap::with_capacity(delivery.headers.len() + request.headers.len() + 3);
     if let Ok(host) = HeaderValue::from_str(authority) {

@@ -95,10 +95,11 @@ impl Attempts<'_> {
                 }
                 Err(error) => error,
             };
+            self.metrics.record_attempt_failed(error.failure_reason());
             match verdict(&error) {
                 Verdict::Permanent(reason) => {
                     // The endpoint answered (or will never answer this way): it is not unwell.
-                    self.health.succeeded();
+                    self.health.refused(&error);
                     return Err(GaveUp { error, attempts, reason });
                 }
                 Verdict::Transient(retry_after) => {

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use super::GuestModule;
 use crate::config::{Config, FailurePolicy, LiveConfig};
+use crate::metrics::Metrics;
 
 /// The running guest and what goes with it; cheap to clone, usable from any thread.
 #[derive(Clone)]
@@ -26,6 +27,8 @@ struct Shared {
     previous: Mutex<Option<(Arc<GuestModule>, Arc<Config>)>>,
     /// The built-in guest, configured like the running one, when `guest.on_failure` needs it.
     fallback: RwLock<Option<Fallback>>,
+    /// Counts swaps and rollbacks.
+    metrics: Arc<Metrics>,
 }
 
 /// What happens to a failed call's event: the policy, and the built-in guest that makes its body.
@@ -38,14 +41,16 @@ pub struct Fallback {
 }
 
 impl ActiveGuest {
-    /// `guest` as generation 0, built with the configuration in `live`.
-    pub fn new(guest: GuestModule, live: LiveConfig) -> ActiveGuest {
+    /// `guest` as generation 0, built with the configuration in `live`; swaps and rollbacks are
+    /// counted in `metrics`.
+    pub fn new(guest: GuestModule, live: LiveConfig, metrics: Arc<Metrics>) -> ActiveGuest {
         let active = ActiveGuest(Arc::new(Shared {
             current: RwLock::new(Arc::new(guest)),
             generation: AtomicU64::new(0),
             live,
             previous: Mutex::default(),
             fallback: RwLock::default(),
+            metrics,
         }));
         active.set_fallback(&active.config());
         active
@@ -60,6 +65,7 @@ impl ActiveGuest {
         let mut previous = self.0.previous.lock().unwrap_or_else(PoisonError::into_inner);
         let (replaced, generation) = self.install(Arc::new(guest), Arc::new(config));
         *previous = Some(replaced);
+        self.0.metrics.record_guest_swap();
         tracing::info!(guest = name, generation, "Guest swapped in.");
         generation
     }
@@ -74,6 +80,7 @@ impl ActiveGuest {
         let Some((guest, config)) = previous.take() else { return };
         let name = guest.name().to_string();
         let ((failed, _), generation) = self.install(guest, config);
+        self.0.metrics.record_guest_rollback();
         tracing::error!(
             failed = failed.name(),
             restored = name,

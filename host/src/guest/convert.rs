@@ -156,5 +156,13 @@ pub(crate) fn request(kind: EventKind, client: Option<String>, delivery: wit::De
             return Err(GuestError::InvalidDelivery(format!("invalid path {path:?}: must start with `/`")));
         }
     }
-    Ok(Request { kind, body: delivery.body.into(), headers, path: delivery.path, client, idempotency_key: None })
+    Ok(Request {
+        kind,
+        body: delivery.body.into(),
+        headers,
+        path: delivery.path,
+        client,
+        idempotency_key: None,
+        received_at: None,
+    })
 }

@@ -67,9 +67,8 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use rmqtt::context::ServerContext;
@@ -106,9 +105,6 @@ const FORWARDED_HOOKS: [Type; 12] = [
 
 /// How often retained messages whose MQTT 5 expiry has passed are removed from memory.
 const EXPIRED_RETAINED_SWEEP: Duration = Duration::from_secs(60);
-
-/// At most one queue-full warning per this interval.
-const QUEUE_FULL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Where the embedded broker listens, and its limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,16 +227,15 @@ impl Drop for ForwardingLease {
     }
 }
 
-/// What every hook handler shares: the revocable `Submitter` and the queue-full log.
+/// What every hook handler shares: the revocable `Submitter`.
 struct EventForwarder {
     /// `None` once revoked. Hooks only read it; the one write is the revocation.
     submitter: RwLock<Option<Submitter>>,
-    queue_full: QueueFullLog,
 }
 
 impl EventForwarder {
     fn new(submitter: Submitter) -> Self {
-        EventForwarder { submitter: RwLock::new(Some(submitter)), queue_full: QueueFullLog::new() }
+        EventForwarder { submitter: RwLock::new(Some(submitter)) }
     }
 
     /// Whether events of `kind` are forwarded now (see [`Submitter::admits`]).
@@ -257,7 +252,8 @@ impl EventForwarder {
         let outcome = submitter.submit(event).await;
         match outcome {
             Ok(()) => {}
-            Err(SubmitError::Full(_)) => self.queue_full.record(),
+            // Counted and logged by the submitter.
+            Err(SubmitError::Full(_)) => {}
             Err(SubmitError::Closed(_)) => {
                 let taken = self.submitter.write().unwrap_or_else(PoisonError::into_inner).take();
                 if taken.is_some() {
@@ -267,45 +263,9 @@ impl EventForwarder {
         }
     }
 
-    /// Stops forwarding for good and reports drops not yet logged.
+    /// Stops forwarding for good.
     fn revoke(&self) {
         drop(self.submitter.write().unwrap_or_else(PoisonError::into_inner).take());
-        self.queue_full.report();
-    }
-}
-
-/// Counts events dropped on a full queue and logs them at most once per interval.
-struct QueueFullLog {
-    started: Instant,
-    unreported: AtomicU64,
-    /// Milliseconds after `started` before which no new line is written.
-    next_report_at: AtomicU64,
-}
-
-impl QueueFullLog {
-    fn new() -> Self {
-        QueueFullLog { started: Instant::now(), unreported: AtomicU64::new(0), next_report_at: AtomicU64::new(0) }
-    }
-
-    fn record(&self) {
-        self.unreported.fetch_add(1, Ordering::Relaxed);
-        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let due = self.next_report_at.load(Ordering::Relaxed);
-        let next = now.saturating_add(QUEUE_FULL_LOG_INTERVAL.as_millis() as u64);
-        // Of the hooks that find the line due, exactly one wins the exchange and writes it.
-        if now >= due && self.next_report_at.compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
-            self.report();
-        }
-    }
-
-    fn report(&self) {
-        let dropped = self.unreported.swap(0, Ordering::Relaxed);
-        if dropped > 0 {
-            tracing::warn!(
-                dropped,
-                "The runtime queue is full: {dropped} broker events dropped (counted as rejected)."
-            );
-        }
     }
 }
 

@@ -255,8 +255,7 @@ pub fn ingest(mut reader: impl BufRead, source: &str, submitter: &Submitter) -> 
             },
             Err(error) => {
                 malformed += 1;
-                submitter.record_malformed();
-                tracing::warn!("{source}:{number}: skipped a malformed event: {error}");
+                submitter.record_malformed(format_args!("{source}:{number}: skipped a malformed event: {error}"));
             }
         }
     }

@@ -20,11 +20,12 @@ use std::thread::JoinHandle;
 
 use crate::config::{DeliveryOrder, LiveConfig, WhenFull};
 use crate::delivery::dead_letter::{DeadLetterError, DeadLetters};
+use crate::delivery::health::{EndpointHealth, EndpointStatus};
 use crate::delivery::queue::DeliveryQueue;
 use crate::delivery::{self, Sink};
 use crate::event::{Event, EventKind};
 use crate::guest::{ActiveGuest, GuestModule};
-use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::metrics::{Depths, FilterStage, Metrics, MetricsSnapshot, Problem, LOG_WINDOW};
 use crate::spool::SpoolError;
 
 mod queue;
@@ -71,14 +72,14 @@ impl Submitter {
     pub fn admits(&self, kind: EventKind) -> bool {
         let wanted = self.live.wants(kind);
         if !wanted {
-            self.metrics.record_received();
-            self.metrics.record_filtered();
+            self.metrics.record_received(kind);
+            self.metrics.record_filtered(FilterStage::Host);
         }
         wanted
     }
 
     /// Accepts an event if the queue has room; never blocks. A full queue hands the event back and
-    /// counts it as `rejected`.
+    /// counts it as dropped (`queue_full`; `rejected` in the summary).
     pub fn try_submit(&self, event: Event) -> Result<(), SubmitError> {
         if !self.admit(&event) {
             return Ok(());
@@ -114,24 +115,31 @@ impl Submitter {
         match pushed {
             Ok(()) => Ok(()),
             Err(Refused::Full(event)) => {
-                self.metrics.record_rejected();
+                let action = event.kind().action();
+                self.metrics.report(
+                    Problem::QueueFull,
+                    1,
+                    format_args!("The runtime queue is full: a {action} event is dropped (queues.when_full)."),
+                );
                 Err(SubmitError::Full(event))
             }
             Err(Refused::Closed(event)) => Err(SubmitError::Closed(event)),
         }
     }
 
-    /// Counts an input record that was not a valid event (it never enters the pipeline).
-    pub fn record_malformed(&self) {
-        self.metrics.record_malformed();
+    /// Counts an input record that was not a valid event (it never enters the pipeline), and logs
+    /// `why` through the shared limiter.
+    pub fn record_malformed(&self, why: std::fmt::Arguments<'_>) {
+        self.metrics.report(Problem::MalformedInput, 1, why);
     }
 
     /// Counts the event and says whether it needs the guest: kinds no rule asks for stop here.
     fn admit(&self, event: &Event) -> bool {
-        if !self.admits(event.kind()) {
+        let kind = event.kind();
+        if !self.admits(kind) {
             return false;
         }
-        self.metrics.record_received();
+        self.metrics.record_received(kind);
         true
     }
 }
@@ -143,8 +151,54 @@ pub struct Runtime {
     events: Arc<EventQueue>,
     workers: Vec<JoinHandle<()>>,
     requests: Arc<DeliveryQueue>,
+    health: Arc<EndpointHealth>,
     delivery: tokio::task::JoinHandle<()>,
+    /// Logs what the log limiter held back, once a window; stopped with the runtime.
+    flusher: AbortOnDrop,
     metrics: Arc<Metrics>,
+}
+
+/// A read-only view of a running pipeline for the admin API: the metrics, the gauges' depths,
+/// the guest, the endpoint's health, the spool's.
+#[derive(Clone)]
+pub struct Observer {
+    events: Arc<EventQueue>,
+    requests: Arc<DeliveryQueue>,
+    health: Arc<EndpointHealth>,
+    active: ActiveGuest,
+    metrics: Arc<Metrics>,
+}
+
+impl Observer {
+    /// The live metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The running guest.
+    pub fn active_guest(&self) -> &ActiveGuest {
+        &self.active
+    }
+
+    /// What the queues and the spool hold now, and whether delivery backs off.
+    pub fn depths(&self) -> Depths {
+        Depths { events: self.events.len(), backing_off: self.health.is_backing_off(), ..self.requests.depths() }
+    }
+
+    /// The endpoint's state and latest outcomes.
+    pub fn endpoint(&self) -> EndpointStatus {
+        self.health.status()
+    }
+
+    /// Whether the latest write to the spool failed (never, without a spool).
+    pub fn spool_failing(&self) -> bool {
+        self.requests.spool_failing()
+    }
+
+    /// The metrics in the Prometheus text format, the gauges read now.
+    pub fn encode_metrics(&self) -> String {
+        self.metrics.encode(&self.depths())
+    }
 }
 
 impl Runtime {
@@ -161,7 +215,8 @@ impl Runtime {
         };
         let requests = Arc::new(DeliveryQueue::open(&config.queues, config.spool.as_ref(), metrics.clone())?);
         let events = Arc::new(EventQueue::new(config.queues.events.get()));
-        let active = ActiveGuest::new(guest, live.clone());
+        let active = ActiveGuest::new(guest, live.clone(), metrics.clone());
+        let health = Arc::new(EndpointHealth::new(config.delivery.retry.backoff, metrics.clone()));
         // Per-client order starts at the guest: two workers would race a client's events.
         let worker_count = match config.delivery.ordering {
             DeliveryOrder::PerClient => 1,
@@ -184,11 +239,33 @@ impl Runtime {
             .collect();
         let delivery = {
             let (requests, settings, metrics) = (requests.clone(), config.delivery.clone(), metrics.clone());
-            tokio::spawn(async move { delivery::run(requests, sink, &settings, dead_letters, metrics).await })
+            let health = health.clone();
+            tokio::spawn(async move { delivery::run(requests, sink, &settings, health, dead_letters, metrics).await })
+        };
+        let flusher = {
+            let metrics = metrics.clone();
+            AbortOnDrop(tokio::spawn(async move {
+                let mut windows = tokio::time::interval(LOG_WINDOW);
+                loop {
+                    windows.tick().await;
+                    metrics.flush_held(false);
+                }
+            }))
         };
         let submitter =
             Submitter { queue: events.clone(), when_full: config.queues.when_full, live, metrics: metrics.clone() };
-        Ok(Runtime { submitter, active, events, workers, requests, delivery, metrics })
+        Ok(Runtime { submitter, active, events, workers, requests, health, delivery, flusher, metrics })
+    }
+
+    /// A read-only view for the admin API.
+    pub fn observer(&self) -> Observer {
+        Observer {
+            events: self.events.clone(),
+            requests: self.requests.clone(),
+            health: self.health.clone(),
+            active: self.active.clone(),
+            metrics: self.metrics.clone(),
+        }
     }
 
     /// A handle for submitting events.
@@ -206,15 +283,10 @@ impl Runtime {
         self.metrics.snapshot()
     }
 
-    /// The live counters, for reading while the runtime runs (the admin API).
-    pub fn counters(&self) -> Arc<Metrics> {
-        self.metrics.clone()
-    }
-
     /// Stops accepting events (every `Submitter` now answers `Closed`) and waits until every
     /// accepted event is delivered, failed or filtered.
     pub async fn shutdown(self) -> MetricsSnapshot {
-        let Runtime { events, workers, requests, delivery, metrics, .. } = self;
+        let Runtime { events, workers, requests, delivery, flusher, metrics, .. } = self;
         // No event enters after this; workers drain what is queued, then stop.
         events.close();
         // Workers drain the queue and exit; joining them blocks, so off the executor.
@@ -233,6 +305,17 @@ impl Runtime {
         if delivery.await.is_err() {
             tracing::error!("The delivery task panicked.");
         }
+        drop(flusher);
+        metrics.flush_held(true);
         metrics.snapshot()
+    }
+}
+
+/// Aborts a background task when dropped.
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

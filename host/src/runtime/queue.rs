@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
 
@@ -37,8 +37,14 @@ pub(super) struct EventQueue {
     room: Notify,
 }
 
+/// An event and when it arrived (for the delivery latency).
+pub(super) struct Queued {
+    pub received_at: SystemTime,
+    pub event: Event,
+}
+
 struct State {
-    events: VecDeque<Event>,
+    events: VecDeque<Queued>,
     closed: bool,
 }
 
@@ -102,14 +108,14 @@ impl EventQueue {
         if state.events.len() >= self.capacity {
             return Err(Refused::Full(Box::new(event)));
         }
-        state.events.push_back(event);
+        state.events.push_back(Queued { received_at: SystemTime::now(), event });
         self.readable.notify_one();
         Ok(())
     }
 
     /// Moves up to `max` events into `batch`, waiting for at least one; `false` once the queue is
     /// closed and empty.
-    pub(super) fn pop_batch(&self, max: usize, batch: &mut Vec<Event>) -> bool {
+    pub(super) fn pop_batch(&self, max: usize, batch: &mut Vec<Queued>) -> bool {
         let mut state = self.lock();
         while state.events.is_empty() {
             if state.closed {
@@ -134,6 +140,11 @@ impl EventQueue {
         self.readable.notify_all();
         self.writable.notify_all();
         self.room.notify_waiters();
+    }
+
+    /// Events waiting now.
+    pub(super) fn len(&self) -> usize {
+        self.lock().events.len()
     }
 }
 
@@ -164,7 +175,7 @@ mod tests {
         pusher.join().unwrap().unwrap();
         queue.close();
         while queue.pop_batch(10, &mut batch) {}
-        let ids: Vec<String> = batch.iter().map(|e| e.clientid().unwrap().to_string()).collect();
+        let ids: Vec<String> = batch.iter().map(|queued| queued.event.clientid().unwrap().to_string()).collect();
         assert_eq!(ids, ["c0", "c1", "c2"], "every event, in order");
     }
 

@@ -8,13 +8,13 @@
 
 use std::sync::Arc;
 
-use super::queue::EventQueue;
+use super::queue::{EventQueue, Queued};
 use crate::config::FailurePolicy;
 use crate::delivery::dead_letter::DeadLetters;
 use crate::delivery::queue::DeliveryQueue;
 use crate::event::Event;
 use crate::guest::{ActiveGuest, GuestError, GuestInstance, GuestModule};
-use crate::metrics::Metrics;
+use crate::metrics::{FilterStage, Metrics, Problem};
 use crate::request::Request;
 
 /// Most events a worker takes off the queue at once.
@@ -70,7 +70,7 @@ impl Worker {
         let mut events = Vec::with_capacity(BATCH);
         while self.events.pop_batch(BATCH, &mut events) {
             let mut batch = Vec::new();
-            for event in events.drain(..) {
+            for Queued { received_at, event } in events.drain(..) {
                 // A swapped-in guest takes over from the next event; one atomic load per event.
                 if self.active.generation() != generation {
                     let guest;
@@ -78,7 +78,8 @@ impl Worker {
                     running = Running::new(guest);
                     fallback = self.fallback();
                 }
-                if let Some(request) = self.filter(&mut running, fallback.as_mut(), event) {
+                if let Some(mut request) = self.filter(&mut running, fallback.as_mut(), event) {
+                    request.received_at = Some(received_at);
                     batch.push(request);
                 }
                 if running.guest.should_roll_back() {
@@ -100,22 +101,29 @@ impl Worker {
 
     /// The guest's request for `event`, or the fallback's, or none.
     fn filter(&self, running: &mut Running, fallback: Option<&mut Fallback>, event: Event) -> Option<Request> {
-        // The event is moved into the call; keep a copy only when a fallback may need it.
+        // The event is moved into the call; keep a copy only when a fallback may need it, and
+        // what names it in a log line only when the call fails.
         let spare = fallback.is_some().then(|| event.clone());
-        let error = match running.call(event) {
+        let (action, about) = (event.kind().action(), Subject::of(&event));
+        let started = std::time::Instant::now();
+        let called = running.call(event);
+        self.metrics.record_guest_call(started.elapsed());
+        let error = match called {
             Ok(Some(request)) => return Some(request),
             Ok(None) => {
-                self.metrics.record_filtered();
+                self.metrics.record_filtered(FilterStage::Guest);
                 return None;
             }
             Err(error) => error,
         };
-        match &error {
-            GuestError::Timeout(_) => self.metrics.record_guest_timeout(),
-            GuestError::Trap(_) | GuestError::MemoryLimit { .. } => self.metrics.record_guest_trap(),
-            GuestError::InvalidDelivery(_) => tracing::warn!(guest = running.guest.name(), "Event dropped: {error}."),
-            _ => tracing::error!(guest = running.guest.name(), "Cannot start a guest instance: {error}."),
-        }
+        let problem = match &error {
+            GuestError::Timeout(_) => Problem::GuestTimeout,
+            GuestError::Trap(_) | GuestError::MemoryLimit { .. } => Problem::GuestTrap,
+            GuestError::InvalidDelivery(_) => Problem::InvalidDelivery,
+            _ => Problem::GuestUnavailable,
+        };
+        let guest = running.guest.name();
+        self.metrics.report(problem, 1, format_args!("Guest {guest} failed on {action} {about}: {error}."));
         if let (Some(fallback), Some(event)) = (fallback, spare) {
             match fallback.builtin.call(event) {
                 Ok(Some(request)) if fallback.policy == FailurePolicy::Builtin => return Some(request),
@@ -124,13 +132,32 @@ impl Worker {
                     None => tracing::error!("No dead-letter file to keep the event in; it is dropped."),
                 },
                 Ok(None) => {
-                    self.metrics.record_filtered();
+                    self.metrics.record_filtered(FilterStage::Guest);
                     return None;
                 }
                 Err(fallback_error) => tracing::error!("The built-in fallback failed too: {fallback_error}."),
             }
         }
-        self.metrics.record_failed();
+        self.metrics.record_guest_loss();
         None
+    }
+}
+
+/// What a log line names an event by: its topic, else its client id.
+struct Subject(Option<String>);
+
+impl Subject {
+    fn of(event: &Event) -> Subject {
+        // Cheap enough per call: most events carry a short topic; only failures print it.
+        Subject(event.topic().or_else(|| event.clientid()).map(str::to_owned))
+    }
+}
+
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(name) => write!(f, "{name:?}"),
+            None => f.write_str("(no topic or client)"),
+        }
     }
 }

@@ -1,9 +1,12 @@
 //! One spooled request on disk: a length, a CRC-32 of the payload, then the payload.
 //!
 //! The payload holds the sequence number, the event kind, the idempotency key, the client id
-//! (for per-client order), the guest's path and headers, and the body. All integers are little
+//! (for per-client order), the guest's path and headers, the body, and (optional, last) when its
+//! event arrived. All integers are little
 //! endian; strings and byte strings are length-prefixed. A frame whose checksum does not match is
 //! never decoded, so a torn or flipped record is detected rather than delivered.
+
+use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
@@ -31,6 +34,10 @@ pub(super) fn encode(seq: u64, request: &Request, out: &mut Vec<u8>) {
         put_bytes(out, value.as_bytes());
     }
     put_bytes(out, &request.body);
+    // A trailer older versions never read: when the event arrived, in nanoseconds since the epoch.
+    if let Some(nanos) = request.received_at.and_then(|at| at.duration_since(UNIX_EPOCH).ok()) {
+        out.extend_from_slice(&u64::try_from(nanos.as_nanos()).unwrap_or(u64::MAX).to_le_bytes());
+    }
     let payload = &out[start + FRAME_HEADER..];
     let length = payload.len() as u32;
     let checksum = crc32fast::hash(payload);
@@ -61,7 +68,12 @@ pub(super) fn decode(payload: &[u8]) -> Option<(u64, Request)> {
         headers.push((name, value));
     }
     let body = Bytes::copy_from_slice(input.bytes()?);
-    Some((seq, Request { kind, body, headers, path, client, idempotency_key }))
+    // Records written before the trailer existed end here.
+    let received_at = match input.take(8) {
+        Some(nanos) => Some(UNIX_EPOCH + Duration::from_nanos(u64::from_le_bytes(nanos.try_into().ok()?))),
+        None => None,
+    };
+    Some((seq, Request { kind, body, headers, path, client, idempotency_key, received_at }))
 }
 
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -120,6 +132,7 @@ mod tests {
             path: Some("/p".into()),
             client: Some("c1".into()),
             idempotency_key: Some("k-7".into()),
+            received_at: Some(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(1_795_875_941_711_000_123)),
         };
         let mut frame = Vec::new();
         encode(7, &request, &mut frame);
@@ -131,8 +144,8 @@ mod tests {
         assert_eq!(decoded.body, request.body);
         assert_eq!(decoded.headers, request.headers);
         assert_eq!(
-            (decoded.path, decoded.client, decoded.idempotency_key),
-            (request.path, request.client, request.idempotency_key)
+            (decoded.path, decoded.client, decoded.idempotency_key, decoded.received_at),
+            (request.path, request.client, request.idempotency_key, request.received_at)
         );
         frame[20] ^= 1;
         assert_ne!(crc32fast::hash(&frame[FRAME_HEADER..]), checksum);
