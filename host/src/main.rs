@@ -163,7 +163,8 @@ fn run(args: RunArgs) -> Result<()> {
     let tokens = admin_tokens(&args)?;
     let guest_path = args.guest.as_deref().or(config.guest.path.as_deref());
     let guest = GuestEngine::new()?.load(guest_path, &config.guest, &config.filter)?;
-    tracing::info!(guest = guest.name(), url = %config.delivery.url, "Guest loaded.");
+    let url = mqhook::delivery::request_builder::url_without_query(&config.delivery.url, None);
+    tracing::info!(guest = guest.name(), url, "Guest loaded.");
     let broker_limits = config.broker;
     let live = LiveConfig::new(config);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;

@@ -276,20 +276,80 @@ pub async fn admin_metrics(addr: &str) -> serde_json::Value {
 
 /// One request to the admin API; returns the status and the JSON body.
 pub async fn admin_request(addr: &str, method: &str, path: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
+    let answer = admin_call(addr, method, path, None, body).await;
+    (answer.status, serde_json::from_str(&answer.body).unwrap())
+}
+
+/// An admin API answer.
+pub struct AdminAnswer {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: String,
+}
+
+/// One request to the admin API, with `token` as its bearer token if given.
+pub async fn admin_call(addr: &str, method: &str, path: &str, token: Option<&str>, body: Vec<u8>) -> AdminAnswer {
     use http_body_util::{BodyExt, Full};
     let client: hyper_util::client::legacy::Client<_, Full<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build(hyper_util::client::legacy::connect::HttpConnector::new());
-    let request = hyper::Request::builder()
-        .method(method)
-        .uri(format!("http://{addr}{path}"))
-        .body(Full::new(bytes::Bytes::from(body)))
-        .unwrap();
+    let mut request = hyper::Request::builder().method(method).uri(format!("http://{addr}{path}"));
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let request = request.body(Full::new(bytes::Bytes::from(body))).unwrap();
     let response =
         tokio::time::timeout(WAIT_LIMIT, client.request(request)).await.expect("the admin API answers").unwrap();
-    let status = response.status().as_u16();
+    let (status, headers) = (response.status().as_u16(), response.headers().clone());
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap())
+    AdminAnswer { status, headers, body: String::from_utf8_lossy(&bytes).into_owned() }
+}
+
+/// Where `scripts/test` installs the Python packages of `tests/requirements.txt`.
+pub fn python_packages() -> PathBuf {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/python")).to_path_buf()
+}
+
+/// Runs the Python program `code` with the test requirements importable, `input` on its standard
+/// input; returns its standard output. Fails with one line naming the fix when they are missing.
+pub fn python(code: &str, input: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(code)
+        .env("PYTHONPATH", python_packages())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains("ModuleNotFoundError"),
+        "the tests' Python packages are missing: run scripts/test (it installs tests/requirements.txt into {})",
+        python_packages().display()
+    );
+    assert!(output.status.success(), "python failed: {stderr}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Parses a metrics exposition with the Python `prometheus_client` package's OpenMetrics parser
+/// (strict: it refuses what Prometheus would refuse). Keys are `name{label="value",…}`, labels
+/// sorted; histogram samples are included (`…_bucket{le="…"}`, `…_count`, `…_sum`).
+pub fn parse_metrics(exposition: &str) -> BTreeMap<String, f64> {
+    const PARSE: &str = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+samples = {}
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for sample in family.samples:
+        labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+        samples[sample.name + ("{" + labels + "}" if labels else "")] = sample.value
+print(json.dumps(samples))
+"#;
+    serde_json::from_str(&python(PARSE, exposition)).expect("the parser's JSON")
 }
 
 /// `count` NDJSON publishes (QoS 1, topic `t`) from `clients` clients in turn, with payloads
