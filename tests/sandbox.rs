@@ -139,9 +139,14 @@ async fn a_swapped_in_guest_that_keeps_failing_is_rolled_back() {
         submitter.try_submit(publish_event("hostile/trap")).unwrap();
     }
     drop(submitter);
+    let observer = runtime.observer();
     let totals = runtime.shutdown().await;
     // Three traps in a row roll the hostile guest back; the built-in guest delivers the other two.
     assert_eq!((totals.guest_traps, totals.delivered), (3, 2), "{totals}");
+    let metrics = observer.encode_metrics();
+    for sample in ["mqhook_guest_swaps_total 1\n", "mqhook_guest_rollbacks_total 1\n", "mqhook_guest_traps_total 3\n"] {
+        assert!(metrics.contains(sample), "{sample:?} in\n{metrics}");
+    }
     let (generation, running) = control.current();
     assert_eq!((generation, running.name()), (2, "builtin:nanomq"));
     for body in endpoint.recorded().iter().map(|r| r.body_text()) {

@@ -238,6 +238,7 @@ impl GuestModule {
                 timeout: self.timeout,
                 max_body: self.max_body,
                 stats: self.stats.clone(),
+                failed_on: None,
             }),
             Ok(Err(message)) => Err(GuestError::Rejected { guest: name.to_string(), message }),
             Err(e) => Err(classify(e, &mut store, self.timeout)),
@@ -268,14 +269,21 @@ pub struct GuestInstance {
     timeout: Duration,
     max_body: usize,
     stats: Arc<GuestStats>,
+    /// The topic (else the client id) of the event of the latest failed call.
+    failed_on: Option<String>,
 }
 
 impl GuestInstance {
+    /// The topic, else the client id, of the event the latest failed call was given.
+    pub fn failed_on(&self) -> Option<&str> {
+        self.failed_on.as_deref()
+    }
+
     /// Runs the guest on one event; its delivery becomes the event's [`Request`]. On `Err` the
     /// instance must be dropped: after a trap the component model forbids entering it again.
     pub fn handle(&mut self, event: Event) -> Result<Option<Request>, GuestError> {
         let kind = event.kind();
-        let client = event.clientid().map(str::to_owned);
+        let mut client = event.clientid().map(str::to_owned);
         let event = convert::event(event);
         self.store.set_epoch_deadline(self.deadline_ticks);
         let started = std::time::Instant::now();
@@ -288,18 +296,13 @@ impl GuestInstance {
                 delivery.body.len(),
                 self.max_body
             ))),
-            Ok(Some(delivery)) => convert::request(kind, client, delivery).map(Some),
-            Err(e) => {
-                let error = classify(e, &mut self.store, self.timeout);
-                tracing::warn!(
-                    guest = %self.store.data().guest,
-                    action = kind.action(),
-                    topic = convert::topic(&event).unwrap_or(""),
-                    "Guest call failed, the event is dropped and the instance rebuilt: {error}."
-                );
-                Err(error)
-            }
+            Ok(Some(delivery)) => convert::request(kind, client.take(), delivery).map(Some),
+            Err(e) => Err(classify(e, &mut self.store, self.timeout)),
         };
+        if result.is_err() {
+            // Only a failure pays for this copy; the caller's log line names the event by it.
+            self.failed_on = convert::topic(&event).map(str::to_owned).or(client);
+        }
         let outcome = match &result {
             Ok(None) => CallOutcome::Filtered,
             Ok(Some(_)) => CallOutcome::Delivered,

@@ -47,15 +47,16 @@ impl Running {
         Running { guest, instance: None }
     }
 
-    /// One call; the instance is rebuilt on the next call after a failed one.
-    fn call(&mut self, event: Event) -> Result<Option<Request>, GuestError> {
+    /// One call; the instance is rebuilt on the next call after a failed one. A failure comes
+    /// with the topic (else the client id) of its event, for the log.
+    fn call(&mut self, event: Event) -> Result<Option<Request>, (GuestError, Option<String>)> {
         let instance = match &mut self.instance {
             Some(instance) => instance,
-            None => self.instance.insert(self.guest.instance()?),
+            None => self.instance.insert(self.guest.instance().map_err(|error| (error, None))?),
         };
-        let result = instance.handle(event);
+        let result = instance.handle(event).map_err(|error| (error, instance.failed_on().map(str::to_owned)));
         // After an invalid delivery the call itself worked, so the instance is still sound.
-        if matches!(result, Err(GuestError::Trap(_) | GuestError::MemoryLimit { .. } | GuestError::Timeout(_))) {
+        if matches!(result, Err((GuestError::Trap(_) | GuestError::MemoryLimit { .. } | GuestError::Timeout(_), _))) {
             self.instance = None;
         }
         result
@@ -101,20 +102,19 @@ impl Worker {
 
     /// The guest's request for `event`, or the fallback's, or none.
     fn filter(&self, running: &mut Running, fallback: Option<&mut Fallback>, event: Event) -> Option<Request> {
-        // The event is moved into the call; keep a copy only when a fallback may need it, and
-        // what names it in a log line only when the call fails.
+        // The event is moved into the call; keep a copy only when a fallback may need it.
         let spare = fallback.is_some().then(|| event.clone());
-        let (action, about) = (event.kind().action(), Subject::of(&event));
+        let action = event.kind().action();
         let started = std::time::Instant::now();
         let called = running.call(event);
         self.metrics.record_guest_call(started.elapsed());
-        let error = match called {
+        let (error, subject) = match called {
             Ok(Some(request)) => return Some(request),
             Ok(None) => {
                 self.metrics.record_filtered(FilterStage::Guest);
                 return None;
             }
-            Err(error) => error,
+            Err(failure) => failure,
         };
         let problem = match &error {
             GuestError::Timeout(_) => Problem::GuestTimeout,
@@ -123,7 +123,8 @@ impl Worker {
             _ => Problem::GuestUnavailable,
         };
         let guest = running.guest.name();
-        self.metrics.report(problem, 1, format_args!("Guest {guest} failed on {action} {about}: {error}."));
+        let about = subject.as_deref().unwrap_or("-");
+        self.metrics.report(problem, 1, format_args!("Guest call failed ({guest}) on {action} {about:?}: {error}."));
         if let (Some(fallback), Some(event)) = (fallback, spare) {
             match fallback.builtin.call(event) {
                 Ok(Some(request)) if fallback.policy == FailurePolicy::Builtin => return Some(request),
@@ -135,29 +136,10 @@ impl Worker {
                     self.metrics.record_filtered(FilterStage::Guest);
                     return None;
                 }
-                Err(fallback_error) => tracing::error!("The built-in fallback failed too: {fallback_error}."),
+                Err((fallback_error, _)) => tracing::error!("The built-in fallback failed too: {fallback_error}."),
             }
         }
         self.metrics.record_guest_loss();
         None
-    }
-}
-
-/// What a log line names an event by: its topic, else its client id.
-struct Subject(Option<String>);
-
-impl Subject {
-    fn of(event: &Event) -> Subject {
-        // Cheap enough per call: most events carry a short topic; only failures print it.
-        Subject(event.topic().or_else(|| event.clientid()).map(str::to_owned))
-    }
-}
-
-impl std::fmt::Display for Subject {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.0 {
-            Some(name) => write!(f, "{name:?}"),
-            None => f.write_str("(no topic or client)"),
-        }
     }
 }
