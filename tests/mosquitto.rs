@@ -444,3 +444,92 @@ async fn mosquitto_refuses_to_start_on_a_bad_mqhook_config() {
     let line = text.lines().find(|line| line.contains("mqhook: cannot start:")).unwrap_or_else(|| panic!("{text}"));
     assert!(line.contains("base63") && line.contains("mqhook.conf"), "{line}");
 }
+
+/// The `key=N` of the plugin's last `summary:` line in the broker's log.
+fn summary(log: &str, key: &str) -> u64 {
+    let line = log.lines().rev().find(|line| line.contains("summary:")).unwrap_or_else(|| panic!("no summary:\n{log}"));
+    line.split_whitespace()
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == key)
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+        .1
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_never_waits_for_a_full_queue_and_counts_what_it_drops() {
+    const COUNT: usize = 100;
+    // 10 webhooks a second, and room for one event: nearly every publish finds the queue full.
+    let endpoint = Endpoint::start(Behaviour { delay: Duration::from_millis(100), ..Behaviour::default() }).await;
+    let scratch = Scratch::new();
+    let config = Webhook::new(&endpoint.url())
+        .publishes()
+        .with("  queue_size = 1\n  pool_size = 1\n  guest { workers = 1 }")
+        .write(&scratch, "mqhook.conf");
+    let admin = free_loopback_addr();
+    let addr: SocketAddr = free_loopback_addr().parse().unwrap();
+    let conf =
+        broker_conf(addr, &format!("allow_anonymous true\n{}plugin_opt_admin {admin}\n", plugin_conf(&config, "20s")));
+    let broker = Mosquitto::start(&scratch, "mosquitto.conf", &conf, addr).await;
+    let started = Instant::now();
+    let (ok, printed) =
+        broker.client("mosquitto_pub", &["-i", "c1", "-t", "t", "-q", "1", "-l"], &payload_lines(COUNT)).await;
+    assert!(ok, "{printed}");
+    // Waiting for room would have taken about COUNT × 100 ms.
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(COUNT as u64 / 20), "the broker waited for the webhook: {took:?}");
+    // The admin API (plugin_opt_admin) serves the runtime's counters while the broker runs.
+    let rejected = crate::support::admin_metrics(&admin).await["rejected"].as_u64().unwrap();
+    assert!(rejected > 0, "nothing was counted as rejected");
+    broker.log.wait_for("The runtime queue is full").await;
+    let log = broker.log.clone();
+    broker.stop(Duration::from_secs(20) + STOP_LIMIT).await;
+    let text = log.text();
+    // Every publish is either delivered or counted as rejected: none is lost silently.
+    assert_eq!(summary(&text, "delivered") + summary(&text, "rejected"), COUNT as u64, "{text}");
+    assert_eq!(endpoint.count() as u64, summary(&text, "delivered"));
+}
+
+#[test]
+fn mosquitto_plugin_options_are_checked() {
+    use mqhook_mosquitto::options::{Options, OptionsError, DEFAULT_DRAIN_TIMEOUT};
+    let parsed = Options::parse([("config", "/etc/mqhook.conf"), ("admin", "127.0.0.1:9090")]).unwrap();
+    assert_eq!(parsed.config, Path::new("/etc/mqhook.conf"));
+    assert_eq!(parsed.admin, Some("127.0.0.1:9090".parse().unwrap()));
+    assert_eq!(parsed.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+    let timeout = |value| Options::parse([("config", "c"), ("drain_timeout", value)]).map(|o| o.drain_timeout);
+    assert_eq!(timeout("500ms").unwrap(), Duration::from_millis(500));
+    assert_eq!(timeout("3s").unwrap(), Duration::from_secs(3));
+    assert_eq!(timeout("7").unwrap(), Duration::from_secs(7));
+    assert!(matches!(timeout("soon"), Err(OptionsError::Invalid { key: "drain_timeout", .. })));
+    assert!(matches!(timeout("2h"), Err(OptionsError::Invalid { .. })));
+    assert!(matches!(Options::parse([("admin", "127.0.0.1:1")]), Err(OptionsError::MissingConfig)));
+    let unknown = Options::parse([("config", "c"), ("confg", "d")]).unwrap_err();
+    assert_eq!(
+        unknown.to_string(),
+        "unknown option `plugin_opt_confg` (accepted: plugin_opt_config, plugin_opt_admin, plugin_opt_drain_timeout)"
+    );
+}
+
+#[test]
+fn mosquitto_auth_answers_follow_the_broker_setup() {
+    use mqhook_mosquitto::auth::AuthSetup;
+    use mqhook_mosquitto::sys::{MOSQ_ERR_PLUGIN_DEFER as DEFER, MOSQ_ERR_SUCCESS as ALLOW};
+    let answers = |lines: &[(&str, &str)]| {
+        let lines: Vec<(String, String)> = lines.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let setup = AuthSetup::from_lines(&lines, None);
+        (setup.basic_auth(), setup.acl())
+    };
+    // Nothing after mqhook decides: it answers what the broker would with no check at all.
+    assert_eq!(answers(&[("listener", "1883"), ("allow_anonymous", "true")]), (ALLOW, ALLOW));
+    assert_eq!(answers(&[]), (ALLOW, ALLOW), "no listener: anonymous access is on by default");
+    assert_eq!(answers(&[("listener", "1883")]), (DEFER, ALLOW), "a listener: anonymous access is off");
+    // Something after it decides: it defers.
+    assert_eq!(answers(&[("allow_anonymous", "true"), ("password_file", "/p")]), (DEFER, ALLOW));
+    assert_eq!(answers(&[("allow_anonymous", "true"), ("acl_file", "/a")]), (ALLOW, DEFER));
+    assert_eq!(answers(&[("allow_anonymous", "true"), ("plugin", "/other.so")]), (DEFER, DEFER));
+    assert_eq!(answers(&[("per_listener_settings", "true"), ("allow_anonymous", "true")]), (DEFER, DEFER));
+    assert_eq!(AuthSetup::UNKNOWN.basic_auth(), DEFER);
+    assert_eq!(AuthSetup::UNKNOWN.acl(), DEFER);
+}
