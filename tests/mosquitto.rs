@@ -53,7 +53,7 @@ struct Mosquitto {
 /// mosquitto.conf for a broker on `addr`, with `extra` lines.
 fn broker_conf(addr: SocketAddr, extra: &str) -> String {
     format!(
-        "listener {} 127.0.0.1\nlog_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\n\
+        "listener {} 127.0.0.1\nlog_dest stderr\nlog_dest topic\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\n\
          # The test's files are the (root) test's own: do not drop to the mosquitto user.\nuser root\n{extra}\n",
         addr.port()
     )
@@ -472,6 +472,15 @@ async fn mosquitto_never_waits_for_a_full_queue_and_counts_what_it_drops() {
     let conf =
         broker_conf(addr, &format!("allow_anonymous true\n{}plugin_opt_admin {admin}\n", plugin_conf(&config, "20s")));
     let broker = Mosquitto::start(&scratch, "mosquitto.conf", &conf, addr).await;
+    // The queue-full warning is written while a callback runs; with `log_dest topic` mosquitto
+    // publishes it to this subscriber, and ACL-checks that delivery: the plugin again, inside
+    // its own callback.
+    let (mut log_reader, _) = Client::connect(
+        addr,
+        &Connect { version: 4, clientid: "log-reader", username: None, keepalive: 60, authentication_method: None },
+    )
+    .await;
+    log_reader.subscribe(1, &[("$SYS/broker/log/#", 0)]).await;
     let started = Instant::now();
     let (ok, printed) =
         broker.client("mosquitto_pub", &["-i", "c1", "-t", "t", "-q", "1", "-l"], &payload_lines(COUNT)).await;

@@ -69,7 +69,7 @@ const CALLBACKS: [(c_int, GenericCallback); 6] = [
 
 /// Runs `body`; a panic is logged and becomes `fallback`, never an unwind into C.
 fn guarded(what: &str, fallback: c_int, body: impl FnOnce() -> c_int) -> c_int {
-    match catch_unwind(AssertUnwindSafe(body)) {
+    match catch_unwind(AssertUnwindSafe(|| log::in_callback(body))) {
         Ok(code) => code,
         Err(_) => {
             tracing::error!("The {what} callback panicked; the broker goes on.");
@@ -131,8 +131,8 @@ pub unsafe extern "C" fn mosquitto_plugin_init(
         let plugin = match started {
             Ok(plugin) => plugin,
             Err(error) => {
-                log::now(&api, sys::MOSQ_LOG_ERR, &format!("cannot start: {error}"));
                 log::flush();
+                log::now(&api, sys::MOSQ_LOG_ERR, &format!("cannot start: {error}"));
                 return sys::MOSQ_ERR_INVAL;
             }
         };
@@ -161,8 +161,8 @@ pub unsafe extern "C" fn mosquitto_plugin_init(
         }
         // SAFETY: mosquitto gives a valid place for the userdata pointer.
         unsafe { *userdata = state.cast() };
-        log::now(&api, sys::MOSQ_LOG_NOTICE, "started: broker events now go to the webhook runtime.");
         log::flush();
+        log::now(&api, sys::MOSQ_LOG_NOTICE, "started: broker events now go to the webhook runtime.");
         sys::MOSQ_ERR_SUCCESS
     })
 }
@@ -249,15 +249,26 @@ unsafe fn with_state<T>(userdata: *mut c_void, event_data: *mut c_void, body: im
     body(state, data);
 }
 
-fn border(state: &State) -> std::sync::MutexGuard<'_, Border> {
-    state.border.lock().unwrap_or_else(PoisonError::into_inner)
+/// The border, unless a callback of ours is already using it on this thread: mosquitto can call
+/// the plugin again from inside a callback (a log line it publishes to `$SYS/broker/log` is
+/// ACL-checked for each subscriber); that inner call is not forwarded.
+fn border(state: &State) -> Option<std::sync::MutexGuard<'_, Border>> {
+    match state.border.try_lock() {
+        Ok(border) => Some(border),
+        Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
 }
 
 unsafe extern "C" fn on_message(_event: c_int, event_data: *mut c_void, userdata: *mut c_void) -> c_int {
     guarded("message", sys::MOSQ_ERR_SUCCESS, || {
         // SAFETY: registered for MOSQ_EVT_MESSAGE, whose data is `mosquitto_evt_message`.
         unsafe {
-            with_state::<sys::EvtMessage>(userdata, event_data, |state, data| border(state).message(data));
+            with_state::<sys::EvtMessage>(userdata, event_data, |state, data| {
+                if let Some(mut border) = border(state) {
+                    border.message(data);
+                }
+            });
         }
         sys::MOSQ_ERR_SUCCESS
     })
@@ -269,7 +280,9 @@ unsafe extern "C" fn on_basic_auth(_event: c_int, event_data: *mut c_void, userd
         // SAFETY: registered for MOSQ_EVT_BASIC_AUTH, whose data is `mosquitto_evt_basic_auth`.
         unsafe {
             with_state::<sys::EvtBasicAuth>(userdata, event_data, |state, data| {
-                border(state).basic_auth(data);
+                if let Some(mut border) = border(state) {
+                    border.basic_auth(data);
+                }
                 code = answer(state, AuthSetup::basic_auth);
             });
         }
@@ -283,7 +296,9 @@ unsafe extern "C" fn on_acl_check(_event: c_int, event_data: *mut c_void, userda
         // SAFETY: registered for MOSQ_EVT_ACL_CHECK, whose data is `mosquitto_evt_acl_check`.
         unsafe {
             with_state::<sys::EvtAclCheck>(userdata, event_data, |state, data| {
-                border(state).acl_check(data);
+                if let Some(mut border) = border(state) {
+                    border.acl_check(data);
+                }
                 code = answer(state, AuthSetup::acl);
             });
         }
@@ -295,7 +310,11 @@ unsafe extern "C" fn on_disconnect(_event: c_int, event_data: *mut c_void, userd
     guarded("disconnect", sys::MOSQ_ERR_SUCCESS, || {
         // SAFETY: registered for MOSQ_EVT_DISCONNECT, whose data is `mosquitto_evt_disconnect`.
         unsafe {
-            with_state::<sys::EvtDisconnect>(userdata, event_data, |state, data| border(state).disconnect(data));
+            with_state::<sys::EvtDisconnect>(userdata, event_data, |state, data| {
+                if let Some(mut border) = border(state) {
+                    border.disconnect(data);
+                }
+            });
         }
         sys::MOSQ_ERR_SUCCESS
     })
@@ -305,7 +324,11 @@ unsafe extern "C" fn on_tick(_event: c_int, event_data: *mut c_void, userdata: *
     guarded("tick", sys::MOSQ_ERR_SUCCESS, || {
         // SAFETY: registered for MOSQ_EVT_TICK, whose data is `mosquitto_evt_tick`.
         unsafe {
-            with_state::<sys::EvtTick>(userdata, event_data, |state, _| border(state).tick());
+            with_state::<sys::EvtTick>(userdata, event_data, |state, _| {
+                if let Some(mut border) = border(state) {
+                    border.tick();
+                }
+            });
         }
         log::flush();
         sys::MOSQ_ERR_SUCCESS
@@ -317,7 +340,9 @@ unsafe extern "C" fn on_reload(_event: c_int, event_data: *mut c_void, userdata:
         // SAFETY: registered for MOSQ_EVT_RELOAD, whose data is `mosquitto_evt_reload`.
         unsafe {
             with_state::<sys::EvtReload>(userdata, event_data, |state, _| {
-                border(state).tick();
+                if let Some(mut border) = border(state) {
+                    border.tick();
+                };
                 // The broker has re-read its own files: a password or ACL file may have come or gone.
                 *state.auth.lock().unwrap_or_else(PoisonError::into_inner) = auth_setup(&state.api);
                 state.plugin.request_reload();

@@ -2,10 +2,12 @@
 //!
 //! - **Receives** the `tracing` events of the mqhook library and of this plugin, from any thread.
 //! - **Owns** the hand-over: `mosquitto_log_printf` is not safe to call from threads of our own
-//!   (with `log_dest topic` it publishes, touching the broker's state), so a line written on
-//!   another thread waits in a bounded queue ([`MAX_WAITING`]) until the broker's thread flushes
-//!   it ([`flush`], on every `MOSQ_EVT_TICK` and in cleanup); a line written on the broker's thread
-//!   goes out at once. Lines that find the queue full are counted and reported with the next flush.
+//!   (with `log_dest topic` it publishes, touching the broker's state), nor from inside one of our
+//!   callbacks (that publish runs the ACL callbacks again, ours included). So a line written on
+//!   another thread, or during a callback, waits in a bounded queue ([`MAX_WAITING`]) until the
+//!   broker's thread flushes it ([`flush`], on every `MOSQ_EVT_TICK` and in cleanup); a line
+//!   written on the broker's thread outside callbacks (init, cleanup) goes out at once. Lines
+//!   that find the queue full are counted and reported with the next flush.
 //! - **Hands on** each line to `mosquitto_log_printf`, prefixed `mqhook: `, at the matching level.
 
 use std::collections::VecDeque;
@@ -35,6 +37,24 @@ struct Waiting {
 }
 
 static SINK: OnceLock<Sink> = OnceLock::new();
+
+thread_local! {
+    /// Set while one of the plugin's callbacks runs on this thread.
+    static IN_CALLBACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `body` as a callback: its log lines wait for the next [`flush`].
+pub fn in_callback<T>(body: impl FnOnce() -> T) -> T {
+    /// Clears the flag however `body` ends (a panic included).
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            IN_CALLBACK.with(|flag| flag.set(self.0));
+        }
+    }
+    let _reset = Reset(IN_CALLBACK.with(|flag| flag.replace(true)));
+    body()
+}
 
 /// Sends `tracing` output to mosquitto's log from now on; `broker_thread` is the thread the
 /// broker calls the plugin on. Later calls (a plugin started again) change nothing.
@@ -87,7 +107,7 @@ impl Sink {
             return;
         }
         let Ok(line) = CString::new(format!("mqhook: {}", text.replace('\0', " "))) else { return };
-        if std::thread::current().id() == self.broker_thread {
+        if std::thread::current().id() == self.broker_thread && !IN_CALLBACK.with(std::cell::Cell::get) {
             self.write(level, &line);
             return;
         }
