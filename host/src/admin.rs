@@ -25,7 +25,7 @@
 //! of at most [`MAX_UPLOAD`].
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -118,7 +118,58 @@ enum Access {
     Write,
 }
 
+/// The environment variable that holds the admin token when no file is named.
+pub const TOKEN_VARIABLE: &str = "MQHOOK_ADMIN_TOKEN";
+/// The environment variable that holds the read-only token when no file is named.
+pub const READ_TOKEN_VARIABLE: &str = "MQHOOK_ADMIN_READ_TOKEN";
+
+/// Why the admin tokens cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// The token file cannot be read.
+    #[error("cannot read the admin token file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// The file or variable holds nothing but white space.
+    #[error("the admin token in {0} is empty")]
+    Empty(String),
+    /// A read-only token without a write token would leave `PUT /guest` open.
+    #[error("a read-only admin token needs an admin token beside it ({TOKEN_VARIABLE} or a token file)")]
+    ReadWithoutWrite,
+}
+
 impl AdminTokens {
+    /// The tokens from `write_file` (else `$MQHOOK_ADMIN_TOKEN`) and `read_file` (else
+    /// `$MQHOOK_ADMIN_READ_TOKEN`); none when neither is given.
+    pub fn load(write_file: Option<&Path>, read_file: Option<&Path>) -> Result<AdminTokens, TokenError> {
+        let token = |file: Option<&Path>, variable: &str| -> Result<Option<Token>, TokenError> {
+            let (value, from) = match file {
+                Some(path) => {
+                    let read = std::fs::read_to_string(path);
+                    (
+                        read.map_err(|source| TokenError::Read { path: path.to_path_buf(), source })?,
+                        path.display().to_string(),
+                    )
+                }
+                None => match std::env::var(variable) {
+                    Ok(value) => (value, format!("${variable}")),
+                    Err(_) => return Ok(None),
+                },
+            };
+            Token::new(&value).map(Some).ok_or(TokenError::Empty(from))
+        };
+        let tokens =
+            AdminTokens { write: token(write_file, TOKEN_VARIABLE)?, read: token(read_file, READ_TOKEN_VARIABLE)? };
+        if tokens.read.is_some() && tokens.write.is_none() {
+            return Err(TokenError::ReadWithoutWrite);
+        }
+        Ok(tokens)
+    }
+
     fn access(&self, request: &http::Request<Incoming>) -> Access {
         let Some(write) = &self.write else { return Access::Write };
         let offered = request

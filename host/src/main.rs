@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use mqhook::admin::{Admin, AdminOptions, AdminTokens, Token};
+use mqhook::admin::{Admin, AdminOptions, AdminTokens};
 use mqhook::config::{Config, LiveConfig};
 use mqhook::delivery::dead_letter::{self, DeadLetters};
 use mqhook::delivery::http::HttpSink;
@@ -222,30 +222,7 @@ fn run(args: RunArgs) -> Result<()> {
 
 /// The admin tokens from `--admin-token-file` / `MQHOOK_ADMIN_TOKEN` and the read-only ones.
 fn admin_tokens(args: &RunArgs) -> Result<AdminTokens> {
-    let token = |file: Option<&Path>, variable: &str| -> Result<Option<Token>> {
-        let (value, from) = match file {
-            Some(path) => (
-                std::fs::read_to_string(path)
-                    .with_context(|| format!("reading the admin token file {}", path.display()))?,
-                path.display().to_string(),
-            ),
-            None => match std::env::var(variable) {
-                Ok(value) => (value, format!("${variable}")),
-                Err(_) => return Ok(None),
-            },
-        };
-        match Token::new(&value) {
-            Some(token) => Ok(Some(token)),
-            None => bail!("the admin token in {from} is empty"),
-        }
-    };
-    let tokens = AdminTokens {
-        write: token(args.admin_token_file.as_deref(), "MQHOOK_ADMIN_TOKEN")?,
-        read: token(args.admin_read_token_file.as_deref(), "MQHOOK_ADMIN_READ_TOKEN")?,
-    };
-    if tokens.read.is_some() && tokens.write.is_none() {
-        bail!("a read-only admin token needs an admin token beside it (--admin-token-file or MQHOOK_ADMIN_TOKEN)");
-    }
+    let tokens = AdminTokens::load(args.admin_token_file.as_deref(), args.admin_read_token_file.as_deref())?;
     if tokens.write.is_some() && args.admin.is_none() {
         tracing::warn!("An admin token is set, but no --admin listener: it is not used.");
     }
