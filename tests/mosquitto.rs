@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use crate::support::endpoint::{Behaviour, Endpoint};
 use crate::support::wire::{Client, Connect};
 use crate::support::{
-    check_at_least_once, free_loopback_addr, signal, wait_until, Scratch, StderrLog, Webhook, HOSTILE_GUEST, WAIT_LIMIT,
+    check_at_least_once, finish_with_input, free_loopback_addr, signal, wait_until, Scratch, StderrLog, Webhook,
+    HOSTILE_GUEST, WAIT_LIMIT,
 };
 
 /// Debian's broker binary (package `mosquitto`).
@@ -113,7 +114,7 @@ impl Mosquitto {
     /// succeeded and what it printed.
     async fn client(&self, program: &str, args: &[&str], stdin: &str) -> (bool, String) {
         let port = self.addr.port().to_string();
-        let mut child = tokio::process::Command::new(program)
+        let child = tokio::process::Command::new(program)
             .args(["-h", "127.0.0.1", "-p", &port])
             .args(args)
             .stdin(Stdio::piped())
@@ -122,19 +123,8 @@ impl Mosquitto {
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {program}: {e}"));
-        let mut input = child.stdin.take().unwrap();
-        let text = stdin.to_string();
-        let writer = tokio::spawn(async move {
-            use tokio::io::AsyncWriteExt;
-            let _ = input.write_all(text.as_bytes()).await;
-        });
-        let output = tokio::time::timeout(WAIT_LIMIT, child.wait_with_output())
-            .await
-            .unwrap_or_else(|_| panic!("{program} {args:?} did not finish"))
-            .unwrap();
-        writer.await.unwrap();
-        let printed = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
-        (output.status.success(), printed)
+        let run = finish_with_input(child, stdin).await;
+        (run.status.success(), run.stdout + &run.stderr)
     }
 
     async fn publish(&self, args: &[&str]) {

@@ -21,7 +21,18 @@ async fn scrape(admin: &str, token: Option<&str>) -> BTreeMap<String, f64> {
     parse_metrics(&answer.body)
 }
 
-/// One sample's value, `0` when absent.
+/// `mqhook run` on `config` with NDJSON on standard input (piped, still open) and the admin API on
+/// a free loopback port; its log, and the admin address.
+async fn start_with_admin(config: &std::path::Path) -> (tokio::process::Child, StderrLog, String) {
+    let admin = free_loopback_addr();
+    let mut child =
+        spawn_mqhook(&["run", "--config", config.to_str().unwrap(), "--ingest", "ndjson:-", "--admin", &admin]);
+    let log = StderrLog::capture(&mut child);
+    wait_for_listener(&admin).await;
+    (child, log, admin)
+}
+
+/// One sample's value; a missing sample fails the test.
 fn value(samples: &BTreeMap<String, f64>, key: &str) -> f64 {
     samples.get(key).copied().unwrap_or_else(|| panic!("no sample {key} in {samples:#?}"))
 }
@@ -46,11 +57,7 @@ async fn metrics_after_a_known_input_are_exact() {
         .event("on_message_publish", Some("sensors/#"))
         .event("on_client_connack", None)
         .write(&scratch, "nanomq.conf");
-    let admin = free_loopback_addr();
-    let mut child =
-        spawn_mqhook(&["run", "--config", config.to_str().unwrap(), "--ingest", "ndjson:-", "--admin", &admin]);
-    let log = StderrLog::capture(&mut child);
-    wait_for_listener(&admin).await;
+    let (mut child, log, admin) = start_with_admin(&config).await;
     let mut lines: Vec<String> = (0..6).map(|i| publish("sensors/kitchen", i)).collect();
     lines.extend((6..8).map(|i| publish("other/topic", i)));
     lines.extend(
@@ -127,11 +134,7 @@ async fn health_readiness_and_status_follow_the_endpoint() {
         .publishes()
         .with(&format!("  spool {{ dir = \"{}\" }}", spool.display()))
         .write(&scratch, "nanomq.conf");
-    let admin = free_loopback_addr();
-    let mut child =
-        spawn_mqhook(&["run", "--config", config.to_str().unwrap(), "--ingest", "ndjson:-", "--admin", &admin]);
-    let log = StderrLog::capture(&mut child);
-    wait_for_listener(&admin).await;
+    let (mut child, log, admin) = start_with_admin(&config).await;
     let mut stdin = child.stdin.take().unwrap();
 
     let healthz = admin_call(&admin, "GET", "/healthz", None, Vec::new()).await;
@@ -198,7 +201,10 @@ async fn admin_tokens_guard_every_route_but_healthz() {
     ];
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_mqhook"));
     command.args(args).env("MQHOOK_ADMIN_TOKEN", WRITE).env("RUST_LOG", "info").kill_on_drop(true);
-    command.stdin(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
     let mut child = command.spawn().unwrap();
     let log = StderrLog::capture(&mut child);
     wait_for_listener(&admin).await;
@@ -254,11 +260,7 @@ async fn an_authorization_header_is_never_shown_in_logs_status_or_check() {
     assert!(check.status.success(), "{}", check.stderr);
     assert!(check.stdout.contains("authorization") && check.stdout.contains("<redacted>"), "{}", check.stdout);
 
-    let admin = free_loopback_addr();
-    let mut child =
-        spawn_mqhook(&["run", "--config", config.to_str().unwrap(), "--ingest", "ndjson:-", "--admin", &admin]);
-    let log = StderrLog::capture(&mut child);
-    wait_for_listener(&admin).await;
+    let (mut child, log, admin) = start_with_admin(&config).await;
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(format!("{}\n", publish("t", 0)).as_bytes()).await.unwrap();
     stdin.flush().await.unwrap();

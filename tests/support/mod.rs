@@ -239,7 +239,12 @@ pub async fn wait_for_listener(addr: &str) {
 
 /// Runs `mqhook ARGS` with `stdin` as standard input, bounded in time.
 pub async fn mqhook(args: &[&str], stdin: &str) -> Run {
-    let mut child = spawn_mqhook(args);
+    finish_with_input(spawn_mqhook(args), stdin).await
+}
+
+/// Writes `stdin` to a child started with piped standard streams and waits, bounded in time, for
+/// it to exit.
+pub async fn finish_with_input(mut child: tokio::process::Child, stdin: &str) -> Run {
     let mut input = child.stdin.take().unwrap();
     let text = stdin.to_string();
     let writer = tokio::spawn(async move {
@@ -247,8 +252,8 @@ pub async fn mqhook(args: &[&str], stdin: &str) -> Run {
     });
     let output = tokio::time::timeout(WAIT_LIMIT, child.wait_with_output())
         .await
-        .expect("mqhook did not finish in time")
-        .expect("waiting for mqhook");
+        .expect("the program did not finish in time")
+        .expect("waiting for the program");
     writer.await.unwrap();
     Run {
         status: output.status,
