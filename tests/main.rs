@@ -14,5 +14,6 @@ mod outage;
 mod pipeline;
 mod reload;
 mod sandbox;
+mod signing;
 mod support;
 mod tls;

@@ -190,6 +190,34 @@ pub struct DeliveryConfig {
     pub dead_letter: Option<PathBuf>,
     /// Whether each client's events are delivered in order.
     pub ordering: DeliveryOrder,
+    /// Standard Webhooks signing, when configured (`signing { secrets = [ … ] }`).
+    pub signing: Option<Signing>,
+}
+
+/// Signing per the Standard Webhooks specification: each request gets `webhook-id` (its
+/// idempotency key), `webhook-timestamp` (the attempt's Unix time, seconds) and
+/// `webhook-signature`, one `v1,<base64 HMAC-SHA256 of "id.timestamp.body">` per secret, space
+/// separated, so that keys can rotate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Signing {
+    /// The keys, decoded from their `whsec_<base64>` form; never printed.
+    pub secrets: Vec<SigningKey>,
+}
+
+/// One signing key. `Debug` and `Serialize` show `<redacted>`, never the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SigningKey(pub Vec<u8>);
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for SigningKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
 }
 
 impl Default for DeliveryConfig {
@@ -203,6 +231,7 @@ impl Default for DeliveryConfig {
             retry: RetrySettings::default(),
             dead_letter: None,
             ordering: DeliveryOrder::None,
+            signing: None,
         }
     }
 }
@@ -238,8 +267,15 @@ pub const SECRET_HEADERS: &[&str] = &["authorization", "proxy-authorization", "c
 
 impl Header {
     /// A header; a value of one of the [`SECRET_HEADERS`] is marked sensitive.
-    pub fn new(name: HeaderName, mut value: HeaderValue) -> Header {
-        if SECRET_HEADERS.contains(&name.as_str()) {
+    pub fn new(name: HeaderName, value: HeaderValue) -> Header {
+        let secret = SECRET_HEADERS.contains(&name.as_str());
+        Header::with_secrecy(name, value, secret)
+    }
+
+    /// A header whose value is marked sensitive when `secret` (a value read from `env:`/`file:`
+    /// always is) or when the name is one of the [`SECRET_HEADERS`].
+    pub fn with_secrecy(name: HeaderName, mut value: HeaderValue, secret: bool) -> Header {
+        if secret || SECRET_HEADERS.contains(&name.as_str()) {
             value.set_sensitive(true);
         }
         Header { name, value }

@@ -16,7 +16,7 @@ use super::tree::{Node, Value};
 use super::{
     ranges, Backoff, BrokerLimits, ByteSize, Config, ConfigError, DeliveryConfig, DeliveryOrder, FailurePolicy,
     FilterSettings, FsyncPolicy, FullPolicy, GuestConfig, Header, PayloadEncoding, QueueConfig, RetrySettings, Rule,
-    ServerNameCheck, SpoolConfig, TlsFiles, WhenFull,
+    ServerNameCheck, Signing, SigningKey, SpoolConfig, TlsFiles, WhenFull,
 };
 use crate::event::EventKind;
 
@@ -39,7 +39,9 @@ const WEBHOOK_KEYS: &[&str] = &[
     "spool",
     "ordering",
     "broker",
+    "signing",
 ];
+const SIGNING_KEYS: &[&str] = &["secrets"];
 const BROKER_KEYS: &[&str] = &["max_packet_size", "max_connections", "max_inflight", "connect_timeout"];
 const QUEUE_KEYS: &[&str] = &["events", "requests", "request_bytes", "when_full"];
 const SPOOL_KEYS: &[&str] = &["dir", "max_size", "segment_size", "fsync", "on_full"];
@@ -147,6 +149,9 @@ impl Ctx<'_> {
         }
         if let Some(node) = webhook.get("dead_letter") {
             delivery.dead_letter = Some(self.path(node, "webhook.dead_letter")?);
+        }
+        if let Some(node) = webhook.get("signing") {
+            delivery.signing = Some(self.signing(node)?);
         }
         if let Some(node) = webhook.get("ordering") {
             delivery.ordering = match self.text(node, "webhook.ordering", "an ordering")? {
@@ -422,16 +427,47 @@ impl Ctx<'_> {
         let mut headers = Vec::with_capacity(fields.len());
         for (name, value_node) in fields {
             let key = format!("webhook.headers.{name}");
-            let value = self.text(value_node, &key, "a header value")?;
+            let (value, secret) = self.secret(value_node, &key, "a header value")?;
             let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
                 return Err(self.invalid(value_node, &key, format!("`{name}` is not a valid HTTP header name")));
             };
-            let Ok(value) = HeaderValue::from_str(value) else {
+            let Ok(value) = HeaderValue::from_str(&value) else {
                 return Err(self.invalid(value_node, &key, "the value has characters not allowed in an HTTP header"));
             };
-            headers.push(Header::new(name, value));
+            headers.push(Header::with_secrecy(name, value, secret));
         }
         Ok(headers)
+    }
+
+    /// `signing { secrets = ["whsec_…", "env:NAME", "file:PATH"] }`: at least one key.
+    fn signing(&self, node: &Node) -> Result<Signing, ConfigError> {
+        let fields = self.object(node, "webhook.signing")?;
+        self.reject_unknown(fields, "webhook.signing", SIGNING_KEYS)?;
+        let Some(list) = node.get("secrets") else {
+            return Err(self.invalid(node, "webhook.signing.secrets", "is required: one or more `whsec_…` secrets"));
+        };
+        let Value::List(items) = &list.value else {
+            let message = format!("expected a list of secrets `[ … ]`, found {}", describe(&list.value));
+            return Err(self.invalid(list, "webhook.signing.secrets", message));
+        };
+        if items.is_empty() {
+            return Err(self.invalid(list, "webhook.signing.secrets", "needs at least one secret"));
+        }
+        let mut secrets = Vec::with_capacity(items.len());
+        for (index, item) in items.iter().enumerate() {
+            let key = format!("webhook.signing.secrets[{index}]");
+            let (text, _) = self.secret(item, &key, "a `whsec_…` secret")?;
+            // The message never quotes the value: it is a key.
+            let decoded = text.trim().strip_prefix("whsec_").and_then(|encoded| {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD.decode(encoded).ok().filter(|key| !key.is_empty())
+            });
+            match decoded {
+                Some(bytes) => secrets.push(SigningKey(bytes)),
+                None => return Err(self.invalid(item, &key, "expected `whsec_` followed by the key in base64")),
+            }
+        }
+        Ok(Signing { secrets })
     }
 }
 
@@ -471,6 +507,27 @@ impl Ctx<'_> {
             Value::Str(text) | Value::Bare(text) => Ok(text),
             other => Err(self.invalid(node, key, format!("expected {expected}, found {}", describe(other)))),
         }
+    }
+
+    /// A value that may come from elsewhere: `env:NAME` reads the environment variable, `file:PATH`
+    /// the file (without its trailing newline); anything else is the value itself. `true` when it
+    /// came from elsewhere (a secret, then: never printed). Errors name the variable or the file,
+    /// never a value.
+    fn secret(&self, node: &Node, key: &str, expected: &str) -> Result<(String, bool), ConfigError> {
+        let text = self.text(node, key, expected)?;
+        if let Some(name) = text.strip_prefix("env:") {
+            return match std::env::var(name) {
+                Ok(value) => Ok((value, true)),
+                Err(_) => Err(self.invalid(node, key, format!("the environment variable `{name}` is not set"))),
+            };
+        }
+        if let Some(path) = text.strip_prefix("file:") {
+            return match std::fs::read_to_string(path) {
+                Ok(value) => Ok((value.trim_end_matches(['\r', '\n']).to_string(), true)),
+                Err(error) => Err(self.invalid(node, key, format!("cannot read `{path}`: {error}"))),
+            };
+        }
+        Ok((text.to_string(), false))
     }
 
     fn string(&self, node: &Node, key: &str) -> Result<String, ConfigError> {

@@ -1,15 +1,19 @@
 //! Builds the HTTP request for one [`Request`] from the delivery settings in force.
 //!
 //! Headers go out in NanoMQ's order: `Host`, the configured headers in config order, the guest's
-//! headers, then `Content-Length`, then `Idempotency-Key`. The guest's path is appended to the
-//! URL's path; the URL's query is kept.
+//! headers, then `Content-Length`, then `Idempotency-Key`, then (with `signing`) the Standard
+//! Webhooks headers. The guest's path is appended to the URL's path; the URL's query is kept.
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use bytes::Bytes;
+use hmac::{Hmac, Mac};
 use http::header::{CONTENT_LENGTH, HOST};
-use http::{HeaderMap, HeaderValue, Method, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use http_body_util::Full;
+use sha2::Sha256;
 
-use crate::config::DeliveryConfig;
+use crate::config::{DeliveryConfig, Signing};
 use crate::request::{Request, IDEMPOTENCY_KEY};
 
 /// The URL a request with `guest_path` goes to, without its query: `scheme://authority/path`.
@@ -26,6 +30,45 @@ pub fn url_without_query(url: &Uri, guest_path: Option<&str>) -> String {
     let scheme = url.scheme_str().unwrap_or("http");
     format!("{scheme}://{authority}{path}")
 }
+
+/// The Standard Webhooks headers: `webhook-id` (the request's idempotency key, the same on every
+/// attempt), `webhook-timestamp` (this attempt's) and `webhook-signature`, one `v1,` signature
+/// per secret. They replace any a guest set.
+fn sign(signing: &Signing, id: &str, timestamp: u64, body: &[u8], headers: &mut HeaderMap) {
+    let timestamp = timestamp.to_string();
+    let signatures: Vec<String> = signing
+        .secrets
+        .iter()
+        .map(|secret| {
+            // HMAC takes a key of any length.
+            let mut mac = Hmac::<Sha256>::new_from_slice(&secret.0).expect("HMAC accepts any key length");
+            mac.update(id.as_bytes());
+            mac.update(b".");
+            mac.update(timestamp.as_bytes());
+            mac.update(b".");
+            mac.update(body);
+            format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()))
+        })
+        .collect();
+    // The id is an idempotency key and the rest is ASCII: all are valid header values.
+    let value = |text: &str| HeaderValue::from_str(text).expect("an ASCII header value");
+    headers.insert(WEBHOOK_ID, value(id));
+    headers.insert(WEBHOOK_TIMESTAMP, value(&timestamp));
+    let mut signature = value(&signatures.join(" "));
+    signature.set_sensitive(true);
+    headers.insert(WEBHOOK_SIGNATURE, signature);
+}
+
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_secs())
+}
+
+/// Standard Webhooks' message id header.
+pub const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+/// Standard Webhooks' timestamp header (Unix seconds).
+pub const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+/// Standard Webhooks' signature header.
+pub const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
 
 /// The full HTTP request for one delivery to `delivery.url`.
 pub fn build(delivery: &DeliveryConfig, request: &Request) -> http::Request<Full<Bytes>> {
@@ -49,10 +92,35 @@ pub fn build(delivery: &DeliveryConfig, request: &Request) -> http::Request<Full
     if let Some(key) = request.idempotency_key.as_deref().and_then(|key| HeaderValue::from_str(key).ok()) {
         headers.insert(IDEMPOTENCY_KEY, key);
     }
+    if let (Some(signing), Some(id)) = (&delivery.signing, request.idempotency_key.as_deref()) {
+        sign(signing, id, unix_seconds(), &request.body, &mut headers);
+    }
     let mut http_request = http::Request::new(Full::new(request.body.clone()));
     *http_request.method_mut() = Method::POST;
     // Both parts were validated (the config's URL, the guest's path), so the URI parses.
     *http_request.uri_mut() = uri.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/"));
     *http_request.headers_mut() = headers;
     http_request
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SigningKey;
+
+    #[test]
+    fn signatures_match_the_standard_webhooks_test_vector() {
+        // The vector of the Standard Webhooks libraries (secret, id, timestamp, body → signature).
+        let key = BASE64.decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let other = SigningKey(b"a rotated-out key".to_vec());
+        let signing = Signing { secrets: vec![SigningKey(key), other] };
+        let mut headers = HeaderMap::new();
+        sign(&signing, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, br#"{"test": 2432232314}"#, &mut headers);
+        assert_eq!(headers[&WEBHOOK_ID], "msg_p5jXN8AQM9LWM0D4loKWxJek");
+        assert_eq!(headers[&WEBHOOK_TIMESTAMP], "1614265330");
+        let signatures = headers[&WEBHOOK_SIGNATURE].to_str().unwrap();
+        let (first, second) = signatures.split_once(' ').expect("one signature per secret");
+        assert_eq!(first, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+        assert!(second.starts_with("v1,") && second != first);
+    }
 }
