@@ -8,6 +8,7 @@
 //! 1. Foundation types, used by every stage:
 //!    - [`event`]: mqhook's own event type, the border type every ingest converts into;
 //!    - [`request`]: what the guest asked to send for one event;
+//!    - [`completion`]: the token that tells an ingest when the runtime is done with an event;
 //!    - [`config`]: one typed [`Config`] in sections, from NanoMQ HOCON, NanoMQ's old format, or
 //!      HCL, and the [`LiveConfig`](config::LiveConfig) handle a reload replaces;
 //!    - [`metrics`]: the counters every stage records into.
@@ -45,6 +46,7 @@
 //! ```
 
 pub mod admin;
+pub mod completion;
 pub mod config;
 pub mod delivery;
 pub mod event;

@@ -12,6 +12,10 @@
 //!
 //! Delivery acknowledges each request when it is done (delivered, or failed for good and dead-
 //! lettered); the spool deletes what is acknowledged. This module owns every position.
+//!
+//! A request may come with a [`Completion`] its ingest waits on: with a spool it is completed
+//! once the push has written the request (write-ahead: durable), without one it travels with the
+//! request and delivery completes it when the request is done.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +23,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::Notify;
 
+use crate::completion::Completion;
 use crate::config::{FullPolicy, QueueConfig, SpoolConfig};
 use crate::metrics::Metrics;
 use crate::request::{idempotency_key, Request};
@@ -34,6 +39,8 @@ pub(crate) struct Entry {
     pub seq: u64,
     /// The request, its idempotency key set.
     pub request: Request,
+    /// Completed when the request is done (memory-only queues; a spool completes at push).
+    pub done: Option<Completion>,
 }
 
 /// Requests waiting for delivery. Shared by the workers (push) and delivery (pop, ack).
@@ -193,6 +200,14 @@ impl DeliveryQueue {
     /// Accepts a batch. With a spool this writes it to disk and never waits; without one it
     /// waits while memory is full.
     pub(crate) fn push(&self, batch: Vec<Request>) {
+        self.push_with(batch, Vec::new());
+    }
+
+    /// As [`DeliveryQueue::push`], with the completion of each request (`completions` is empty
+    /// or as long as `batch`). With a spool they are completed when this returns (the batch is
+    /// on disk, or what the spool refused is counted as dropped); without one each goes with
+    /// its request to delivery.
+    pub(crate) fn push_with(&self, batch: Vec<Request>, completions: Vec<Option<Completion>>) {
         let mut state = self.lock();
         if state.spool.is_some() {
             let mut pending = VecDeque::from(batch);
@@ -208,17 +223,20 @@ impl DeliveryQueue {
                     tracing::error!("Cannot record delivered requests in the spool: {error}.");
                 }
             }
+            drop(state);
+            completions.into_iter().flatten().for_each(Completion::complete);
         } else {
+            let mut completions = completions.into_iter();
             for mut request in batch {
                 while !state.has_room(self.bound, self.bound_bytes) {
                     state = self.writable.wait(state).unwrap_or_else(PoisonError::into_inner);
                 }
                 let seq = state.take_seq(&mut request);
-                state.keep(Entry { seq, request });
+                state.keep(Entry { seq, request, done: completions.next().flatten() });
                 state.disk_next = state.next_seq;
             }
+            drop(state);
         }
-        drop(state);
         self.readable.notify_one();
     }
 
@@ -267,7 +285,7 @@ impl DeliveryQueue {
             state.next_seq += 1;
             self.metrics.record_spooled();
             if state.disk_next == seq && state.has_room(self.bound, self.bound_bytes) {
-                state.keep(Entry { seq, request });
+                state.keep(Entry { seq, request, done: None });
                 state.disk_next = seq + 1;
             }
         }
@@ -340,7 +358,7 @@ impl DeliveryQueue {
                 state.ack_range(from, to);
             }
             state.disk_next = seq + 1;
-            state.keep(Entry { seq, request });
+            state.keep(Entry { seq, request, done: None });
         }
         if state.memory.is_empty() {
             // The reader reached the end: whatever is still missing is unreadable.

@@ -12,18 +12,22 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use crate::completion::Completion;
 use crate::event::Event;
 
 /// Room kept allocated when the queue drains; what a burst took beyond it is given back.
 const KEPT_CAPACITY: usize = 1024;
 
-/// Why an event was not pushed; it is handed back.
+/// An event and, when its ingest waits to hear that it is safe, the token to complete then.
+pub(super) type Queued = (Event, Option<Completion>);
+
+/// Why an event was not pushed; it is handed back with its token.
 #[derive(Debug)]
 pub(super) enum Refused {
     /// The queue is full (and the caller would not, or no longer, wait).
-    Full(Box<Event>),
+    Full(Box<Queued>),
     /// The queue is closed: the runtime shuts down.
-    Closed(Box<Event>),
+    Closed(Box<Queued>),
 }
 
 pub(super) struct EventQueue {
@@ -38,7 +42,7 @@ pub(super) struct EventQueue {
 }
 
 struct State {
-    events: VecDeque<Event>,
+    events: VecDeque<Queued>,
     closed: bool,
 }
 
@@ -58,13 +62,13 @@ impl EventQueue {
     }
 
     /// Pushes if there is room; never waits.
-    pub(super) fn try_push(&self, event: Event) -> Result<(), Refused> {
+    pub(super) fn try_push(&self, event: Queued) -> Result<(), Refused> {
         let mut state = self.lock();
         self.push_locked(&mut state, event)
     }
 
     /// Pushes, waiting as long as the queue is full.
-    pub(super) fn push_blocking(&self, event: Event) -> Result<(), Refused> {
+    pub(super) fn push_blocking(&self, event: Queued) -> Result<(), Refused> {
         let mut state = self.lock();
         while !state.closed && state.events.len() >= self.capacity {
             state = self.writable.wait(state).unwrap_or_else(PoisonError::into_inner);
@@ -74,7 +78,7 @@ impl EventQueue {
 
     /// Pushes, waiting without blocking the thread while the queue is full: forever with `None`,
     /// else at most `limit`.
-    pub(super) async fn push(&self, mut event: Event, limit: Option<Duration>) -> Result<(), Refused> {
+    pub(super) async fn push(&self, mut event: Queued, limit: Option<Duration>) -> Result<(), Refused> {
         let deadline = limit.map(|limit| tokio::time::Instant::now() + limit);
         loop {
             let room = self.room.notified();
@@ -95,7 +99,7 @@ impl EventQueue {
         }
     }
 
-    fn push_locked(&self, state: &mut State, event: Event) -> Result<(), Refused> {
+    fn push_locked(&self, state: &mut State, event: Queued) -> Result<(), Refused> {
         if state.closed {
             return Err(Refused::Closed(Box::new(event)));
         }
@@ -109,7 +113,7 @@ impl EventQueue {
 
     /// Moves up to `max` events into `batch`, waiting for at least one; `false` once the queue is
     /// closed and empty.
-    pub(super) fn pop_batch(&self, max: usize, batch: &mut Vec<Event>) -> bool {
+    pub(super) fn pop_batch(&self, max: usize, batch: &mut Vec<Queued>) -> bool {
         let mut state = self.lock();
         while state.events.is_empty() {
             if state.closed {
@@ -142,11 +146,12 @@ mod tests {
     use super::*;
     use crate::event::{Disconnection, Event};
 
-    fn event(n: usize) -> Event {
-        Event::ClientDisconnected(Disconnection {
+    fn event(n: usize) -> Queued {
+        let event = Event::ClientDisconnected(Disconnection {
             client: crate::event::Client { clientid: format!("c{n}"), username: None },
             reason: "normal".into(),
-        })
+        });
+        (event, None)
     }
 
     #[test]
@@ -164,7 +169,7 @@ mod tests {
         pusher.join().unwrap().unwrap();
         queue.close();
         while queue.pop_batch(10, &mut batch) {}
-        let ids: Vec<String> = batch.iter().map(|e| e.clientid().unwrap().to_string()).collect();
+        let ids: Vec<String> = batch.iter().map(|(e, _)| e.clientid().unwrap().to_string()).collect();
         assert_eq!(ids, ["c0", "c1", "c2"], "every event, in order");
     }
 

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use super::queue::EventQueue;
+use crate::completion::Completion;
 use crate::config::FailurePolicy;
 use crate::delivery::dead_letter::DeadLetters;
 use crate::delivery::queue::DeliveryQueue;
@@ -70,7 +71,8 @@ impl Worker {
         let mut events = Vec::with_capacity(BATCH);
         while self.events.pop_batch(BATCH, &mut events) {
             let mut batch = Vec::new();
-            for event in events.drain(..) {
+            let mut completions = Vec::new();
+            for (event, done) in events.drain(..) {
                 // A swapped-in guest takes over from the next event; one atomic load per event.
                 if self.active.generation() != generation {
                     let guest;
@@ -78,8 +80,13 @@ impl Worker {
                     running = Running::new(guest);
                     fallback = self.fallback();
                 }
-                if let Some(request) = self.filter(&mut running, fallback.as_mut(), event) {
-                    batch.push(request);
+                match self.filter(&mut running, fallback.as_mut(), event) {
+                    Some(request) => {
+                        batch.push(request);
+                        completions.push(done);
+                    }
+                    // Filtered, or failed for good: the event is done with.
+                    None => done.map_or((), Completion::complete),
                 }
                 if running.guest.should_roll_back() {
                     // When it does roll back, the next event sees the new generation and switches.
@@ -87,7 +94,7 @@ impl Worker {
                 }
             }
             if !batch.is_empty() {
-                self.requests.push(batch);
+                self.requests.push_with(batch, completions);
             }
         }
     }
