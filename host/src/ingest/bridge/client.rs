@@ -61,6 +61,17 @@ enum AckPacket {
     V5(v5::mqttbytes::v5::Publish),
 }
 
+/// What became of an acknowledgement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acked {
+    /// Queued for the broker.
+    Queued,
+    /// Its connection is gone; the broker sends the message again on the next one.
+    Stale,
+    /// The client's request channel is full: try again shortly (acknowledgements keep their order).
+    Busy,
+}
+
 /// What the poll task hands on.
 #[derive(Debug)]
 pub enum Incoming {
@@ -186,23 +197,23 @@ impl Client {
 
     /// Acknowledges one message (PUBACK for QoS 1, PUBREC for QoS 2), unless the connection it
     /// came on is gone: then the broker sends it again on the next one, and this is a no-op.
-    /// Returns whether the acknowledgement was queued.
-    pub fn ack(&self, handle: &AckHandle) -> bool {
+    pub fn ack(&self, handle: &AckHandle) -> Acked {
         let _switch = self.generation.switch.lock().unwrap_or_else(PoisonError::into_inner);
         if self.generation.current.load(Ordering::Acquire) != handle.generation {
-            return false;
+            return Acked::Stale;
         }
-        let queued = match (&self.inner, &handle.packet) {
-            (ClientInner::V4(client), AckPacket::V4(publish)) => client.try_ack(publish).map_err(|e| e.to_string()),
-            (ClientInner::V5(client), AckPacket::V5(publish)) => client.try_ack(publish).map_err(|e| e.to_string()),
-            _ => Err("an acknowledgement of another protocol version".into()),
+        let full = match (&self.inner, &handle.packet) {
+            (ClientInner::V4(client), AckPacket::V4(publish)) => client.try_ack(publish).is_err(),
+            (ClientInner::V5(client), AckPacket::V5(publish)) => client.try_ack(publish).is_err(),
+            // One client speaks one version: a handle always matches its client.
+            _ => unreachable!("an acknowledgement of another protocol version"),
         };
-        match queued {
-            Ok(()) => true,
-            Err(error) => {
-                tracing::warn!("An acknowledgement was not sent ({error}); the broker will send the message again.");
-                false
-            }
+        // The request channel is full (the event loop is busy reading): try again shortly. A
+        // closed one means the poll task is gone, and the run is ending.
+        if full {
+            Acked::Busy
+        } else {
+            Acked::Queued
         }
     }
 

@@ -45,7 +45,10 @@ use crate::completion::{Completed, Completion, Outcome};
 use crate::config::{BridgeConfig, BridgeUrl, FilterSettings};
 use crate::event::{now_millis, Event, EventKind, Message};
 use crate::runtime::{SubmitError, Submitter};
-use client::{AckHandle, Incoming};
+use client::{AckHandle, Acked, Incoming};
+
+/// How long an acknowledgement waits when the client's request channel is full.
+const ACK_RETRY: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Why the bridge stopped.
 #[derive(Debug, thiserror::Error)]
@@ -214,17 +217,26 @@ impl Bridge {
         let mut owed: VecDeque<Owed> = VecDeque::new();
         let mut outage = Outage::default();
         let mut stalled = false;
+        // When a busy client channel made the oldest acknowledgement wait.
+        let mut retry_ack: Option<tokio::time::Instant> = None;
         let mut shutdown = std::pin::pin!(shutdown);
         let converter = Converter { config: &config, submitter: &submitter, counters: &counters };
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
-                outcome = settled(&mut owed), if !stalled => match outcome {
+                () = wait_until(retry_ack), if retry_ack.is_some() => retry_ack = None,
+                outcome = settled(&mut owed), if !stalled && retry_ack.is_none() => match outcome {
                     Outcome::Done => {
-                        let done = owed.pop_front().expect("settled only with an owed message");
-                        if client.ack(&done.ack) {
-                            bump(&counters.acked);
+                        let front = owed.front().expect("settled only with an owed message");
+                        match client.ack(&front.ack) {
+                            Acked::Queued => bump(&counters.acked),
+                            Acked::Stale => {}
+                            Acked::Busy => {
+                                retry_ack = Some(tokio::time::Instant::now() + ACK_RETRY);
+                                continue;
+                            }
                         }
+                        owed.pop_front();
                     }
                     Outcome::Abandoned => {
                         // Only when the runtime shuts down: acknowledging later ones would skip this.
@@ -239,15 +251,21 @@ impl Bridge {
                         // session) or was never at risk (a new one): nothing is acknowledged twice.
                         owed.clear();
                         stalled = false;
+                        // A kept session keeps its subscriptions. The first connection of a run
+                        // always subscribes, as the config may have changed.
+                        if !session_present || !outage.ever_connected {
+                            client.subscribe(&filters, config.qos).await;
+                        }
                         outage.connected(&url, session_present);
-                        client.subscribe(&filters, config.qos).await;
                     }
                     Some(Incoming::Subscribed(granted)) => {
-                        for (filter, granted) in filters.iter().zip(granted) {
+                        for (filter, granted) in filters.iter().zip(&granted) {
                             if !granted {
                                 tracing::warn!(broker = %url, "The broker refused the subscription to `{filter}`.");
                             }
                         }
+                        let count = granted.iter().filter(|granted| **granted).count();
+                        tracing::info!(broker = %url, "Subscribed to {count} of {} topic filters.", filters.len());
                     }
                     Some(Incoming::Message(message)) => {
                         if let Some(debt) = converter.submit(message).await {
@@ -272,6 +290,14 @@ impl Bridge {
         client.disconnect().await;
         tracing::info!(broker = %url, "Bridge stopped: {}.", counters.snapshot());
         Ok(())
+    }
+}
+
+/// Completes at `deadline` (never without one).
+async fn wait_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
