@@ -201,6 +201,26 @@ async fn twenty_thousand_qos1_publishes_through_mosquitto_arrive_with_exact_bodi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt_3_1_1_bridge_acknowledges_too() {
+    const MESSAGES: usize = 2_000;
+    let scratch = Scratch::new();
+    let broker = Mosquitto::start(&scratch, "").await;
+    let endpoint = Endpoint::start(Behaviour::default()).await;
+    let webhook = Webhook::new(&endpoint.url())
+        .publishes()
+        .with("  bridge { client_id = \"bridge-v311\", protocol = \"3.1.1\" }");
+    let (mut child, _log) = bridge(&scratch, "bridge", &webhook, &broker.url()).await;
+    let _publisher = publish(&broker.addr, "pub-v311", 0, MESSAGES, 0);
+    wait_all(&endpoint, MESSAGES).await;
+    assert_eq!(all_delivered(&endpoint.recorded(), MESSAGES), 0);
+    signal(&child, "-TERM").await;
+    child.wait().await.unwrap();
+    let mut log_text = String::new();
+    tokio::io::AsyncReadExt::read_to_string(child.stdout.as_mut().unwrap(), &mut log_text).await.unwrap();
+    assert!(log_text.contains(&format!("delivered={MESSAGES}")), "{log_text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqhooks_own_broker_as_the_upstream() {
     // The embedded broker queues 1,000 messages for a subscriber that is behind and drops the
     // rest (rmqtt's `max_mqueue_len`): this stays within it.

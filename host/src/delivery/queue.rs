@@ -570,6 +570,26 @@ mod tests {
     }
 
     #[test]
+    fn a_completion_comes_at_push_with_a_spool_and_travels_with_the_request_without() {
+        use crate::completion::{Completion, Outcome};
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (spooled, _) = open(&config(dir.path(), 1 << 20, FullPolicy::Block, 5));
+        let (token, completed) = Completion::new();
+        spooled.push_with(vec![request(0)], vec![Some(token)]);
+        assert_eq!(runtime.block_on(completed), Outcome::Done, "durable once pushed");
+        let memory = DeliveryQueue::in_memory(&QueueConfig::default(), Arc::new(Metrics::default()));
+        let (token, mut completed) = Completion::new();
+        memory.push_with(vec![request(1)], vec![Some(token)]);
+        let mut entries = runtime.block_on(memory.pop(1)).unwrap();
+        assert!(runtime
+            .block_on(async { tokio::time::timeout(std::time::Duration::ZERO, &mut completed).await })
+            .is_err());
+        entries.pop().unwrap().done.expect("the completion travels with the request").complete();
+        assert_eq!(runtime.block_on(completed), Outcome::Done);
+    }
+
+    #[test]
     fn large_bodies_wait_on_disk_once_memory_holds_its_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let (queue, _) = open(&config(dir.path(), 1 << 30, FullPolicy::RejectNew, 10_000));

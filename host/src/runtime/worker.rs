@@ -9,7 +9,6 @@
 use std::sync::Arc;
 
 use super::queue::EventQueue;
-use crate::completion::Completion;
 use crate::config::FailurePolicy;
 use crate::delivery::dead_letter::DeadLetters;
 use crate::delivery::queue::DeliveryQueue;
@@ -86,7 +85,11 @@ impl Worker {
                         completions.push(done);
                     }
                     // Filtered, or failed for good: the event is done with.
-                    None => done.map_or((), Completion::complete),
+                    None => {
+                        if let Some(done) = done {
+                            done.complete();
+                        }
+                    }
                 }
                 if running.guest.should_roll_back() {
                     // When it does roll back, the next event sees the new generation and switches.

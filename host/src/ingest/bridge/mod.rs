@@ -76,6 +76,7 @@ pub struct BridgeCounters {
     redelivered: AtomicU64,
     acked: AtomicU64,
     connects: AtomicU64,
+    subscribed: AtomicU64,
     connection_losses: AtomicU64,
     failed_connects: AtomicU64,
     unreadable_system: AtomicU64,
@@ -93,6 +94,8 @@ pub struct BridgeSnapshot {
     pub acked: u64,
     /// Sessions established (the first connection and every reconnect).
     pub connects: u64,
+    /// SUBSCRIBEs the broker answered (each filter's refusal is logged).
+    pub subscribed: u64,
     /// Established connections that were lost.
     pub connection_losses: u64,
     /// Connection tries that failed (the broker unreachable or refusing for now).
@@ -110,6 +113,7 @@ impl BridgeCounters {
             redelivered: get(&self.redelivered),
             acked: get(&self.acked),
             connects: get(&self.connects),
+            subscribed: get(&self.subscribed),
             connection_losses: get(&self.connection_losses),
             failed_connects: get(&self.failed_connects),
             unreadable_system: get(&self.unreadable_system),
@@ -125,11 +129,13 @@ impl std::fmt::Display for BridgeSnapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "messages={} redelivered={} acked={} connects={} connection_losses={} failed_connects={} unreadable_system={}",
+            "messages={} redelivered={} acked={} connects={} subscribed={} connection_losses={} failed_connects={} \
+             unreadable_system={}",
             self.messages,
             self.redelivered,
             self.acked,
             self.connects,
+            self.subscribed,
             self.connection_losses,
             self.failed_connects,
             self.unreadable_system
@@ -264,6 +270,7 @@ impl Bridge {
                                 tracing::warn!(broker = %url, "The broker refused the subscription to `{filter}`.");
                             }
                         }
+                        bump(&counters.subscribed);
                         let count = granted.iter().filter(|granted| **granted).count();
                         tracing::info!(broker = %url, "Subscribed to {count} of {} topic filters.", filters.len());
                     }
