@@ -442,3 +442,34 @@ async fn refused_credentials_are_a_clear_error_and_the_password_stays_secret() {
         assert!(!output.contains("s3cret"), "the password leaked: {output}");
     }
 }
+
+/// A "broker" that answers every connection with bytes that are not MQTT: the bridge counts a
+/// failed try, backs off and tries again, and never stops or panics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_mqtt_socket_is_retried_not_fatal() {
+    let scratch = Scratch::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = accepted.clone();
+    let server = tokio::spawn(async move {
+        let garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let garbage = garbage.clone();
+            tokio::spawn(async move {
+                let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, &[0x20, 0xff, 0xff, 0xff, 0xff]).await;
+                let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, &garbage).await;
+            });
+        }
+    });
+    let webhook = Webhook::new("http://127.0.0.1:9/").publishes().with(&client_id("bridge-garbage"));
+    let config = webhook.write(&scratch, "bridge.conf");
+    let mut child = spawn_mqhook(&["run", "--ingest", &format!("mqtt://{addr}"), "--config", config.to_str().unwrap()]);
+    let log = StderrLog::capture(&mut child);
+    wait_until("the bridge tried three times", async || accepted.load(std::sync::atomic::Ordering::SeqCst) >= 3).await;
+    assert!(child.try_wait().unwrap().is_none(), "still running:\n{}", log.text());
+    assert_eq!(log.text().matches("Cannot reach the broker").count(), 1, "one line per outage:\n{}", log.text());
+    assert!(!log.text().contains("panicked"), "{}", log.text());
+    server.abort();
+}
