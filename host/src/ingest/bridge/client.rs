@@ -80,8 +80,8 @@ pub enum Incoming {
         /// The broker resumed the session.
         session_present: bool,
     },
-    /// A PUBLISH.
-    Message(Message),
+    /// A PUBLISH (boxed: it is much larger than the other items).
+    Message(Box<Message>),
     /// A SUBACK: for each filter, whether it was granted.
     Subscribed(Vec<bool>),
     /// The connection failed or was lost; the poll task tries again after a backoff.
@@ -283,7 +283,7 @@ async fn poll_v5(mut eventloop: v5::EventLoop, sender: mpsc::Sender<Incoming>, g
                     }),
                     generation: generation.get(),
                 });
-                Incoming::Message(Message {
+                Incoming::Message(Box::new(Message {
                     topic: publish.topic,
                     qos,
                     retain: publish.retain,
@@ -291,7 +291,7 @@ async fn poll_v5(mut eventloop: v5::EventLoop, sender: mpsc::Sender<Incoming>, g
                     payload: publish.payload,
                     user_properties,
                     ack,
-                })
+                }))
             }
             Ok(v5::Event::Incoming(Packet::SubAck(suback))) => Incoming::Subscribed(
                 suback.return_codes.iter().map(|code| matches!(code, SubscribeReasonCode::Success(_))).collect(),
@@ -347,7 +347,7 @@ async fn poll_v4(mut eventloop: rumqttc::EventLoop, sender: mpsc::Sender<Incomin
                     }),
                     generation: generation.get(),
                 });
-                Incoming::Message(Message {
+                Incoming::Message(Box::new(Message {
                     topic: Bytes::from(publish.topic.into_bytes()),
                     qos,
                     retain: publish.retain,
@@ -355,7 +355,7 @@ async fn poll_v4(mut eventloop: rumqttc::EventLoop, sender: mpsc::Sender<Incomin
                     payload: publish.payload,
                     user_properties: Vec::new(),
                     ack,
-                })
+                }))
             }
             Ok(rumqttc::Event::Incoming(Packet::SubAck(suback))) => Incoming::Subscribed(
                 suback.return_codes.iter().map(|code| matches!(code, SubscribeReasonCode::Success(_))).collect(),

@@ -275,7 +275,7 @@ impl Bridge {
                         tracing::info!(broker = %url, "Subscribed to {count} of {} topic filters.", filters.len());
                     }
                     Some(Incoming::Message(message)) => {
-                        if let Some(debt) = converter.submit(message).await {
+                        if let Some(debt) = converter.submit(*message).await {
                             owed.push_back(debt);
                         }
                     }
