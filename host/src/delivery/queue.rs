@@ -572,7 +572,7 @@ mod tests {
     #[test]
     fn a_completion_comes_at_push_with_a_spool_and_travels_with_the_request_without() {
         use crate::completion::{Completion, Outcome};
-        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let (spooled, _) = open(&config(dir.path(), 1 << 20, FullPolicy::Block, 5));
         let (token, completed) = Completion::new();
