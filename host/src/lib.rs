@@ -21,8 +21,8 @@
 //! 3. [`runtime`]: wires the stages together: the bounded runtime queue, guest worker threads,
 //!    delivery, the drain on shutdown.
 //! 4. Around the runtime:
-//!    - [`ingest`]: event sources (the embedded broker, NDJSON; a broker embeds through
-//!      [`Submitter`]);
+//!    - [`ingest`]: event sources (the embedded broker, NDJSON, the bridge to a broker you run;
+//!      a broker embeds through [`Submitter`]);
 //!    - [`reload`]: swapping a changed guest or config in while events flow;
 //!    - [`admin`]: the loopback HTTP API to read or upload the guest.
 //! 5. The `mqhook` binary (`main.rs`): the command line over all of it.
