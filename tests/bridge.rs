@@ -473,3 +473,40 @@ async fn garbage_on_the_mqtt_socket_is_retried_not_fatal() {
     assert!(!log.text().contains("panicked"), "{}", log.text());
     server.abort();
 }
+
+/// With a spool a message is acknowledged once its request is on disk: with the endpoint
+/// refusing everything the broker's stream still drains into the spool, and after `kill -9` the
+/// next start delivers it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_spool_messages_are_acknowledged_once_on_disk_and_survive_kill_9() {
+    const MESSAGES: usize = 3_000;
+    let scratch = Scratch::new();
+    let broker = Mosquitto::start(&scratch, "").await;
+    let endpoint = Endpoint::start(Behaviour::default()).await;
+    endpoint.fail_with(Some(hyper::StatusCode::SERVICE_UNAVAILABLE));
+    let spool = scratch.0.path().join("spool");
+    let webhook = Webhook::new(&endpoint.url())
+        .publishes()
+        .with(&client_id("bridge-spool"))
+        .with(&format!("  spool {{ dir = \"{}\" }}", spool.display()));
+    let config = webhook.write(&scratch, "bridge.conf");
+    let admin = free_loopback_addr();
+    let mut child =
+        spawn_mqhook(&["run", "--ingest", &broker.url(), "--config", config.to_str().unwrap(), "--admin", &admin]);
+    let log = StderrLog::capture(&mut child);
+    log.wait_for("Subscribed to").await;
+    let _publisher = publish(&broker.addr, "pub-spool", 0, MESSAGES, 0);
+    // Nothing is delivered, yet everything is taken: acknowledged once spooled.
+    wait_until("every message is spooled", async || crate::support::admin_metrics(&admin).await["spooled"] == MESSAGES)
+        .await;
+    child.start_kill().unwrap(); // SIGKILL
+    child.wait().await.unwrap();
+    endpoint.fail_with(None);
+    let (_child, _log) = bridge(&scratch, "bridge", &webhook, &broker.url()).await;
+    wait_until(&format!("all {MESSAGES} messages are delivered"), async || {
+        let mut seen = vec![false; MESSAGES];
+        endpoint.recorded().iter().filter(|r| r.body_text().contains("p-")).for_each(|r| seen[id_of(r)] = true);
+        seen.into_iter().all(|s| s)
+    })
+    .await;
+}
