@@ -308,3 +308,71 @@ async fn check_prints_the_effective_config() {
     assert!(!run.status.success());
     assert!(run.stderr.contains("bad.conf:3: `webhook.pool_size`"), "{}", run.stderr);
 }
+
+#[test]
+fn the_bridge_block_parses_with_its_defaults_and_secrets() {
+    let scratch = Scratch::new();
+    let password = scratch.file("password", "from-file\n");
+    let text = format!(
+        "webhook {{\n  url = \"http://127.0.0.1:1\"\n  bridge {{\n    url = \"mqtts://broker.example:8884\"\n    \
+         client_id = \"hook-1\"\n    username = \"u\"\n    password_file = \"{}\"\n    \
+         subscriptions = [\"a/#\", \"b\"]\n    share_group = \"hooks\"\n    protocol = \"3.1.1\"\n    \
+         session_expiry = 10m\n  }}\n}}\n",
+        password.display()
+    );
+    let config = Config::load(&scratch.file("bridge.conf", &text)).unwrap();
+    let bridge = &config.bridge;
+    assert_eq!(bridge.url.as_ref().unwrap().to_string(), "mqtts://broker.example:8884");
+    assert_eq!((bridge.client_id.as_str(), bridge.username.as_deref()), ("hook-1", Some("u")));
+    assert_eq!(bridge.password.as_ref().unwrap().expose(), "from-file", "the trailing newline is dropped");
+    assert_eq!(bridge.subscriptions, ["a/#", "b"]);
+    assert_eq!(bridge.protocol, mqhook::config::MqttVersion::V311);
+    assert_eq!(bridge.session_expiry.as_secs(), 600);
+    assert!(!bridge.clean_start, "sessions are kept by default");
+    assert_eq!((bridge.qos, bridge.receive_maximum.get()), (1, 64));
+    let json = serde_json::to_string(&config).unwrap();
+    assert!(json.contains("\"password\":\"<redacted>\"") && !json.contains("from-file"), "{json}");
+    assert!(!format!("{config:?}").contains("from-file"));
+}
+
+#[tokio::test]
+async fn the_bridge_password_can_come_from_the_environment() {
+    let scratch = Scratch::new();
+    let text =
+        "webhook {\n  url = \"http://127.0.0.1:1\"\n  bridge { password_env = \"MQHOOK_TEST_BRIDGE_PASSWORD\" }\n}\n";
+    let config = scratch.file("env.conf", text);
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_mqhook"))
+        .args(["check", "--config", config.to_str().unwrap()])
+        .env("MQHOOK_TEST_BRIDGE_PASSWORD", "from-env")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("\"password\": \"<redacted>\"") && !stdout.contains("from-env"), "{stdout}");
+}
+
+#[test]
+fn bad_bridge_settings_name_their_line_and_key() {
+    let cases = [
+        ("  bridge { url = \"http://b:1\" }", "webhook.bridge.url", "mqtt://"),
+        ("  bridge { url = \"mqtt://user:pw@b:1\" }", "webhook.bridge.url", "credentials"),
+        ("  bridge { qos = 3 }", "webhook.bridge.qos", "0, 1 or 2"),
+        ("  bridge { protocol = 6 }", "webhook.bridge.protocol", "accepted: 5, 3.1.1"),
+        ("  bridge { share_group = \"a/b\" }", "webhook.bridge.share_group", "without `/`"),
+        ("  bridge { password = \"x\", password_env = \"Y\" }", "webhook.bridge.password_env", "one of"),
+        ("  bridge { password_env = \"MQHOOK_TEST_UNSET_VARIABLE\" }", "webhook.bridge.password_env", "not set"),
+        ("  bridge { receive_maximum = 0 }", "webhook.bridge.receive_maximum", "at least 1"),
+        ("  bridge { colour = 1 }", "webhook.bridge.colour", "unknown key"),
+        ("  ordering = per_client\n  bridge { share_group = \"g\" }", "webhook.bridge.share_group", "hash_clientid"),
+    ];
+    for (block, key, message) in cases {
+        let text = format!("webhook {{\n  url = \"http://127.0.0.1:1\"\n{block}\n}}\n");
+        let error = load("bad.conf", &text).unwrap_err().to_string();
+        assert!(error.contains(key) && error.contains(message), "{block}: {error}");
+        assert!(error.contains("bad.conf:") && !error.contains("pw@"), "{error}");
+    }
+    let text = "webhook {\n  url = \"http://127.0.0.1:1\"\n  ordering = per_client\n  \
+                bridge { share_group = \"g\", share_strategy = hash_clientid }\n}\n";
+    assert!(load("ok.conf", text).is_ok(), "a broker that hashes by client id keeps per-client order");
+}

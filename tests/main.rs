@@ -2,6 +2,8 @@
 //! the real wasm guests, the real `mqhook` binary, a real HTTP server on 127.0.0.1, real files.
 
 #[cfg(feature = "broker")]
+mod bridge;
+#[cfg(feature = "broker")]
 mod broker;
 mod config;
 mod delivery;

@@ -21,7 +21,7 @@ use crate::support::{
 const OUTAGE: Duration = Duration::from_secs(10);
 
 /// Waits for `child` (its stdin closed or signalled) and returns what it printed.
-async fn finish(child: Child) -> Run {
+pub(crate) async fn finish(child: Child) -> Run {
     let output = tokio::time::timeout(WAIT_LIMIT, child.wait_with_output()).await.expect("mqhook finishes").unwrap();
     Run {
         status: output.status,
@@ -78,7 +78,7 @@ async fn published(task: tokio::task::JoinHandle<()>) {
 
 /// Stops the endpoint for [`OUTAGE`] (connections refused), then starts it again at its address;
 /// returns what it recorded before, and the new one.
-async fn outage(endpoint: Endpoint) -> (Vec<Recorded>, Endpoint) {
+pub(crate) async fn outage(endpoint: Endpoint) -> (Vec<Recorded>, Endpoint) {
     let addr = endpoint.addr;
     let before = endpoint.stop().await;
     // The outage itself: nothing listens for this long.

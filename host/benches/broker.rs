@@ -10,15 +10,21 @@
 //! events pile up in memory and wait there; with a short queue the publishers are held back (the
 //! broker waits for room before it acknowledges), so an event's publish-to-arrival latency falls.
 //!
+//! Then the bridge, in the same run: the same publishers publish to Debian's mosquitto
+//! (`/usr/sbin/mosquitto`, skipped when it is not installed), and mqhook subscribes to it with the
+//! bridge ingest (default `webhook.bridge`: MQTT 5, QoS 1, acknowledged after delivery) → guest →
+//! HTTP. Reports events/s and loss beside the embedded-broker path.
+//!
 //! Run: `cargo bench -p mqhook --bench broker` (env `PUBLISHERS`, `MESSAGES` per publisher).
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use mqhook::config::{Config, LiveConfig, Syntax};
+use mqhook::config::{BridgeUrl, Config, LiveConfig, Syntax};
 use mqhook::delivery::http::HttpSink;
 use mqhook::delivery::Sink;
+use mqhook::ingest::bridge::Bridge;
 use mqhook::ingest::broker::{Broker, BrokerConfig};
 use mqhook::{GuestEngine, Runtime};
 
@@ -52,6 +58,26 @@ fn main() {
         );
         println!("sent {sent}, received {received}, loss {}", sent.saturating_sub(received));
         println!("runtime: {}", hooked.totals);
+        match bridged(publishers, messages).await {
+            Some(bridge) => {
+                let received = bridge.latencies.len();
+                let mut latencies = bridge.latencies.clone();
+                latencies.sort_unstable();
+                let at =
+                    |p: f64| latencies.get(((received as f64 * p) as usize).min(received.saturating_sub(1))).copied();
+                println!("mosquitto → bridge → HTTP:");
+                println!("  publishes/s to mosquitto: {:.0}", rate(bridge.publishing));
+                println!("  events/s (publish start → last webhook): {:.0}", received as f64 / bridge.delivering);
+                println!(
+                    "  publish-to-arrival latency: p50 {} µs, p99 {} µs",
+                    at(0.50).unwrap_or(0),
+                    at(0.99).unwrap_or(0)
+                );
+                println!("  sent {sent}, received {received}, loss {}", sent.saturating_sub(received));
+                println!("  runtime: {}", bridge.totals);
+            }
+            None => println!("mosquitto → bridge → HTTP: skipped (no /usr/sbin/mosquitto)"),
+        }
         println!("overload: a sink at 10 ms per answer (about 3,200 webhooks/s), the same publishers");
         for (name, extra) in [("default queues (65,536)", ""), ("queue_size = 512", " queue_size = 512\n")] {
             let overloaded = round(true, publishers, messages, Duration::from_millis(10), extra).await;
@@ -120,6 +146,71 @@ async fn round(webhooks: bool, publishers: usize, messages: usize, delay: Durati
     let totals = pipeline.shutdown().await;
     let latencies = arrivals.lock().unwrap().clone();
     Round { publishing, delivering, latencies, totals }
+}
+
+/// The bridge path: publishers → mosquitto → bridge ingest → guest → HTTP; `None` without mosquitto.
+async fn bridged(publishers: usize, messages: usize) -> Option<Round> {
+    const MOSQUITTO: &str = "/usr/sbin/mosquitto";
+    if !Path::new(MOSQUITTO).exists() {
+        return None;
+    }
+    let scratch = tempfile::tempdir().expect("a temp dir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port();
+    let conf = scratch.path().join("mosquitto.conf");
+    // Enough queue that mosquitto drops nothing for a bridge that is behind.
+    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\n"))
+        .expect("mosquitto.conf");
+    let _mosquitto = tokio::process::Command::new(MOSQUITTO)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("mosquitto");
+    let broker_addr = SocketAddr::from(([127, 0, 0, 1], port));
+    while TcpStream::connect(broker_addr).await.is_err() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let epoch = Instant::now();
+    let (endpoint, arrivals) = serve(epoch, Duration::ZERO).await;
+    let text = format!(
+        "webhook {{\n url = \"http://{endpoint}/hook\"\n events = [{{ event = \"on_message_publish\", topic = \"bench/#\" }}]\n bridge {{ client_id = \"bench-bridge\", clean_start = true }}\n}}\n"
+    );
+    let config = Config::parse(&text, Path::new("bench.conf"), Syntax::Hocon).expect("bench config");
+    let guest = GuestEngine::new().expect("engine").load(None, &config.guest, &config.filter).expect("built-in guest");
+    let (bridge_config, filter) = (config.bridge.clone(), config.filter.clone());
+    let live = LiveConfig::new(config);
+    let sink = Sink::Http(HttpSink::new(live.clone()).expect("sink"));
+    let pipeline = Runtime::start(live, guest, sink).expect("runtime");
+    let url = BridgeUrl::parse(&format!("mqtt://{broker_addr}")).expect("url");
+    let bridge = Bridge::new(bridge_config, Some(url), &filter, pipeline.submitter()).expect("bridge");
+    let counters = bridge.counters();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(bridge.run(async move {
+        let _ = stopped.await;
+    }));
+    while counters.snapshot().subscribed == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = Instant::now();
+    let clients: Vec<_> =
+        (0..publishers).map(|index| tokio::spawn(publish(broker_addr, index, messages, epoch))).collect();
+    for client in clients {
+        client.await.expect("publisher");
+    }
+    let publishing = started.elapsed().as_secs_f64();
+    let expected = publishers * messages;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while arrivals.lock().unwrap().len() < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let delivering = started.elapsed().as_secs_f64();
+    let _ = stop.send(());
+    running.await.expect("bridge task").expect("bridge");
+    let totals = pipeline.shutdown().await;
+    let latencies = arrivals.lock().unwrap().clone();
+    Some(Round { publishing, delivering, latencies, totals })
 }
 
 fn env_or(name: &str, default: usize) -> usize {

@@ -8,6 +8,7 @@
 //! 1. Foundation types, used by every stage:
 //!    - [`event`]: mqhook's own event type, the border type every ingest converts into;
 //!    - [`request`]: what the guest asked to send for one event;
+//!    - [`completion`]: the token that tells an ingest when the runtime is done with an event;
 //!    - [`config`]: one typed [`Config`] in sections, from NanoMQ HOCON, NanoMQ's old format, or
 //!      HCL, and the [`LiveConfig`](config::LiveConfig) handle a reload replaces;
 //!    - [`metrics`]: the counters every stage records into.
@@ -20,8 +21,8 @@
 //! 3. [`runtime`]: wires the stages together: the bounded runtime queue, guest worker threads,
 //!    delivery, the drain on shutdown.
 //! 4. Around the runtime:
-//!    - [`ingest`]: event sources (the embedded broker, NDJSON; a broker embeds through
-//!      [`Submitter`]);
+//!    - [`ingest`]: event sources (the embedded broker, NDJSON, the bridge to a broker you run;
+//!      a broker embeds through [`Submitter`]);
 //!    - [`reload`]: swapping a changed guest or config in while events flow;
 //!    - [`admin`]: the loopback HTTP API to read or upload the guest.
 //! 5. The `mqhook` binary (`main.rs`): the command line over all of it.
@@ -45,6 +46,7 @@
 //! ```
 
 pub mod admin;
+pub mod completion;
 pub mod config;
 pub mod delivery;
 pub mod event;

@@ -56,7 +56,8 @@ struct RunArgs {
     #[arg(long, short)]
     config: PathBuf,
     /// Where events come from: `broker` (an embedded MQTT broker, see --listen), `ndjson:-`
-    /// (standard input) or `ndjson:PATH`.
+    /// (standard input), `ndjson:PATH`, `mqtt://HOST:PORT` or `mqtts://HOST:PORT` (subscribe to
+    /// that broker, see `webhook.bridge`), or `bridge` (the broker of `webhook.bridge.url`).
     #[arg(long, default_value = DEFAULT_INGEST)]
     ingest: String,
     /// Address the embedded MQTT broker listens on, with `--ingest broker`.
@@ -166,6 +167,7 @@ fn run(args: RunArgs) -> Result<()> {
     let url = mqhook::delivery::request_builder::url_without_query(&config.delivery.url, None);
     tracing::info!(guest = guest.name(), url, "Guest loaded.");
     let broker_limits = config.broker;
+    let bridge = (config.bridge.clone(), config.filter.clone());
     let live = LiveConfig::new(config);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let result = runtime.block_on(async {
@@ -193,6 +195,12 @@ fn run(args: RunArgs) -> Result<()> {
         match input {
             #[cfg(feature = "broker")]
             Ingest::Broker => serve_broker(args.listen, broker_limits, submitter).await?,
+            Ingest::Bridge(url) => {
+                let (settings, filter) = bridge;
+                let bridge = mqhook::ingest::bridge::Bridge::new(settings, url, &filter, submitter)
+                    .with_context(|| format!("in {}", args.config.display()))?;
+                bridge.run(stop_signal()).await?;
+            }
             Ingest::Ndjson(source) => {
                 // Reading may block on a pipe, so it runs on its own thread and waits for queue room.
                 let reader = tokio::task::spawn_blocking(move || source.read_into(&submitter));
@@ -266,6 +274,8 @@ enum Ingest {
     #[cfg(feature = "broker")]
     Broker,
     Ndjson(NdjsonSource),
+    /// An existing broker; `None`: the one of `webhook.bridge.url`.
+    Bridge(Option<mqhook::config::BridgeUrl>),
 }
 
 /// Where NDJSON events are read from.
@@ -281,7 +291,16 @@ impl Ingest {
             Some(("ndjson", path)) if !path.is_empty() => Ok(Ingest::Ndjson(NdjsonSource::File(PathBuf::from(path)))),
             #[cfg(feature = "broker")]
             None if spec == "broker" => Ok(Ingest::Broker),
-            _ => bail!("--ingest {spec:?}: expected `broker`, `ndjson:-` (standard input) or `ndjson:PATH`"),
+            None if spec == "bridge" => Ok(Ingest::Bridge(None)),
+            Some(("mqtt" | "mqtts", _)) => match mqhook::config::BridgeUrl::parse(spec) {
+                Ok(url) => Ok(Ingest::Bridge(Some(url))),
+                // The message never repeats the value: it may hold credentials.
+                Err(message) => bail!("--ingest: {message}"),
+            },
+            _ => bail!(
+                "--ingest {spec:?}: expected `broker`, `ndjson:-` (standard input), `ndjson:PATH`, \
+                 `mqtt://HOST:PORT`, `mqtts://HOST:PORT` or `bridge`"
+            ),
         }
     }
 }

@@ -138,7 +138,7 @@ impl Reloader {
 }
 
 /// The settings read at start only, and whether each differs between `old` and `new`.
-fn restart_only_changes(old: &Config, new: &Config) -> [(&'static str, bool); 9] {
+fn restart_only_changes(old: &Config, new: &Config) -> [(&'static str, bool); 10] {
     let (was, now) = (&old.delivery, &new.delivery);
     [
         ("pool_size", was.pool.pool_size != now.pool.pool_size),
@@ -150,6 +150,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> [(&'static str, bool); 9]
         ("ordering", was.ordering != now.ordering),
         ("spool", old.spool != new.spool),
         ("queues", old.queues != new.queues),
+        ("bridge", old.bridge != new.bridge),
     ]
 }
 

@@ -44,6 +44,8 @@ pub struct Config {
     pub spool: Option<SpoolConfig>,
     /// The embedded broker's limits (with `--ingest broker`).
     pub broker: BrokerLimits,
+    /// The bridge ingest: mqhook as a client of an existing broker (with `--ingest mqtt://…`).
+    pub bridge: BridgeConfig,
 }
 
 /// Why a config could not be loaded.

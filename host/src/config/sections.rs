@@ -64,6 +64,16 @@ pub mod ranges {
     pub const BROKER_CONNECT_TIMEOUT: RangeInclusive<Duration> = Duration::from_millis(100)..=Duration::from_secs(600);
     /// `spool.fsync` as an interval.
     pub const SPOOL_FSYNC: RangeInclusive<Duration> = Duration::from_millis(1)..=Duration::from_secs(3600);
+    /// `bridge.keepalive`: MQTT's keep alive is whole seconds in 16 bits.
+    pub const BRIDGE_KEEPALIVE: RangeInclusive<Duration> = Duration::from_secs(5)..=Duration::from_secs(65_535);
+    /// `bridge.session_expiry`: MQTT 5's session expiry interval, whole seconds in 32 bits (the
+    /// largest value never expires).
+    pub const BRIDGE_SESSION_EXPIRY: RangeInclusive<Duration> =
+        Duration::from_secs(1)..=Duration::from_secs(u32::MAX as u64);
+    /// `bridge.receive_maximum`: QoS 1/2 messages the broker may have in flight to the bridge.
+    pub const BRIDGE_RECEIVE_MAXIMUM: RangeInclusive<u64> = 1..=65_535;
+    /// `bridge.max_packet_size`.
+    pub const BRIDGE_PACKET_SIZE: RangeInclusive<u64> = (1 << 10)..=(256 << 20);
 }
 
 /// Default `pool_size`, as NanoMQ.
@@ -553,6 +563,200 @@ impl Default for BrokerLimits {
             connect_timeout: Duration::from_secs(10),
         }
     }
+}
+
+/// The bridge ingest (`bridge { … }`): mqhook subscribes to an existing broker as an MQTT client,
+/// and acknowledges each QoS 1/2 message only once it is safe. Read by `ingest::bridge`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BridgeConfig {
+    /// The broker (`mqtt://host:port`, `mqtts://host:port`); `--ingest mqtt://…` overrides it.
+    pub url: Option<BridgeUrl>,
+    /// The MQTT client id; each process of a share group needs its own. Default `mqhook-<host>`.
+    pub client_id: String,
+    /// The CONNECT username.
+    pub username: Option<String>,
+    /// The CONNECT password (`password`, `password_file` or `password_env`); never printed.
+    pub password: Option<Secret>,
+    /// TLS for `mqtts://` (the same keys as `webhook.tls`).
+    pub tls: Option<TlsFiles>,
+    /// Topic filters to subscribe to; empty: those of the publish rules (see `ingest::bridge`).
+    pub subscriptions: Vec<String>,
+    /// Subscribe as `$share/<group>/<filter>`, so the processes of one group split the messages.
+    pub share_group: Option<String>,
+    /// How the broker spreads a share group's messages (`any`, or `hash_clientid`).
+    pub share_strategy: ShareStrategy,
+    /// The QoS of the subscriptions.
+    pub qos: u8,
+    /// `false` (the default) keeps the session, and what is published meanwhile, across restarts.
+    pub clean_start: bool,
+    /// How long the broker keeps the session after a disconnect (MQTT 5).
+    #[serde(rename = "session_expiry_ms", serialize_with = "serialize_millis")]
+    pub session_expiry: Duration,
+    /// MQTT keep alive.
+    #[serde(rename = "keepalive_ms", serialize_with = "serialize_millis")]
+    pub keepalive: Duration,
+    /// MQTT 5 (the default) or 3.1.1.
+    pub protocol: MqttVersion,
+    /// QoS 1/2 messages the broker may send before the bridge acknowledges (MQTT 5's receive
+    /// maximum; with 3.1.1 the broker's own in-flight limit applies).
+    pub receive_maximum: NonZeroU16,
+    /// A larger incoming packet closes the connection.
+    pub max_packet_size: ByteSize,
+    /// The MQTT 5 user property that carries the publisher's client id, when the broker adds one.
+    pub from_client_id_property: Option<String>,
+    /// The MQTT 5 user property that carries the publisher's username, when the broker adds one.
+    pub from_username_property: Option<String>,
+}
+
+impl Default for BridgeConfig {
+    /// No broker; session kept for an hour; MQTT 5, QoS 1, 30 s keep alive, 64 in flight.
+    fn default() -> Self {
+        BridgeConfig {
+            url: None,
+            client_id: default_client_id(),
+            username: None,
+            password: None,
+            tls: None,
+            subscriptions: Vec::new(),
+            share_group: None,
+            share_strategy: ShareStrategy::Any,
+            qos: 1,
+            clean_start: false,
+            session_expiry: DEFAULT_BRIDGE_SESSION_EXPIRY,
+            keepalive: Duration::from_secs(30),
+            protocol: MqttVersion::V5,
+            receive_maximum: NonZeroU16::new(64).unwrap(),
+            max_packet_size: ByteSize::new(1 << 20).unwrap(),
+            from_client_id_property: None,
+            from_username_property: None,
+        }
+    }
+}
+
+/// Default `bridge.session_expiry`: a restart or a short outage of mqhook loses nothing.
+pub const DEFAULT_BRIDGE_SESSION_EXPIRY: Duration = Duration::from_secs(3600);
+
+/// `mqhook-<host name>`, so that processes on different machines do not take over each other's
+/// session.
+fn default_client_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String =
+        host.trim().chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').take(40).collect();
+    if host.is_empty() {
+        "mqhook".into()
+    } else {
+        format!("mqhook-{host}")
+    }
+}
+
+/// A broker's address: `mqtt://host:port` or `mqtts://host:port` (port 1883 / 8883 by default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeUrl {
+    /// `mqtts://`.
+    pub tls: bool,
+    /// Host name or IP address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl BridgeUrl {
+    /// Parses `mqtt://host[:port]` or `mqtts://host[:port]`; the message says what is wrong (and
+    /// never repeats credentials).
+    pub fn parse(text: &str) -> Result<BridgeUrl, String> {
+        let (tls, rest) = match text.split_once("://") {
+            Some(("mqtt", rest)) => (false, rest),
+            Some(("mqtts", rest)) => (true, rest),
+            _ => return Err(format!("`{text}` must start with mqtt:// or mqtts://")),
+        };
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.contains('@') {
+            return Err("must not carry credentials (`user:password@`); set `username` and `password`".into());
+        }
+        if authority.contains('/') || authority.contains('?') {
+            return Err(format!("`{text}` must be only mqtt[s]://host:port"));
+        }
+        let default_port = if tls { 8883 } else { 1883 };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, _)) if host.contains(':') && !host.ends_with(']') => (authority, default_port),
+            Some((host, port)) => {
+                (host, port.parse::<u16>().map_err(|_| format!("`{port}` is not a port, in `{text}`"))?)
+            }
+            None => (authority, default_port),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("`{text}` has no host"));
+        }
+        Ok(BridgeUrl { tls, host: host.to_string(), port })
+    }
+}
+
+impl std::fmt::Display for BridgeUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        if self.host.contains(':') {
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl Serialize for BridgeUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A credential: printed and serialized as `<redacted>`, never as itself.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps `value`.
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+
+    /// The value itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+/// How the broker dispatches a share group's messages among its members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShareStrategy {
+    /// Any member may get any message (the default of every broker): no per-client order.
+    Any,
+    /// The broker sends all of one publisher's messages to the same member (EMQX's
+    /// `hash_clientid`), so `ordering = per_client` holds across the group.
+    HashClientid,
+}
+
+/// The MQTT protocol version the bridge speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum MqttVersion {
+    /// MQTT 3.1.1.
+    #[serde(rename = "3.1.1")]
+    V311,
+    /// MQTT 5.0.
+    #[serde(rename = "5")]
+    V5,
 }
 
 /// The spool (`spool { … }`): where and how requests are kept on disk until delivered.

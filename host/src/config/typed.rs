@@ -14,9 +14,10 @@ use http::{HeaderName, HeaderValue};
 
 use super::tree::{Node, Value};
 use super::{
-    ranges, Backoff, BrokerLimits, ByteSize, Config, ConfigError, DeliveryConfig, DeliveryOrder, FailurePolicy,
-    FilterSettings, FsyncPolicy, FullPolicy, GuestConfig, Header, PayloadEncoding, QueueConfig, RetrySettings, Rule,
-    ServerNameCheck, Signing, SigningKey, SpoolConfig, TlsFiles, WhenFull,
+    ranges, Backoff, BridgeConfig, BridgeUrl, BrokerLimits, ByteSize, Config, ConfigError, DeliveryConfig,
+    DeliveryOrder, FailurePolicy, FilterSettings, FsyncPolicy, FullPolicy, GuestConfig, Header, MqttVersion,
+    PayloadEncoding, QueueConfig, RetrySettings, Rule, Secret, ServerNameCheck, ShareStrategy, Signing, SigningKey,
+    SpoolConfig, TlsFiles, WhenFull,
 };
 use crate::event::EventKind;
 
@@ -40,6 +41,28 @@ const WEBHOOK_KEYS: &[&str] = &[
     "ordering",
     "broker",
     "signing",
+    "bridge",
+];
+const BRIDGE_KEYS: &[&str] = &[
+    "url",
+    "client_id",
+    "username",
+    "password",
+    "password_file",
+    "password_env",
+    "tls",
+    "subscriptions",
+    "share_group",
+    "share_strategy",
+    "qos",
+    "clean_start",
+    "session_expiry",
+    "keepalive",
+    "protocol",
+    "receive_maximum",
+    "max_packet_size",
+    "from_client_id_property",
+    "from_username_property",
 ];
 const SIGNING_KEYS: &[&str] = &["secrets"];
 const BROKER_KEYS: &[&str] = &["max_packet_size", "max_connections", "max_inflight", "connect_timeout"];
@@ -84,7 +107,26 @@ pub(crate) fn config_from_tree(root: &Node, file: &Path) -> Result<Config, Confi
             Some(node) => ctx.broker(node)?,
             None => BrokerLimits::default(),
         },
+        bridge: match webhook.get("bridge") {
+            Some(node) => ctx.bridge(node)?,
+            None => BridgeConfig::default(),
+        },
     };
+    // Per-client order needs one client's messages on one process: a share group spreads them
+    // unless the broker hashes by client id.
+    if config.delivery.ordering == DeliveryOrder::PerClient
+        && config.bridge.share_group.is_some()
+        && config.bridge.share_strategy != ShareStrategy::HashClientid
+    {
+        let node = webhook.get("bridge").and_then(|b| b.get("share_group")).unwrap_or(webhook);
+        return Err(ctx.invalid(
+            node,
+            "webhook.bridge.share_group",
+            "`ordering = per_client` needs the broker to send one client's messages to one member of the \
+             group: set `bridge.share_strategy = hash_clientid` if it does (EMQX's `hash_clientid`), or drop \
+             the share group",
+        ));
+    }
     if config.guest.on_failure == FailurePolicy::DeadLetter && config.delivery.dead_letter.is_none() {
         let node = webhook.get("guest").and_then(|g| g.get("on_failure")).unwrap_or(webhook);
         return Err(ctx.invalid(
@@ -220,6 +262,143 @@ impl Ctx<'_> {
                 self.duration(n, "webhook.broker.connect_timeout", ranges::BROKER_CONNECT_TIMEOUT)?;
         }
         Ok(broker)
+    }
+
+    fn bridge(&self, node: &Node) -> Result<BridgeConfig, ConfigError> {
+        let fields = self.object(node, "webhook.bridge")?;
+        self.reject_unknown(fields, "webhook.bridge", BRIDGE_KEYS)?;
+        let mut bridge = BridgeConfig::default();
+        if let Some(n) = node.get("url") {
+            let text = self.text(n, "webhook.bridge.url", "a broker URL")?.trim();
+            bridge.url =
+                Some(BridgeUrl::parse(text).map_err(|message| self.invalid(n, "webhook.bridge.url", message))?);
+        }
+        if let Some(n) = node.get("client_id") {
+            bridge.client_id = self.string(n, "webhook.bridge.client_id")?;
+            if bridge.client_id.is_empty() || bridge.client_id.len() > 65_535 {
+                return Err(self.invalid(n, "webhook.bridge.client_id", "must be 1 to 65,535 bytes"));
+            }
+        }
+        if let Some(n) = node.get("username") {
+            bridge.username = Some(self.string(n, "webhook.bridge.username")?);
+        }
+        bridge.password = self.password(node)?;
+        if let Some(n) = node.get("tls") {
+            bridge.tls = self.tls(n, "webhook.bridge.tls")?;
+        }
+        if let Some(n) = node.get("subscriptions") {
+            let Value::List(items) = &n.value else {
+                let message = format!("expected a list of topic filters, found {}", describe(&n.value));
+                return Err(self.invalid(n, "webhook.bridge.subscriptions", message));
+            };
+            for (index, item) in items.iter().enumerate() {
+                let key = format!("webhook.bridge.subscriptions[{index}]");
+                let filter = self.string(item, &key)?;
+                if filter.is_empty() {
+                    return Err(self.invalid(item, &key, "a topic filter must not be empty"));
+                }
+                if let Some(problem) = topic_filter_problem(&filter) {
+                    return Err(self.invalid(item, &key, problem));
+                }
+                bridge.subscriptions.push(filter);
+            }
+        }
+        if let Some(n) = node.get("share_group") {
+            let group = self.string(n, "webhook.bridge.share_group")?;
+            if group.is_empty() || group.contains(['/', '+', '#']) {
+                return Err(self.invalid(
+                    n,
+                    "webhook.bridge.share_group",
+                    "a share group is a non-empty name without `/`, `+` or `#`",
+                ));
+            }
+            bridge.share_group = Some(group);
+        }
+        if let Some(n) = node.get("share_strategy") {
+            bridge.share_strategy = match self.text(n, "webhook.bridge.share_strategy", "a strategy")? {
+                "any" => ShareStrategy::Any,
+                "hash_clientid" => ShareStrategy::HashClientid,
+                other => {
+                    let message = format!("unknown strategy `{other}`; accepted: any, hash_clientid");
+                    return Err(self.invalid(n, "webhook.bridge.share_strategy", message));
+                }
+            };
+        }
+        if let Some(n) = node.get("qos") {
+            bridge.qos = match self.text(n, "webhook.bridge.qos", "0, 1 or 2")?.trim() {
+                "0" => 0,
+                "1" => 1,
+                "2" => 2,
+                other => {
+                    return Err(self.invalid(n, "webhook.bridge.qos", format!("must be 0, 1 or 2, found `{other}`")))
+                }
+            };
+        }
+        if let Some(n) = node.get("clean_start") {
+            bridge.clean_start = self.boolean(n, "webhook.bridge.clean_start")?;
+        }
+        if let Some(n) = node.get("session_expiry") {
+            bridge.session_expiry = self.duration(n, "webhook.bridge.session_expiry", ranges::BRIDGE_SESSION_EXPIRY)?;
+        }
+        if let Some(n) = node.get("keepalive") {
+            bridge.keepalive = self.duration(n, "webhook.bridge.keepalive", ranges::BRIDGE_KEEPALIVE)?;
+        }
+        if let Some(n) = node.get("protocol") {
+            bridge.protocol = match self.text(n, "webhook.bridge.protocol", "a protocol version")?.trim() {
+                "5" | "5.0" => MqttVersion::V5,
+                "3.1.1" | "4" => MqttVersion::V311,
+                other => {
+                    let message = format!("unknown MQTT version `{other}`; accepted: 5, 3.1.1");
+                    return Err(self.invalid(n, "webhook.bridge.protocol", message));
+                }
+            };
+        }
+        if let Some(n) = node.get("receive_maximum") {
+            bridge.receive_maximum = self.count(n, "webhook.bridge.receive_maximum", ranges::BRIDGE_RECEIVE_MAXIMUM)?;
+        }
+        if let Some(n) = node.get("max_packet_size") {
+            bridge.max_packet_size = self.size(n, "webhook.bridge.max_packet_size", ranges::BRIDGE_PACKET_SIZE)?;
+        }
+        if let Some(n) = node.get("from_client_id_property") {
+            bridge.from_client_id_property = Some(self.string(n, "webhook.bridge.from_client_id_property")?);
+        }
+        if let Some(n) = node.get("from_username_property") {
+            bridge.from_username_property = Some(self.string(n, "webhook.bridge.from_username_property")?);
+        }
+        Ok(bridge)
+    }
+
+    /// The bridge's password: given as it is, read from a file (a trailing newline dropped), or
+    /// from an environment variable. The value itself never appears in an error.
+    fn password(&self, node: &Node) -> Result<Option<Secret>, ConfigError> {
+        let given: Vec<&str> =
+            ["password", "password_file", "password_env"].into_iter().filter(|key| node.get(key).is_some()).collect();
+        if given.len() > 1 {
+            let n = node.get(given[1]).expect("listed");
+            let message =
+                format!("give one of `password`, `password_file` and `password_env`, not {}", given.join(" and "));
+            return Err(self.invalid(n, &format!("webhook.bridge.{}", given[1]), message));
+        }
+        if let Some(n) = node.get("password") {
+            return Ok(Some(Secret::new(self.string(n, "webhook.bridge.password")?)));
+        }
+        if let Some(n) = node.get("password_file") {
+            let key = "webhook.bridge.password_file";
+            let path = self.path(n, key)?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|error| self.invalid(n, key, format!("cannot read {}: {error}", path.display())))?;
+            let text = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
+            return Ok(Some(Secret::new(text.to_string())));
+        }
+        if let Some(n) = node.get("password_env") {
+            let key = "webhook.bridge.password_env";
+            let name = self.text(n, key, "an environment variable's name")?;
+            let value = std::env::var(name).map_err(|_| {
+                self.invalid(n, key, format!("the environment variable `{name}` is not set (or not UTF-8)"))
+            })?;
+            return Ok(Some(Secret::new(value)));
+        }
+        Ok(None)
     }
 
     fn retry(&self, node: &Node) -> Result<RetrySettings, ConfigError> {

@@ -5,7 +5,7 @@
 //!   or standard output ([`print::PrintSink`], for `--dry-run`); the retries over it
 //!   ([`retry`]); and the give-ups, written to the dead-letter file ([`dead_letter`]).
 //! - **Hands on** each request's outcome: counted, and acknowledged to the queue, which is when
-//!   the spool may forget it.
+//!   the spool may forget it (and, without a spool, when its ingest's completion is completed).
 //!
 //! At most `pool_size` requests are in flight, one task each (or, with per-client order,
 //! `pool_size` lanes each send one at a time); draining waits for all of them, so no accepted
@@ -182,6 +182,9 @@ impl Deliverer {
         }
         in_flight.dec();
         self.queue.ack(entry.seq);
+        if let Some(done) = entry.done {
+            done.complete();
+        }
     }
 
     /// Logs and counts a give-up, and writes its dead letter (file I/O, so off the async threads).

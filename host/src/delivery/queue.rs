@@ -12,6 +12,10 @@
 //!
 //! Delivery acknowledges each request when it is done (delivered, or failed for good and dead-
 //! lettered); the spool deletes what is acknowledged. This module owns every position.
+//!
+//! A request may come with a [`Completion`] its ingest waits on: with a spool it is completed
+//! once the push has written the request (write-ahead: durable), without one it travels with the
+//! request and delivery completes it when the request is done.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +23,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::Notify;
 
+use crate::completion::Completion;
 use crate::config::{FullPolicy, QueueConfig, SpoolConfig};
 use crate::metrics::{Depths, Metrics, Problem};
 use crate::request::{idempotency_key, Request};
@@ -34,6 +39,8 @@ pub(crate) struct Entry {
     pub seq: u64,
     /// The request, its idempotency key set.
     pub request: Request,
+    /// Completed when the request is done (memory-only queues; a spool completes at push).
+    pub done: Option<Completion>,
 }
 
 /// Requests waiting for delivery. Shared by the workers (push) and delivery (pop, ack).
@@ -153,6 +160,14 @@ impl DeliveryQueue {
     /// Accepts a batch. With a spool this writes it to disk and never waits; without one it
     /// waits while memory is full.
     pub(crate) fn push(&self, batch: Vec<Request>) {
+        self.push_with(batch, Vec::new());
+    }
+
+    /// As [`DeliveryQueue::push`], with the completion of each request (`completions` is empty
+    /// or as long as `batch`). With a spool they are completed when this returns (the batch is
+    /// on disk, or what the spool refused is counted as dropped); without one each goes with
+    /// its request to delivery.
+    pub(crate) fn push_with(&self, batch: Vec<Request>, completions: Vec<Option<Completion>>) {
         let mut state = self.lock();
         if state.spool.is_some() {
             let mut pending = VecDeque::from(batch);
@@ -174,17 +189,20 @@ impl DeliveryQueue {
                     tracing::error!("Cannot record delivered requests in the spool: {error}.");
                 }
             }
+            drop(state);
+            completions.into_iter().flatten().for_each(Completion::complete);
         } else {
+            let mut completions = completions.into_iter();
             for mut request in batch {
                 while !state.has_room(self.bound, self.bound_bytes) {
                     state = self.writable.wait(state).unwrap_or_else(PoisonError::into_inner);
                 }
                 let seq = state.take_seq(&mut request);
-                state.keep(Entry { seq, request });
+                state.keep(Entry { seq, request, done: completions.next().flatten() });
                 state.disk_next = state.next_seq;
             }
+            drop(state);
         }
-        drop(state);
         self.readable.notify_one();
     }
 
@@ -241,7 +259,7 @@ impl DeliveryQueue {
             state.next_seq += 1;
             self.metrics.record_spooled();
             if state.disk_next == seq && state.has_room(self.bound, self.bound_bytes) {
-                state.keep(Entry { seq, request });
+                state.keep(Entry { seq, request, done: None });
                 state.disk_next = seq + 1;
             }
         }
@@ -320,7 +338,7 @@ impl DeliveryQueue {
                 state.ack_range(from, to);
             }
             state.disk_next = seq + 1;
-            state.keep(Entry { seq, request });
+            state.keep(Entry { seq, request, done: None });
         }
         if state.memory.is_empty() {
             // The reader reached the end: whatever is still missing is unreadable.
@@ -548,6 +566,26 @@ mod tests {
         let (queue, metrics) = open(&config(dir.path(), 1 << 20, FullPolicy::RejectNew, 5));
         assert_eq!(metrics.snapshot().recovered, 0);
         assert!(drain(&queue).is_empty());
+    }
+
+    #[test]
+    fn a_completion_comes_at_push_with_a_spool_and_travels_with_the_request_without() {
+        use crate::completion::{Completion, Outcome};
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (spooled, _) = open(&config(dir.path(), 1 << 20, FullPolicy::Block, 5));
+        let (token, completed) = Completion::new();
+        spooled.push_with(vec![request(0)], vec![Some(token)]);
+        assert_eq!(runtime.block_on(completed), Outcome::Done, "durable once pushed");
+        let memory = DeliveryQueue::in_memory(&QueueConfig::default(), Arc::new(Metrics::default()));
+        let (token, mut completed) = Completion::new();
+        memory.push_with(vec![request(1)], vec![Some(token)]);
+        let mut entries = runtime.block_on(memory.pop(1)).unwrap();
+        assert!(runtime
+            .block_on(async { tokio::time::timeout(std::time::Duration::ZERO, &mut completed).await })
+            .is_err());
+        entries.pop().unwrap().done.expect("the completion travels with the request").complete();
+        assert_eq!(runtime.block_on(completed), Outcome::Done);
     }
 
     #[test]

@@ -18,6 +18,7 @@
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use crate::completion::Completion;
 use crate::config::{DeliveryOrder, LiveConfig, WhenFull};
 use crate::delivery::dead_letter::{DeadLetterError, DeadLetters};
 use crate::delivery::health::{EndpointHealth, EndpointStatus};
@@ -84,20 +85,35 @@ impl Submitter {
         if !self.admit(&event) {
             return Ok(());
         }
-        self.outcome(self.queue.try_push(event))
+        self.outcome(self.queue.try_push((event, None)))
     }
 
     /// Accepts an event as `queues.when_full` says: by default waiting for room, without blocking
     /// the thread, so a broker hook slows down only its own client's connection task. A bounded
     /// wait that runs out, or `drop_new`, hands the event back and counts it as `rejected`.
     pub async fn submit(&self, event: Event) -> Result<(), SubmitError> {
-        if !self.admit(&event) {
+        self.submit_queued((event, None)).await
+    }
+
+    /// As [`Submitter::submit`], and `done` is completed once the event is safe: filtered, failed
+    /// for good, written to the spool, or (without a spool) delivered or given up (see
+    /// [`crate::completion`]). An event that is refused (`Full`, `Closed`) drops its token
+    /// uncompleted: it is not safe.
+    pub async fn submit_with(&self, event: Event, done: Completion) -> Result<(), SubmitError> {
+        self.submit_queued((event, Some(done))).await
+    }
+
+    async fn submit_queued(&self, queued: queue::Submission) -> Result<(), SubmitError> {
+        if !self.admit(&queued.0) {
+            if let Some(done) = queued.1 {
+                done.complete();
+            }
             return Ok(());
         }
         let pushed = match self.when_full {
-            WhenFull::Block => self.queue.push(event, None).await,
-            WhenFull::Wait(limit) => self.queue.push(event, Some(limit)).await,
-            WhenFull::DropNew => self.queue.try_push(event),
+            WhenFull::Block => self.queue.push(queued, None).await,
+            WhenFull::Wait(limit) => self.queue.push(queued, Some(limit)).await,
+            WhenFull::DropNew => self.queue.try_push(queued),
         };
         self.outcome(pushed)
     }
@@ -108,22 +124,22 @@ impl Submitter {
         if !self.admit(&event) {
             return Ok(());
         }
-        self.outcome(self.queue.push_blocking(event))
+        self.outcome(self.queue.push_blocking((event, None)))
     }
 
     fn outcome(&self, pushed: Result<(), Refused>) -> Result<(), SubmitError> {
         match pushed {
             Ok(()) => Ok(()),
-            Err(Refused::Full(event)) => {
-                let action = event.kind().action();
+            Err(Refused::Full(queued)) => {
+                let action = queued.0.kind().action();
                 self.metrics.report(
                     Problem::QueueFull,
                     1,
                     format_args!("The runtime queue is full: a {action} event is dropped (queues.when_full)."),
                 );
-                Err(SubmitError::Full(event))
+                Err(SubmitError::Full(Box::new(queued.0)))
             }
-            Err(Refused::Closed(event)) => Err(SubmitError::Closed(event)),
+            Err(Refused::Closed(queued)) => Err(SubmitError::Closed(Box::new(queued.0))),
         }
     }
 

@@ -12,18 +12,22 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
 
+use crate::completion::Completion;
 use crate::event::Event;
 
 /// Room kept allocated when the queue drains; what a burst took beyond it is given back.
 const KEPT_CAPACITY: usize = 1024;
 
-/// Why an event was not pushed; it is handed back.
+/// An event and, when its ingest waits to hear that it is safe, the token to complete then.
+pub(super) type Submission = (Event, Option<Completion>);
+
+/// Why an event was not pushed; it is handed back with its token.
 #[derive(Debug)]
 pub(super) enum Refused {
     /// The queue is full (and the caller would not, or no longer, wait).
-    Full(Box<Event>),
+    Full(Box<Submission>),
     /// The queue is closed: the runtime shuts down.
-    Closed(Box<Event>),
+    Closed(Box<Submission>),
 }
 
 pub(super) struct EventQueue {
@@ -37,10 +41,11 @@ pub(super) struct EventQueue {
     room: Notify,
 }
 
-/// An event and when it arrived (for the delivery latency).
+/// A submission in the queue, and when it arrived (for the delivery latency).
 pub(super) struct Queued {
     pub received_at: SystemTime,
     pub event: Event,
+    pub done: Option<Completion>,
 }
 
 struct State {
@@ -64,13 +69,13 @@ impl EventQueue {
     }
 
     /// Pushes if there is room; never waits.
-    pub(super) fn try_push(&self, event: Event) -> Result<(), Refused> {
+    pub(super) fn try_push(&self, event: Submission) -> Result<(), Refused> {
         let mut state = self.lock();
         self.push_locked(&mut state, event)
     }
 
     /// Pushes, waiting as long as the queue is full.
-    pub(super) fn push_blocking(&self, event: Event) -> Result<(), Refused> {
+    pub(super) fn push_blocking(&self, event: Submission) -> Result<(), Refused> {
         let mut state = self.lock();
         while !state.closed && state.events.len() >= self.capacity {
             state = self.writable.wait(state).unwrap_or_else(PoisonError::into_inner);
@@ -80,7 +85,7 @@ impl EventQueue {
 
     /// Pushes, waiting without blocking the thread while the queue is full: forever with `None`,
     /// else at most `limit`.
-    pub(super) async fn push(&self, mut event: Event, limit: Option<Duration>) -> Result<(), Refused> {
+    pub(super) async fn push(&self, mut event: Submission, limit: Option<Duration>) -> Result<(), Refused> {
         let deadline = limit.map(|limit| tokio::time::Instant::now() + limit);
         loop {
             let room = self.room.notified();
@@ -101,14 +106,15 @@ impl EventQueue {
         }
     }
 
-    fn push_locked(&self, state: &mut State, event: Event) -> Result<(), Refused> {
+    fn push_locked(&self, state: &mut State, event: Submission) -> Result<(), Refused> {
         if state.closed {
             return Err(Refused::Closed(Box::new(event)));
         }
         if state.events.len() >= self.capacity {
             return Err(Refused::Full(Box::new(event)));
         }
-        state.events.push_back(Queued { received_at: SystemTime::now(), event });
+        let (event, done) = event;
+        state.events.push_back(Queued { received_at: SystemTime::now(), event, done });
         self.readable.notify_one();
         Ok(())
     }
@@ -153,11 +159,12 @@ mod tests {
     use super::*;
     use crate::event::{Disconnection, Event};
 
-    fn event(n: usize) -> Event {
-        Event::ClientDisconnected(Disconnection {
+    fn event(n: usize) -> Submission {
+        let event = Event::ClientDisconnected(Disconnection {
             client: crate::event::Client { clientid: format!("c{n}"), username: None },
             reason: "normal".into(),
-        })
+        });
+        (event, None)
     }
 
     #[test]

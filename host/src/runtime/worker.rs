@@ -71,7 +71,8 @@ impl Worker {
         let mut events = Vec::with_capacity(BATCH);
         while self.events.pop_batch(BATCH, &mut events) {
             let mut batch = Vec::new();
-            for Queued { received_at, event } in events.drain(..) {
+            let mut completions = Vec::new();
+            for Queued { received_at, event, done } in events.drain(..) {
                 // A swapped-in guest takes over from the next event; one atomic load per event.
                 if self.active.generation() != generation {
                     let guest;
@@ -79,9 +80,18 @@ impl Worker {
                     running = Running::new(guest);
                     fallback = self.fallback();
                 }
-                if let Some(mut request) = self.filter(&mut running, fallback.as_mut(), event) {
-                    request.received_at = Some(received_at);
-                    batch.push(request);
+                match self.filter(&mut running, fallback.as_mut(), event) {
+                    Some(mut request) => {
+                        request.received_at = Some(received_at);
+                        batch.push(request);
+                        completions.push(done);
+                    }
+                    // Filtered, or failed for good: the event is done with.
+                    None => {
+                        if let Some(done) = done {
+                            done.complete();
+                        }
+                    }
                 }
                 if running.guest.should_roll_back() {
                     // When it does roll back, the next event sees the new generation and switches.
@@ -89,7 +99,7 @@ impl Worker {
                 }
             }
             if !batch.is_empty() {
-                self.requests.push(batch);
+                self.requests.push_with(batch, completions);
             }
         }
     }
