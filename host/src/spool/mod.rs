@@ -384,14 +384,15 @@ fn format_acked(acked: u64) -> String {
     format!("{digits} {:08x}\n", crc32fast::hash(digits.as_bytes()))
 }
 
-/// Reads an `acked` file; `None` when it is damaged. A bare number (as earlier versions wrote it)
-/// is taken as it is.
+/// Reads an `acked` file; `None` when it is damaged. A bare number without its checksum (as
+/// versions before the checksum wrote it) counts as damaged too: damage can leave a file that
+/// looks like one, and trusting it could skip undelivered records, while distrusting it only
+/// delivers again (with the same idempotency keys) what was delivered.
 fn parse_acked(text: &str) -> Option<u64> {
     let mut parts = text.split_whitespace();
     let digits = parts.next()?;
     let acked = digits.parse::<u64>().ok()?;
     match (parts.next(), parts.next()) {
-        (None, _) => Some(acked),
         (Some(checksum), None) if u32::from_str_radix(checksum, 16).ok()? == crc32fast::hash(digits.as_bytes()) => {
             Some(acked)
         }
