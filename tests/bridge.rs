@@ -499,6 +499,14 @@ async fn with_a_spool_messages_are_acknowledged_once_on_disk_and_survive_kill_9(
     // Nothing is delivered, yet everything is taken: acknowledged once spooled.
     wait_until("every message is spooled", async || crate::support::admin_metrics(&admin).await["spooled"] == MESSAGES)
         .await;
+    // …and acknowledged to the broker, as the bridge's metrics say (read by the OpenMetrics parser).
+    wait_until("every message acknowledged", async || {
+        let exposition = crate::support::admin_call(&admin, "GET", "/metrics", None, Vec::new()).await.body;
+        let samples = crate::support::parse_metrics(&exposition);
+        samples.get("mqhook_bridge_acked_total") == Some(&(MESSAGES as f64))
+            && samples.get("mqhook_bridge_messages_total") == Some(&(MESSAGES as f64))
+    })
+    .await;
     child.start_kill().unwrap(); // SIGKILL
     child.wait().await.unwrap();
     endpoint.fail_with(None);

@@ -21,6 +21,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use tokio::net::TcpStream;
+
 use mqhook::config::{BridgeUrl, Config, LiveConfig, Syntax};
 use mqhook::delivery::http::HttpSink;
 use mqhook::delivery::Sink;
@@ -190,7 +192,7 @@ async fn bridged(publishers: usize, messages: usize) -> Option<Round> {
     let running = tokio::spawn(bridge.run(async move {
         let _ = stopped.await;
     }));
-    while counters.snapshot().subscribed == 0 {
+    while counters.subscribed.get() == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let started = Instant::now();

@@ -264,6 +264,44 @@ pub struct Depths {
     pub backing_off: bool,
 }
 
+/// The bridge ingest's counters (`mqhook_bridge_*_total`; zero without a bridge). Cheap to
+/// clone: the clones count into the same metrics.
+#[derive(Debug, Clone, Default)]
+pub struct BridgeCounters {
+    /// PUBLISHes received.
+    pub messages: Counter,
+    /// Of them, sent again by the broker (DUP set).
+    pub redelivered: Counter,
+    /// QoS 1/2 messages acknowledged to the broker.
+    pub acked: Counter,
+    /// Sessions established (the first connection and every reconnect).
+    pub connects: Counter,
+    /// SUBSCRIBEs the broker answered.
+    pub subscribed: Counter,
+    /// Established connections that were lost.
+    pub connection_losses: Counter,
+    /// Connection tries that failed.
+    pub failed_connects: Counter,
+    /// System-topic messages about clients that could not be read.
+    pub unreadable_system: Counter,
+}
+
+impl BridgeCounters {
+    fn registered(registry: &mut Registry) -> BridgeCounters {
+        let r = registry;
+        BridgeCounters {
+            messages: counter(r, "bridge_messages", "Bridge: PUBLISHes received from the upstream broker"),
+            redelivered: counter(r, "bridge_redelivered", "Bridge: PUBLISHes the broker sent again (DUP)"),
+            acked: counter(r, "bridge_acked", "Bridge: QoS 1/2 messages acknowledged once safe"),
+            connects: counter(r, "bridge_connects", "Bridge: sessions established, reconnects included"),
+            subscribed: counter(r, "bridge_subscribed", "Bridge: SUBSCRIBEs the broker answered"),
+            connection_losses: counter(r, "bridge_connection_losses", "Bridge: established connections lost"),
+            failed_connects: counter(r, "bridge_failed_connects", "Bridge: connection tries that failed"),
+            unreadable_system: counter(r, "bridge_unreadable_system", "Bridge: unreadable $SYS client messages"),
+        }
+    }
+}
+
 /// The shared metrics of one pipeline.
 #[derive(Debug)]
 pub struct Metrics {
@@ -293,6 +331,7 @@ pub struct Metrics {
     backing_off: Gauge,
     delivery_latency: Histogram,
     guest_call: Histogram,
+    bridge: BridgeCounters,
     limiter: Limiter,
 }
 
@@ -385,6 +424,7 @@ impl Default for Metrics {
                 0.000_25,
             ),
             guest_call: seconds_histogram(r, "guest_call", "Time of one guest call", 0.000_001),
+            bridge: BridgeCounters::registered(r),
             limiter: Limiter::default(),
             registry,
         }
@@ -453,6 +493,11 @@ impl Metrics {
     /// Counts a swapped-in guest rolled back.
     pub fn record_guest_rollback(&self) {
         self.guest_rollbacks.inc();
+    }
+
+    /// The bridge ingest's counters.
+    pub fn bridge(&self) -> &BridgeCounters {
+        &self.bridge
     }
 
     /// The gauge of requests being sent now.

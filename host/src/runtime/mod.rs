@@ -26,7 +26,7 @@ use crate::delivery::queue::DeliveryQueue;
 use crate::delivery::{self, Sink};
 use crate::event::{Event, EventKind};
 use crate::guest::{ActiveGuest, GuestModule};
-use crate::metrics::{Depths, FilterStage, Metrics, MetricsSnapshot, Problem, LOG_WINDOW};
+use crate::metrics::{BridgeCounters, Depths, FilterStage, Metrics, MetricsSnapshot, Problem, LOG_WINDOW};
 use crate::spool::SpoolError;
 
 mod queue;
@@ -141,6 +141,11 @@ impl Submitter {
             }
             Err(Refused::Closed(queued)) => Err(SubmitError::Closed(Box::new(queued.0))),
         }
+    }
+
+    /// The bridge ingest's counters, which count into this runtime's metrics.
+    pub fn bridge_counters(&self) -> BridgeCounters {
+        self.metrics.bridge().clone()
     }
 
     /// Counts an input record that was not a valid event (it never enters the pipeline), and logs

@@ -36,7 +36,6 @@ pub mod system;
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -44,6 +43,7 @@ use serde::Serialize;
 use crate::completion::{Completed, Completion, Outcome};
 use crate::config::{BridgeConfig, BridgeUrl, FilterSettings};
 use crate::event::{now_millis, Event, EventKind, Message};
+use crate::metrics::BridgeCounters;
 use crate::runtime::{SubmitError, Submitter};
 use client::{AckHandle, Acked, Incoming};
 
@@ -69,19 +69,6 @@ pub enum BridgeError {
     },
 }
 
-/// What the bridge counted; [`BridgeCounters::snapshot`] reads them.
-#[derive(Debug, Default)]
-pub struct BridgeCounters {
-    messages: AtomicU64,
-    redelivered: AtomicU64,
-    acked: AtomicU64,
-    connects: AtomicU64,
-    subscribed: AtomicU64,
-    connection_losses: AtomicU64,
-    failed_connects: AtomicU64,
-    unreadable_system: AtomicU64,
-}
-
 /// The bridge's counters at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct BridgeSnapshot {
@@ -104,25 +91,22 @@ pub struct BridgeSnapshot {
     pub unreadable_system: u64,
 }
 
-impl BridgeCounters {
-    /// The counters now.
-    pub fn snapshot(&self) -> BridgeSnapshot {
-        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        BridgeSnapshot {
-            messages: get(&self.messages),
-            redelivered: get(&self.redelivered),
-            acked: get(&self.acked),
-            connects: get(&self.connects),
-            subscribed: get(&self.subscribed),
-            connection_losses: get(&self.connection_losses),
-            failed_connects: get(&self.failed_connects),
-            unreadable_system: get(&self.unreadable_system),
-        }
+/// The bridge's counters now: they live with the other metrics (`mqhook_bridge_*_total`).
+pub fn snapshot(counters: &BridgeCounters) -> BridgeSnapshot {
+    BridgeSnapshot {
+        messages: counters.messages.get(),
+        redelivered: counters.redelivered.get(),
+        acked: counters.acked.get(),
+        connects: counters.connects.get(),
+        subscribed: counters.subscribed.get(),
+        connection_losses: counters.connection_losses.get(),
+        failed_connects: counters.failed_connects.get(),
+        unreadable_system: counters.unreadable_system.get(),
     }
 }
 
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
+fn bump(counter: &prometheus_client::metrics::counter::Counter) {
+    counter.inc();
 }
 
 impl std::fmt::Display for BridgeSnapshot {
@@ -178,7 +162,7 @@ pub struct Bridge {
     filters: Vec<String>,
     tls: Option<Arc<rustls::ClientConfig>>,
     submitter: Submitter,
-    counters: Arc<BridgeCounters>,
+    counters: BridgeCounters,
 }
 
 /// One message whose acknowledgement waits for its events to complete.
@@ -205,11 +189,12 @@ impl Bridge {
             None
         };
         let filters = subscriptions(&config, filter);
-        Ok(Bridge { config, url, filters, tls, submitter, counters: Arc::default() })
+        let counters = submitter.bridge_counters();
+        Ok(Bridge { config, url, filters, tls, submitter, counters })
     }
 
     /// The bridge's counters, live.
-    pub fn counters(&self) -> Arc<BridgeCounters> {
+    pub fn counters(&self) -> BridgeCounters {
         self.counters.clone()
     }
 
@@ -295,7 +280,7 @@ impl Bridge {
             }
         }
         client.disconnect().await;
-        tracing::info!(broker = %url, "Bridge stopped: {}.", counters.snapshot());
+        tracing::info!(broker = %url, "Bridge stopped: {}.", snapshot(&counters));
         Ok(())
     }
 }
