@@ -84,10 +84,11 @@ pub const DEFAULT_GUEST_MEMORY: ByteSize = ByteSize::new(64 << 20).unwrap();
 /// Default cap on one guest call. Generous because base62 of a large payload is inherently
 /// superlinear (the whole payload is one big integer): 64 KiB takes tens of milliseconds in wasm.
 pub const DEFAULT_GUEST_TIMEOUT: Duration = Duration::from_millis(1000);
-/// Default cap on the core instances one guest instance may create. A Rust guest creates two, a
-/// componentize-py 0.25 guest 14 (CPython, libc and its libraries, the WASI adapter), 38 when
-/// built with `--stub-wasi` (a stub module per WASI interface); 64 leaves room for guests composed of several such components, while a
-/// component that instantiates modules without end still stops early.
+/// Default cap on the core instances one guest instance may create: a Rust guest creates 3 (its
+/// module and the WASI adapter's shims), a componentize-qjs 0.4 guest 9, a componentize-py 0.25
+/// guest 14 (CPython, libc and its libraries, the WASI adapter), 38 when built with `--stub-wasi`
+/// (a stub module per WASI interface). 64 leaves room for guests composed of several such
+/// components, while a component that instantiates modules without end still stops early.
 pub const DEFAULT_GUEST_MAX_INSTANCES: NonZeroUsize = NonZeroUsize::new(64).unwrap();
 /// Default cap on a guest's body.
 pub const DEFAULT_GUEST_MAX_BODY: ByteSize = ByteSize::new(16 << 20).unwrap();
@@ -402,7 +403,7 @@ pub struct GuestConfig {
     #[serde(rename = "timeout_ms", serialize_with = "serialize_millis")]
     pub timeout: Duration,
     /// Cap on the core wasm instances each guest instance may create in its store: a Rust guest
-    /// needs two, tools that build a component from several modules (componentize-py) more.
+    /// needs 3, tools that build a component from several modules (componentize-py) more.
     pub max_instances: NonZeroUsize,
     /// Cap on the body a guest returns; a larger one drops the event.
     pub max_body: ByteSize,

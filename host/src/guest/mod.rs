@@ -101,7 +101,7 @@ pub enum GuestError {
     /// Instantiating the component needed more core instances than `guest.max_instances` allows.
     #[error(
         "guest needs more core wasm instances than guest.max_instances = {limit} allows \
-         (a componentize-py guest needs 14, 38 built with --stub-wasi): {message}"
+         (Rust guests need 3, componentize-qjs 9, componentize-py 14, or 38 with --stub-wasi): {message}"
     )]
     InstanceLimit {
         /// The cap.
