@@ -1,5 +1,5 @@
-//! Guests in other languages: the Python payload filter (componentize-py) and the JavaScript
-//! router (componentize-qjs), built from guest/python and guest/js by the tests
+//! Guests in other languages: the Python payload filter (componentize-py), the JavaScript
+//! payload filter and router (componentize-qjs), built from guest/python and guest/js by the tests
 //! ([`crate::support::guests`]).
 //!
 //! Each is held to exactly what its Rust twin promises (the same [`Example`] runs: loaded at
@@ -16,12 +16,17 @@ use mqhook::event::{Client, Connack, Connection, Disconnection, Message, Subscri
 use mqhook::{Event, GuestError};
 
 use crate::examples::{payload_filter_example, router_example};
-use crate::support::guests::{js_router, js_router_async, python_payload_filter};
+use crate::support::guests::{js_payload_filter, js_router, js_router_async, python_payload_filter};
 use crate::support::{engine, message, mqhook, Scratch};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_payload_filter_delivers_what_the_rust_one_does_loaded_or_swapped_in() {
     payload_filter_example(python_payload_filter()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_javascript_payload_filter_delivers_what_the_rust_one_does_loaded_or_swapped_in() {
+    payload_filter_example(js_payload_filter()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,8 +113,9 @@ fn python_and_javascript_write_nanomqs_bodies_byte_for_byte() {
         assert_eq!(router, expected, "the JavaScript router, {encoding} payload {payload:?}");
         if payload.starts_with(b"{") {
             let filter = config(encoding, r#"field = "temp", op = "exists""#, "");
-            let python = bodies(Some(python_payload_filter()), &filter, &events);
-            assert_eq!(python, expected, "the Python payload filter, {encoding} payload {payload:?}");
+            for guest in [python_payload_filter(), js_payload_filter()] {
+                assert_eq!(bodies(Some(guest), &filter, &events), expected, "{guest}, {encoding} payload {payload:?}");
+            }
         }
     }
 }

@@ -189,6 +189,11 @@ export class Filter {
 
   /** NanoMQ's body for `event` as UTF-8 bytes, or `null` when no rule selects it. */
   body(event) {
-    return this.selects(event) ? utf8(JSON.stringify(bodyObject(event, this.encoding))) : null;
+    return this.selects(event) ? this.write(event) : null;
+  }
+
+  /** NanoMQ's body for `event` as UTF-8 bytes, whether or not a rule selects it. */
+  write(event) {
+    return utf8(JSON.stringify(bodyObject(event, this.encoding)));
   }
 }

@@ -151,7 +151,8 @@ class WitWorld(wit_world.WitWorld):
 
     def handle(self, event: Event) -> Delivery | None:
         condition, nanomq = configured
+        if not nanomq.selects(event):
+            return None
         if isinstance(event, Event_MessagePublish) and not condition.holds(event.value.payload):
             return None
-        body = nanomq.body(event)
-        return None if body is None else Delivery(body=body, headers=[], path=None)
+        return Delivery(body=nanomq.write(event), headers=[], path=None)

@@ -48,22 +48,28 @@ pub fn python_payload_filter() -> &'static str {
 /// The JavaScript router (guest/js/router.js), built by componentize-qjs with `--sync`.
 pub fn js_router() -> &'static str {
     static BUILT: OnceLock<String> = OnceLock::new();
-    BUILT.get_or_init(|| qjs("router", &["--sync"]))
+    BUILT.get_or_init(|| qjs("router", "router", &["--sync"]))
 }
 
 /// The same router built with componentize-qjs's default, async runtime, which the host refuses.
 pub fn js_router_async() -> &'static str {
     static BUILT: OnceLock<String> = OnceLock::new();
-    BUILT.get_or_init(|| qjs("router-async", &[]))
+    BUILT.get_or_init(|| qjs("router-async", "router", &[]))
 }
 
-/// guest/js/router.js built by componentize-qjs with `flags`, as `target/guest-build/js/<name>-…`.
-fn qjs(name: &str, flags: &'static [&'static str]) -> String {
+/// The JavaScript payload filter (guest/js/payload_filter.js), built with `--sync`.
+pub fn js_payload_filter() -> &'static str {
+    static BUILT: OnceLock<String> = OnceLock::new();
+    BUILT.get_or_init(|| qjs("payload_filter", "payload_filter", &["--sync"]))
+}
+
+/// guest/js/<entry>.js built by componentize-qjs with `flags`, as `target/guest-build/js/<name>-…`.
+fn qjs(name: &str, entry: &str, flags: &'static [&'static str]) -> String {
     let tool = tools().join("js/node_modules/.bin/componentize-qjs");
     build("js", name, &["guest/js/package-lock.json"], &tool, |output| {
         let mut command = Command::new(&tool);
-        command.current_dir(workspace()).args(["-w", "wit", "-n", "filter", "-j", "guest/js/router.js"]);
-        command.args(flags).arg("-o").arg(output);
+        command.current_dir(workspace()).args(["-w", "wit", "-n", "filter", "-j"]);
+        command.arg(format!("guest/js/{entry}.js")).args(flags).arg("-o").arg(output);
         command
     })
 }
