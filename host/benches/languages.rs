@@ -41,7 +41,7 @@ fn guests() -> [(&'static str, &'static str); 3] {
 fn config() -> Config {
     let text = "webhook {\n url = \"http://127.0.0.1:9\"\n \
                 events = [{ event = \"on_message_publish\", topic = \"sensors/+/temp\" }]\n \
-                guest { memory_limit = 2GiB, settings = { field = \"/temp\", op = \"gt\", value = \"30\" } }\n}\n";
+                guest {\n  memory_limit = \"2GiB\"\n  settings = { field = \"/temp\", op = \"gt\", value = \"30\" }\n }\n}\n";
     Config::parse(text, Path::new("bench.hcl"), Syntax::Hcl).expect("bench config")
 }
 
