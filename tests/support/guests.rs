@@ -76,9 +76,10 @@ fn qjs(name: &str, entry: &str, flags: &'static [&'static str]) -> String {
 
 /// Builds `target/guest-build/<language>/<name>-<hash>.wasm` with `command` unless it is there.
 fn build(language: &str, name: &str, pins: &[&str], tool: &Path, command: impl FnOnce(&Path) -> Command) -> String {
+    let label = if language == "js" { "JavaScript" } else { "Python" };
     assert!(
         tool.exists(),
-        "the {language} guests' toolchain is missing: run scripts/test (it installs {} into target/guest-tools)",
+        "the {label} guests' toolchain is missing: run scripts/test (it installs {} into target/guest-tools)",
         pins.join(", ")
     );
     let dir = workspace().join("target/guest-build").join(language);
