@@ -167,6 +167,7 @@ fn mqhook_extensions_parse() {
     memory_limit = "16MiB"
     timeout = 250
     workers = 3
+    max_instances = 40
     settings = { field = "temp", min = "10" }
   }
 }"#,
@@ -190,6 +191,7 @@ fn mqhook_extensions_parse() {
     assert_eq!(config.guest.memory_limit.get(), 16 << 20);
     assert_eq!(config.guest.timeout.as_millis(), 250);
     assert_eq!(config.guest.workers.get(), 3);
+    assert_eq!(config.guest.max_instances.get(), 40);
     assert_eq!(config.guest.settings, vec![("field".into(), "temp".into()), ("min".into(), "10".into())]);
     let tls = config.delivery.tls.clone().unwrap();
     assert!(tls.cacertfile.unwrap().ends_with("ca.pem"));
@@ -243,6 +245,7 @@ const MALFORMED: &[(&str, &str, usize, &str, &str)] = &[
     ("when-full.conf", "webhook {\n url = \"http://h\"\n queues {\n  when_full = sometimes\n }\n}\n", 4, "webhook.queues.when_full", "drop_new"),
     ("queues-key.conf", "webhook {\n url = \"http://h\"\n queues {\n  event = 5\n }\n}\n", 4, "webhook.queues.event", "events, requests, request_bytes"),
     ("workers.hcl", "webhook {\n  url = \"http://h\"\n  guest {\n    workers = 100000\n  }\n}\n", 4, "webhook.guest.workers", "between 1 and 256"),
+    ("instances.hcl", "webhook {\n  url = \"http://h\"\n  guest {\n    max_instances = 20000\n  }\n}\n", 4, "webhook.guest.max_instances", "between 1 and 10000"),
     ("memory-huge.hcl", "webhook {\n  url = \"http://h\"\n  guest {\n    memory_limit = \"8GiB\"\n  }\n}\n", 4, "webhook.guest.memory_limit", "between"),
     ("timeout-huge.conf", "webhook {\n url = \"http://h\"\n cancel_timeout = 2h\n}\n", 3, "webhook.cancel_timeout", "unknown unit"),
     ("timeout-long.conf", "webhook {\n url = \"http://h\"\n cancel_timeout = 7200s\n}\n", 3, "webhook.cancel_timeout", "between 1ms and 3600s"),

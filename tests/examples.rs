@@ -17,31 +17,31 @@ use crate::support::{
 };
 
 /// A guest at work: the component, the config it runs under, the events it is fed.
-struct Example {
-    guest: &'static str,
+pub(crate) struct Example {
+    pub(crate) guest: &'static str,
     /// Lines added to the `webhook` block, such as headers.
-    webhook: &'static str,
+    pub(crate) webhook: &'static str,
     /// The members of the `events` list.
-    rules: &'static str,
+    pub(crate) rules: &'static str,
     /// The members of `guest.settings`.
-    settings: &'static str,
+    pub(crate) settings: &'static str,
     /// NDJSON lines.
-    events: Vec<String>,
+    pub(crate) events: Vec<String>,
 }
 
 /// One request as the endpoint received it, without `host`, `content-length` and
 /// `idempotency-key`, which the host sets alike for every guest (the key differs per run).
 #[derive(Debug, PartialEq)]
-struct Received {
-    path: String,
-    headers: Vec<(String, String)>,
-    body: String,
+pub(crate) struct Received {
+    pub(crate) path: String,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: String,
 }
 
 impl Example {
     /// Starts `mqhook` with the guest loaded from the start, feeds it the events, and returns the
     /// run and what the endpoint received, sorted by body (requests are sent concurrently).
-    async fn run_loaded_at_start(&self) -> (Run, Vec<Received>) {
+    pub(crate) async fn run_loaded_at_start(&self) -> (Run, Vec<Received>) {
         let endpoint = Endpoint::start(Behaviour::default()).await;
         let scratch = Scratch::new();
         let config = scratch.file("example.hcl", &self.config(&endpoint.url()));
@@ -81,7 +81,7 @@ impl Example {
     }
 
     /// Runs the example both ways and checks the swapped-in run gives the same requests and counts.
-    async fn run_both_ways(&self) -> (Run, Vec<Received>) {
+    pub(crate) async fn run_both_ways(&self) -> (Run, Vec<Received>) {
         let (run, received) = self.run_loaded_at_start().await;
         let (summary, swapped) = self.run_swapped_in().await;
         assert_eq!(swapped, received, "swapped into a running host, the guest must act the same");
@@ -130,7 +130,7 @@ fn by_body(mut requests: Vec<Received>) -> Vec<Received> {
 }
 
 /// A `message_publish` line from client `c1`; `payload` is the payload's text.
-fn publish(topic: &str, payload: &str, ts: u64) -> String {
+pub(crate) fn publish(topic: &str, payload: &str, ts: u64) -> String {
     let payload = serde_json::to_string(payload).unwrap();
     format!(
         r#"{{"event":"message_publish","from_client_id":"c1","from_username":"u1","topic":"{topic}","qos":1,"retain":false,"payload":{payload},"ts":{ts}}}"#
@@ -156,8 +156,14 @@ fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payload_filter_delivers_only_publishes_whose_json_meets_the_condition() {
+    payload_filter_example(PAYLOAD_FILTER_GUEST).await;
+}
+
+/// The payload filter example, run both ways, and what the endpoint must receive: the Rust guest
+/// and its Python twin are held to the same.
+pub(crate) async fn payload_filter_example(guest: &'static str) {
     let example = Example {
-        guest: PAYLOAD_FILTER_GUEST,
+        guest,
         webhook: "",
         rules: r#"{ event = "on_message_publish", topic = "sensors/#" }, { event = "on_client_connack" }"#,
         settings: r#"field = "/temp", op = "gt", value = "30""#,
@@ -233,8 +239,14 @@ async fn cloudevents_wraps_nanomqs_bodies_in_structured_cloud_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn router_chooses_path_and_headers_from_the_topic() {
+    router_example(ROUTER_GUEST).await;
+}
+
+/// The router example, run both ways, and what the endpoint must receive: the Rust guest and its
+/// JavaScript twin are held to the same.
+pub(crate) async fn router_example(guest: &'static str) {
     let example = Example {
-        guest: ROUTER_GUEST,
+        guest,
         webhook: r#"  headers = { x-api-key = "secret" }"#,
         rules: r#"{ event = "on_message_publish" }, { event = "on_client_connack" }"#,
         settings: r#"

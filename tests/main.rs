@@ -9,6 +9,7 @@ mod config;
 mod delivery;
 mod examples;
 mod golden;
+mod languages;
 mod mosquitto;
 mod observability;
 #[cfg(feature = "broker")]

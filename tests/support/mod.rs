@@ -1,6 +1,7 @@
 //! Shared test parts: a real HTTP endpoint, the real `mqhook` binary, config files on disk.
 
 pub mod endpoint;
+pub mod guests;
 pub mod wire;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -44,6 +44,8 @@ pub mod ranges {
     pub const GUEST_TIMEOUT: RangeInclusive<Duration> = Duration::from_millis(1)..=Duration::from_secs(600);
     /// `guest.workers`.
     pub const GUEST_WORKERS: RangeInclusive<u64> = 1..=256;
+    /// `guest.max_instances`: wasmtime's own default cap is 10,000.
+    pub const GUEST_MAX_INSTANCES: RangeInclusive<u64> = 1..=10_000;
     /// `guest.max_body`.
     pub const GUEST_MAX_BODY: RangeInclusive<u64> = 1..=(1 << 30);
     /// `guest.rollback_after`.
@@ -92,6 +94,12 @@ pub const DEFAULT_GUEST_MEMORY: ByteSize = ByteSize::new(64 << 20).unwrap();
 /// Default cap on one guest call. Generous because base62 of a large payload is inherently
 /// superlinear (the whole payload is one big integer): 64 KiB takes tens of milliseconds in wasm.
 pub const DEFAULT_GUEST_TIMEOUT: Duration = Duration::from_millis(1000);
+/// Default cap on the core instances one guest instance may create: a Rust guest creates 3 (its
+/// module and the WASI adapter's shims), a componentize-qjs 0.4 guest 9, a componentize-py 0.25
+/// guest 14 (CPython, libc and its libraries, the WASI adapter), 38 when built with `--stub-wasi`
+/// (a stub module per WASI interface). 64 leaves room for guests composed of several such
+/// components, while a component that instantiates modules without end still stops early.
+pub const DEFAULT_GUEST_MAX_INSTANCES: NonZeroUsize = NonZeroUsize::new(64).unwrap();
 /// Default cap on a guest's body.
 pub const DEFAULT_GUEST_MAX_BODY: ByteSize = ByteSize::new(16 << 20).unwrap();
 /// Default failures in a row that roll a newly swapped guest back.
@@ -440,6 +448,9 @@ pub struct GuestConfig {
     /// Cap on each guest call.
     #[serde(rename = "timeout_ms", serialize_with = "serialize_millis")]
     pub timeout: Duration,
+    /// Cap on the core wasm instances each guest instance may create in its store: a Rust guest
+    /// needs 3, tools that build a component from several modules (componentize-py) more.
+    pub max_instances: NonZeroUsize,
     /// Cap on the body a guest returns; a larger one drops the event.
     pub max_body: ByteSize,
     /// A newly swapped-in guest whose calls fail this many times in a row is replaced by the
@@ -462,6 +473,7 @@ impl Default for GuestConfig {
             path: None,
             memory_limit: DEFAULT_GUEST_MEMORY,
             timeout: DEFAULT_GUEST_TIMEOUT,
+            max_instances: DEFAULT_GUEST_MAX_INSTANCES,
             max_body: DEFAULT_GUEST_MAX_BODY,
             rollback_after: DEFAULT_ROLLBACK_AFTER,
             workers: NonZeroUsize::new(workers).unwrap_or(NonZeroUsize::MIN),

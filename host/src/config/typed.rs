@@ -77,6 +77,7 @@ const GUEST_KEYS: &[&str] = &[
     "workers",
     "settings",
     "max_body",
+    "max_instances",
     "rollback_after",
     "cache_dir",
     "on_failure",
@@ -512,6 +513,9 @@ impl Ctx<'_> {
         }
         if let Some(n) = node.get("max_body") {
             guest.max_body = self.size(n, "webhook.guest.max_body", ranges::GUEST_MAX_BODY)?;
+        }
+        if let Some(n) = node.get("max_instances") {
+            guest.max_instances = self.count(n, "webhook.guest.max_instances", ranges::GUEST_MAX_INSTANCES)?;
         }
         if let Some(n) = node.get("rollback_after") {
             guest.rollback_after = self.count(n, "webhook.guest.rollback_after", ranges::GUEST_ROLLBACK_AFTER)?;

@@ -29,6 +29,11 @@ struct Shared {
 
 impl GuestEngine {
     /// An engine with epoch interruption, and its ticker thread.
+    ///
+    /// The component model's async ABI stays off (wasmtime's `component-model-async` feature is
+    /// not built in): it needs `async_support`, under which every call must be async, while the
+    /// guest workers call synchronously on their own threads. A component that uses it is refused
+    /// at load ([`GuestError::NeedsAsync`]).
     pub fn new() -> Result<GuestEngine, GuestError> {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);

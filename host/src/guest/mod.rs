@@ -45,10 +45,6 @@ use crate::request::Request;
 /// The built-in NanoMQ-compatible guest, compiled to a component by the build script.
 pub const DEFAULT_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/mqhook_guest_builtin.wasm"));
 
-/// Instances a component may create in one store. A Rust guest needs one, but tools that
-/// compose a component from several (componentize-py, jco) create more.
-const MAX_INSTANCES: usize = 16;
-
 /// Why a guest could not be loaded or a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
@@ -63,6 +59,18 @@ pub enum GuestError {
     /// The bytes are not a component of the `mqhook:filter/filter` world.
     #[error("guest {guest} is not a valid mqhook filter component: {message}")]
     Load {
+        /// Guest name.
+        guest: String,
+        /// What wasmtime said.
+        message: String,
+    },
+    /// The component uses the component model's async ABI (componentize-qjs builds that by
+    /// default), which this host does not run: its calls are synchronous.
+    #[error(
+        "guest {guest} uses the component model's async ABI, which mqhook does not run: build it \
+         with synchronous exports (componentize-qjs: `--sync`): {message}"
+    )]
+    NeedsAsync {
         /// Guest name.
         guest: String,
         /// What wasmtime said.
@@ -90,6 +98,17 @@ pub enum GuestError {
         /// The trap.
         message: String,
     },
+    /// Instantiating the component needed more core instances than `guest.max_instances` allows.
+    #[error(
+        "guest needs more core wasm instances than guest.max_instances = {limit} allows \
+         (Rust guests need 3, componentize-qjs 9, componentize-py 14, or 38 with --stub-wasi): {message}"
+    )]
+    InstanceLimit {
+        /// The cap.
+        limit: usize,
+        /// What wasmtime said.
+        message: String,
+    },
     /// The guest returned a delivery the host cannot send.
     #[error("guest returned an invalid delivery: {0}")]
     InvalidDelivery(String),
@@ -100,6 +119,7 @@ pub struct GuestModule {
     compiled: Arc<Compiled>,
     filter_config: wit::FilterConfig,
     memory_limit: usize,
+    max_instances: usize,
     max_body: usize,
     timeout: Duration,
     deadline_ticks: u64,
@@ -137,7 +157,14 @@ impl GuestModule {
         let component = match cached {
             Some(component) => component,
             None => {
-                let component = Component::new(wasmtime_engine, bytes).map_err(load_error)?;
+                let component = Component::new(wasmtime_engine, bytes).map_err(|e| {
+                    // The validator names the feature only in its message.
+                    let message = format!("{e:#}");
+                    if message.contains("requires the component model async feature") {
+                        return GuestError::NeedsAsync { guest: name.to_string(), message };
+                    }
+                    load_error(e)
+                })?;
                 if let Some(cache) = &cache {
                     cache.store(wasmtime_engine, &sha256, &component);
                 }
@@ -168,6 +195,7 @@ impl GuestModule {
             compiled,
             filter_config: convert::filter_config(filter, &guest.settings),
             memory_limit: guest.memory_limit.as_usize(),
+            max_instances: guest.max_instances.get(),
             max_body: guest.max_body.as_usize(),
             timeout,
             // One extra tick because the first may arrive at once.
@@ -220,7 +248,7 @@ impl GuestModule {
         let name = self.compiled.name.clone();
         let wasi = wasi::capability_free(name.clone());
         let limits = MemoryCap {
-            limits: StoreLimitsBuilder::new().memory_size(self.memory_limit).instances(MAX_INSTANCES).build(),
+            limits: StoreLimitsBuilder::new().memory_size(self.memory_limit).instances(self.max_instances).build(),
             limit: self.memory_limit,
             refused: false,
         };
@@ -228,7 +256,14 @@ impl GuestModule {
         let mut store = Store::new(self.compiled.engine.engine(), state);
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(self.deadline_ticks);
-        let filter = self.compiled.pre.instantiate(&mut store).map_err(|e| classify(e, &mut store, self.timeout))?;
+        let filter = self.compiled.pre.instantiate(&mut store).map_err(|e| {
+            // wasmtime says so only in its message; the host names the setting that lifts the cap.
+            let message = format!("{e:#}");
+            if message.contains("instance count too high") {
+                return GuestError::InstanceLimit { limit: self.max_instances, message };
+            }
+            classify(e, &mut store, self.timeout)
+        })?;
         store.set_epoch_deadline(self.deadline_ticks);
         match filter.call_configure(&mut store, &self.filter_config) {
             Ok(Ok(())) => Ok(GuestInstance {
