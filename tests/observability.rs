@@ -9,8 +9,8 @@ use tokio::io::AsyncWriteExt;
 
 use crate::support::endpoint::{Behaviour, Endpoint};
 use crate::support::{
-    admin_call, admin_metrics, free_loopback_addr, mqhook, parse_metrics, spawn_mqhook, wait_for_listener, wait_until,
-    Scratch, StderrLog, Webhook, WAIT_LIMIT,
+    admin_call, admin_metrics, free_loopback_addr, mqhook, mqhook_command, parse_metrics, spawn_mqhook,
+    wait_for_listener, wait_until, Scratch, StderrLog, Webhook, WAIT_LIMIT,
 };
 
 /// The metrics now, parsed; `token` as the bearer token if given.
@@ -46,12 +46,7 @@ fn publish(topic: &str, i: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_after_a_known_input_are_exact() {
     // The first request is answered 503: one failed attempt, one retry, one outage.
-    let endpoint = Endpoint::start(Behaviour {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        fail_first: Some(1),
-        ..Behaviour::default()
-    })
-    .await;
+    let endpoint = Endpoint::start(Behaviour::failing_first(1, StatusCode::SERVICE_UNAVAILABLE)).await;
     let scratch = Scratch::new();
     let config = Webhook::new(&endpoint.url())
         .event("on_message_publish", Some("sensors/#"))
@@ -199,13 +194,8 @@ async fn admin_tokens_guard_every_route_but_healthz() {
         "--admin-read-token-file",
         read_file.to_str().unwrap(),
     ];
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_mqhook"));
-    command.args(args).env("MQHOOK_ADMIN_TOKEN", WRITE).env("RUST_LOG", "info").kill_on_drop(true);
-    command
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    let mut child = command.spawn().unwrap();
+    let mut child =
+        mqhook_command(&args).env("MQHOOK_ADMIN_TOKEN", WRITE).stdout(std::process::Stdio::null()).spawn().unwrap();
     let log = StderrLog::capture(&mut child);
     wait_for_listener(&admin).await;
 

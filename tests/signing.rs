@@ -3,12 +3,10 @@
 //! with each of two rotating secrets, and refused with a wrong one; the secrets and an
 //! `authorization` header come from the environment and a file, and never show.
 
-use std::process::Stdio;
-
 use hyper::StatusCode;
 
 use crate::support::endpoint::{Behaviour, Endpoint, Recorded};
-use crate::support::{finish_with_input, mqhook, ndjson_publishes, python, Scratch, Webhook};
+use crate::support::{finish_with_input, mqhook, mqhook_command, ndjson_publishes, python, Scratch, Webhook};
 
 /// The current key, given through the environment.
 const CURRENT: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -48,12 +46,7 @@ print(json.dumps(results))
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_is_signed_with_each_secret_and_verified_by_the_reference_library() {
     // The first answer is 503: the retry must carry the same webhook-id and verify too.
-    let endpoint = Endpoint::start(Behaviour {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        fail_first: Some(1),
-        ..Behaviour::default()
-    })
-    .await;
+    let endpoint = Endpoint::start(Behaviour::failing_first(1, StatusCode::SERVICE_UNAVAILABLE)).await;
     let scratch = Scratch::new();
     let previous = scratch.file("previous.secret", &format!("{PREVIOUS}\n"));
     let config = Webhook::new(&endpoint.url())
@@ -66,15 +59,10 @@ async fn every_request_is_signed_with_each_secret_and_verified_by_the_reference_
         .write(&scratch, "nanomq.conf");
     let config = config.to_str().unwrap();
     let mqhook_with_secrets = |args: &[&str]| {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_mqhook"))
-            .args(args)
+        mqhook_command(args)
             .env("MQHOOK_TEST_SIGNING_SECRET", CURRENT)
             .env("MQHOOK_TEST_TOKEN", TOKEN)
             .env("RUST_LOG", "debug,rmqtt=warn,hyper=warn,wasmtime=warn,cranelift=warn")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
             .spawn()
             .expect("starting mqhook")
     };

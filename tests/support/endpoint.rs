@@ -51,6 +51,13 @@ pub struct Behaviour {
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
+impl Behaviour {
+    /// Answers the first `count` requests with `status`, every later one with 200.
+    pub fn failing_first(count: usize, status: StatusCode) -> Behaviour {
+        Behaviour { status, fail_first: Some(count), ..Behaviour::default() }
+    }
+}
+
 impl Default for Behaviour {
     fn default() -> Self {
         Behaviour { status: StatusCode::OK, delay: Duration::ZERO, fail_first: None, retry_after: None, tls: None }

@@ -176,15 +176,16 @@ impl Run {
 
 /// Starts `mqhook ARGS` with piped standard streams; it is killed if the test drops it.
 pub fn spawn_mqhook(args: &[&str]) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_mqhook"))
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("starting mqhook")
+    mqhook_command(args).spawn().expect("starting mqhook")
+}
+
+/// `mqhook ARGS` with piped standard streams, logging at info, killed if the test drops it; for
+/// a test that sets more (its environment) before it spawns.
+pub fn mqhook_command(args: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_mqhook"));
+    command.args(args).env("RUST_LOG", "info").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    command.kill_on_drop(true);
+    command
 }
 
 /// A child's stderr, collected as it is written, so that a test can wait for a log line.
