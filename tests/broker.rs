@@ -216,13 +216,16 @@ async fn garbage_on_mqtt_sockets_never_takes_the_broker_down() {
     let mut deaf_client = deaf.connect_wire(&broker).await;
     deaf_client.subscribe(1, &[("flood/#", 0)]).await;
     let big = "x".repeat(60_000);
-    for _ in 0..40 {
-        mosquitto("mosquitto_pub", broker.addr, &["-i", "flooder", "-t", "flood/x", "-m", &big]).await;
+    // Each run of a client has its own id: rmqtt refuses (CONNACK 3) a CONNECT whose client id is
+    // still held by the previous connection's teardown, which a flood into a deaf subscriber slows.
+    for n in 0..40 {
+        let clientid = format!("flooder-{n}");
+        mosquitto("mosquitto_pub", broker.addr, &["-i", &clientid, "-t", "flood/x", "-m", &big]).await;
     }
     // Meanwhile a well-behaved client publishes, and its webhooks arrive.
     for n in 0..20 {
-        let payload = format!("still-here-{n}");
-        mosquitto("mosquitto_pub", broker.addr, &["-i", "good", "-t", "ok/x", "-q", "1", "-m", &payload]).await;
+        let (clientid, payload) = (format!("good-{n}"), format!("still-here-{n}"));
+        mosquitto("mosquitto_pub", broker.addr, &["-i", &clientid, "-t", "ok/x", "-q", "1", "-m", &payload]).await;
     }
     broker
         .wait_until("every good publish's webhook", |bodies| {
