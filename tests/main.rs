@@ -7,6 +7,7 @@ mod bridge;
 mod broker;
 mod config;
 mod delivery;
+mod endpoints;
 mod examples;
 mod golden;
 mod languages;

@@ -19,7 +19,7 @@ use super::error::DeliveryError;
 use super::health::{EndpointHealth, Turn};
 use super::http::HttpSink;
 use crate::config::RetrySettings;
-use crate::metrics::{GiveUpReason, Metrics};
+use crate::metrics::{EndpointMetrics, GiveUpReason};
 use crate::request::Request;
 
 /// A request given up on: the last failure, the attempts made, and why.
@@ -67,7 +67,7 @@ pub(crate) struct Attempts<'a> {
     pub sink: &'a HttpSink,
     pub settings: &'a RetrySettings,
     pub health: &'a EndpointHealth,
-    pub metrics: &'a Metrics,
+    pub metrics: &'a EndpointMetrics,
 }
 
 impl Attempts<'_> {
