@@ -4,7 +4,8 @@
 //!   Event kinds no rule selects are counted as filtered right there, without a trip through the
 //!   sandbox.
 //! - **Owns** the wiring: the runtime queue, the guest worker threads (one guest instance each,
-//!   fed in batches), the delivery task and the dead-letter file both of them write to.
+//!   fed in batches, started as the load needs them, up to `guest.workers`), the delivery task and
+//!   the dead-letter file both of them write to.
 //! - **Hands on** the requests the workers make to the delivery queue (memory, or the spool on
 //!   disk); delivery runs on the tokio runtime that started the [`Runtime`].
 //!
@@ -16,7 +17,6 @@
 //! does [`Runtime::shutdown`] return.
 
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use crate::completion::Completion;
 use crate::config::{DeliveryOrder, LiveConfig, WhenFull};
@@ -170,7 +170,6 @@ pub struct Runtime {
     submitter: Submitter,
     active: ActiveGuest,
     events: Arc<EventQueue>,
-    workers: Vec<JoinHandle<()>>,
     requests: Arc<DeliveryQueue>,
     health: Arc<EndpointHealth>,
     delivery: tokio::task::JoinHandle<()>,
@@ -243,21 +242,22 @@ impl Runtime {
             DeliveryOrder::PerClient => 1,
             DeliveryOrder::None => config.guest.workers.get(),
         };
-        let workers = (0..worker_count)
-            .map(|index| {
+        // Worker threads start as the load needs them (see `queue`), the first one now.
+        let spawn_worker: queue::SpawnWorker = {
+            let (active, requests, dead_letters, metrics) =
+                (active.clone(), requests.clone(), dead_letters.clone(), metrics.clone());
+            Box::new(move |index, events| {
                 let worker = Worker {
                     active: active.clone(),
-                    events: events.clone(),
+                    events,
                     requests: requests.clone(),
                     dead_letters: dead_letters.clone(),
                     metrics: metrics.clone(),
                 };
-                std::thread::Builder::new()
-                    .name(format!("mqhook-guest-{index}"))
-                    .spawn(move || worker.run())
-                    .expect("spawning a guest worker thread")
+                std::thread::Builder::new().name(format!("mqhook-guest-{index}")).spawn(move || worker.run())
             })
-            .collect();
+        };
+        events.start_workers(worker_count, spawn_worker);
         let delivery = {
             let (requests, settings, metrics) = (requests.clone(), config.delivery.clone(), metrics.clone());
             let health = health.clone();
@@ -275,7 +275,7 @@ impl Runtime {
         };
         let submitter =
             Submitter { queue: events.clone(), when_full: config.queues.when_full, live, metrics: metrics.clone() };
-        Ok(Runtime { submitter, active, events, workers, requests, health, delivery, flusher, metrics })
+        Ok(Runtime { submitter, active, events, requests, health, delivery, flusher, metrics })
     }
 
     /// A read-only view for the admin API.
@@ -307,9 +307,10 @@ impl Runtime {
     /// Stops accepting events (every `Submitter` now answers `Closed`) and waits until every
     /// accepted event is delivered, failed or filtered.
     pub async fn shutdown(self) -> MetricsSnapshot {
-        let Runtime { events, workers, requests, delivery, flusher, metrics, .. } = self;
+        let Runtime { events, requests, delivery, flusher, metrics, .. } = self;
         // No event enters after this; workers drain what is queued, then stop.
         events.close();
+        let workers = events.take_workers();
         // Workers drain the queue and exit; joining them blocks, so off the executor.
         let joined = tokio::task::spawn_blocking(move || {
             for worker in workers {
