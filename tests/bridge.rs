@@ -168,9 +168,7 @@ fn client_id(id: &str) -> String {
 
 /// The resident set size of a process at its peak, in bytes.
 fn peak_rss(child: &Child) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id().unwrap())).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    crate::support::peak_rss_kib(child.id().unwrap()) * 1024
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

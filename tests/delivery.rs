@@ -120,13 +120,6 @@ async fn a_second_signal_exits_at_once_and_the_spool_keeps_the_rest() {
     assert_eq!(check_at_least_once(&endpoint.recorded(), EVENTS), 0);
 }
 
-/// Peak resident memory of a process, from `/proc`.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// The stated bound: a million requests wait on disk, not in memory.
 const BACKLOG_RSS_BOUND_MIB: u64 = 256;
 
@@ -142,7 +135,7 @@ async fn a_million_events_against_a_dead_endpoint_stay_on_disk_not_in_memory() {
     let pid = child.id().unwrap();
     wait_for_listener(&admin).await;
     wait_until("every event is spooled", async || admin_metrics(&admin).await["spooled"] == EVENTS).await;
-    let peak_mib = peak_rss_kib(pid) / 1024;
+    let peak_mib = crate::support::peak_rss_kib(pid) / 1024;
     let metrics = admin_metrics(&admin).await;
     child.start_kill().unwrap();
     child.wait().await.unwrap();

@@ -227,6 +227,13 @@ pub async fn signal(child: &tokio::process::Child, name: &str) {
     assert!(status.success());
 }
 
+/// A process's peak resident memory (VmHWM), in KiB, from `/proc`.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/<pid>/status");
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("a VmHWM line");
+    line.split_whitespace().nth(1).and_then(|kib| kib.parse().ok()).expect("VmHWM in KiB")
+}
+
 /// A free loopback address: bound, then released for the process under test to take.
 pub fn free_loopback_addr() -> String {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();

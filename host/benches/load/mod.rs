@@ -19,6 +19,16 @@ pub type Arrivals = Arc<Mutex<Vec<u64>>>;
 /// One MQTT 3.1.1 client publishing `messages` QoS 1 messages, each waiting for its PUBACK.
 /// The payload is the publish time in µs since `epoch`.
 pub async fn publish(broker: SocketAddr, index: usize, messages: usize, epoch: Instant) {
+    publish_paced(broker, index, messages, epoch, None).await;
+}
+
+/// As [`publish`], one publish every `every` at most (a steady rate), or back to back with `None`.
+pub async fn publish_paced(broker: SocketAddr, index: usize, messages: usize, epoch: Instant, every: Option<Duration>) {
+    let mut ticks = every.map(|every| {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks
+    });
     let mut stream = TcpStream::connect(broker).await.expect("connect");
     stream.set_nodelay(true).expect("nodelay");
     let clientid = format!("bench-{index}");
@@ -29,6 +39,9 @@ pub async fn publish(broker: SocketAddr, index: usize, messages: usize, epoch: I
     stream.write_all(&packet(0x10, &connect)).await.expect("CONNECT");
     read_packet(&mut stream).await; // CONNACK
     for id in 1..=messages {
+        if let Some(ticks) = &mut ticks {
+            ticks.tick().await;
+        }
         let packet_id = (id % 65535 + 1) as u16;
         let mut body = Vec::new();
         put_string(&mut body, &format!("bench/{index}"));

@@ -4,9 +4,10 @@
 //!   Event kinds no rule selects are counted as filtered right there, without a trip through the
 //!   sandbox.
 //! - **Owns** the wiring: the runtime queue, the guest worker threads (one guest instance each,
-//!   fed in batches), and per endpoint (the default one at `webhook.url`, then each named one) a
-//!   delivery queue, its health and its delivery task, so that a slow or dead endpoint holds up
-//!   only its own requests; and the dead-letter files the workers and delivery write to.
+//!   fed in batches, started as the load needs them, up to `guest.workers`), and per endpoint
+//!   (the default one at `webhook.url`, then each named one) a delivery queue, its health and its
+//!   delivery task, so that a slow or dead endpoint holds up only its own requests; and the
+//!   dead-letter files the workers and delivery write to.
 //! - **Hands on** the requests the workers make to their endpoints' delivery queues (memory, or
 //!   the spool on disk: a named endpoint's spool is `<spool.dir>/endpoints/<name>`); delivery runs
 //!   on the tokio runtime that started the [`Runtime`].
@@ -19,7 +20,6 @@
 //! does [`Runtime::shutdown`] return.
 
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use crate::completion::Completion;
 use crate::config::{DeliveryConfig, DeliveryOrder, LiveConfig, SpoolConfig, WhenFull, DEFAULT_ENDPOINT};
@@ -189,7 +189,6 @@ pub struct Runtime {
     submitter: Submitter,
     active: ActiveGuest,
     events: Arc<EventQueue>,
-    workers: Vec<JoinHandle<()>>,
     endpoints: Arc<[EndpointDelivery]>,
     deliveries: Vec<tokio::task::JoinHandle<()>>,
     /// Logs what the log limiter held back, once a window; stopped with the runtime.
@@ -333,21 +332,21 @@ impl Runtime {
             DeliveryOrder::None => config.guest.workers.get(),
         };
         let queues: Arc<[Arc<DeliveryQueue>]> = endpoints.iter().map(|endpoint| endpoint.requests.clone()).collect();
-        let workers = (0..worker_count)
-            .map(|index| {
+        // Worker threads start as the load needs them (see `queue`), the first one now.
+        let spawn_worker: queue::SpawnWorker = {
+            let (active, dead_letters, metrics) = (active.clone(), dead_letters.clone(), metrics.clone());
+            Box::new(move |index, events| {
                 let worker = Worker {
                     active: active.clone(),
-                    events: events.clone(),
+                    events,
                     requests: queues.clone(),
                     dead_letters: dead_letters.clone(),
                     metrics: metrics.clone(),
                 };
-                std::thread::Builder::new()
-                    .name(format!("mqhook-guest-{index}"))
-                    .spawn(move || worker.run())
-                    .expect("spawning a guest worker thread")
+                std::thread::Builder::new().name(format!("mqhook-guest-{index}")).spawn(move || worker.run())
             })
-            .collect();
+        };
+        events.start_workers(worker_count, spawn_worker);
         let flusher = {
             let metrics = metrics.clone();
             AbortOnDrop(tokio::spawn(async move {
@@ -360,7 +359,7 @@ impl Runtime {
         };
         let submitter =
             Submitter { queue: events.clone(), when_full: config.queues.when_full, live, metrics: metrics.clone() };
-        Ok(Runtime { submitter, active, events, workers, endpoints, deliveries, flusher, metrics })
+        Ok(Runtime { submitter, active, events, endpoints, deliveries, flusher, metrics })
     }
 
     /// A read-only view for the admin API.
@@ -391,9 +390,10 @@ impl Runtime {
     /// Stops accepting events (every `Submitter` now answers `Closed`) and waits until every
     /// accepted event is delivered, failed or filtered.
     pub async fn shutdown(self) -> MetricsSnapshot {
-        let Runtime { events, workers, endpoints, deliveries, flusher, metrics, .. } = self;
+        let Runtime { events, endpoints, deliveries, flusher, metrics, .. } = self;
         // No event enters after this; workers drain what is queued, then stop.
         events.close();
+        let workers = events.take_workers();
         // Workers drain the queue and exit; joining them blocks, so off the executor.
         let joined = tokio::task::spawn_blocking(move || {
             for worker in workers {

@@ -5,9 +5,15 @@
 //! condition variable, an async one (a broker hook, on its client's own connection task) waits
 //! for a notification, so that the publisher is slowed down instead of its events dropped. Workers
 //! take events in batches and wake whoever waits for room.
+//!
+//! The queue also starts its guest workers, as the load needs them: one at first, then one more
+//! (up to `guest.workers`) whenever an event has waited longer than [`GROW_AFTER`] with no worker
+//! free. A light load is handled by one thread and one guest instance; a worker once started runs
+//! until the queue closes.
 
 use std::collections::VecDeque;
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
@@ -17,6 +23,14 @@ use crate::event::Event;
 
 /// Room kept allocated when the queue drains; what a burst took beyond it is given back.
 const KEPT_CAPACITY: usize = 1024;
+
+/// How long the oldest event may wait with every worker busy before another worker is started.
+/// Far above the time one small event takes in the guest (a few µs), far below what a publisher
+/// would notice.
+pub(super) const GROW_AFTER: Duration = Duration::from_millis(1);
+
+/// Starts worker number `index` on its own thread, taking events from the queue it is given.
+pub(super) type SpawnWorker = Box<dyn Fn(usize, Arc<EventQueue>) -> std::io::Result<JoinHandle<()>> + Send + Sync>;
 
 /// An event and, when its ingest waits to hear that it is safe, the token to complete then.
 pub(super) type Submission = (Event, Option<Completion>);
@@ -39,6 +53,20 @@ pub(super) struct EventQueue {
     writable: Condvar,
     /// Async submitters wait here for room.
     room: Notify,
+    /// The workers, once [`EventQueue::start_workers`] is called.
+    workers: OnceLock<Workers>,
+    /// [`GROW_AFTER`], but in tests.
+    grow_after: Duration,
+}
+
+/// The guest worker threads started so far, and how to start another.
+struct Workers {
+    max: usize,
+    spawn: SpawnWorker,
+    /// Reaches the queue without keeping it alive (it owns this).
+    queue: Weak<EventQueue>,
+    /// `None` once taken for the drain: no worker starts after that.
+    started: Mutex<Option<Vec<JoinHandle<()>>>>,
 }
 
 /// A submission in the queue, and when it arrived (for the delivery latency).
@@ -51,16 +79,64 @@ pub(super) struct Queued {
 struct State {
     events: VecDeque<Queued>,
     closed: bool,
+    /// Workers waiting in [`EventQueue::pop_batch`] for an event.
+    idle: usize,
 }
 
 impl EventQueue {
     pub(super) fn new(capacity: usize) -> EventQueue {
         EventQueue {
-            state: Mutex::new(State { events: VecDeque::new(), closed: false }),
+            state: Mutex::new(State { events: VecDeque::new(), closed: false, idle: 0 }),
             capacity,
             readable: Condvar::new(),
             writable: Condvar::new(),
             room: Notify::new(),
+            workers: OnceLock::new(),
+            grow_after: GROW_AFTER,
+        }
+    }
+
+    /// Starts the first worker with `spawn`; up to `max` in all are started as events wait (see
+    /// the module docs). Called once.
+    pub(super) fn start_workers(self: &Arc<Self>, max: usize, spawn: SpawnWorker) {
+        // Without one worker nothing would ever leave the queue.
+        let first = spawn(0, self.clone()).expect("spawning a guest worker thread");
+        let workers = Workers { max, spawn, queue: Arc::downgrade(self), started: Mutex::new(Some(vec![first])) };
+        assert!(self.workers.set(workers).is_ok(), "the workers are started once");
+    }
+
+    /// The worker threads started so far, for the drain to join; none is started after this.
+    pub(super) fn take_workers(&self) -> Vec<JoinHandle<()>> {
+        self.workers
+            .get()
+            .and_then(|workers| workers.started.lock().unwrap_or_else(PoisonError::into_inner).take())
+            .unwrap_or_default()
+    }
+
+    /// Whether another worker should start: no worker is free and the oldest event has waited
+    /// longer than [`GROW_AFTER`].
+    fn short_of_workers(&self, state: &State) -> bool {
+        state.idle == 0
+            && state
+                .events
+                .front()
+                .is_some_and(|oldest| oldest.received_at.elapsed().is_ok_and(|waited| waited > self.grow_after))
+    }
+
+    /// Starts one more worker, unless `max` run already or the drain has begun.
+    fn add_worker(&self) {
+        let Some(workers) = self.workers.get() else { return };
+        let mut started = workers.started.lock().unwrap_or_else(PoisonError::into_inner);
+        let (Some(started), Some(queue)) = (started.as_mut(), workers.queue.upgrade()) else { return };
+        if started.len() < workers.max {
+            match (workers.spawn)(started.len(), queue) {
+                Ok(thread) => {
+                    started.push(thread);
+                    tracing::debug!(workers = started.len(), "Events wait for the guest: one more worker.");
+                }
+                // The running workers go on; the next wait tries again.
+                Err(error) => tracing::warn!("Cannot start another guest worker: {error}."),
+            }
         }
     }
 
@@ -71,7 +147,18 @@ impl EventQueue {
     /// Pushes if there is room; never waits.
     pub(super) fn try_push(&self, event: Submission) -> Result<(), Refused> {
         let mut state = self.lock();
-        self.push_locked(&mut state, event)
+        let pushed = self.push_locked(&mut state, event);
+        self.grow_if_short(state);
+        pushed
+    }
+
+    /// Releases the lock and, when events wait for a free worker too long, starts another.
+    fn grow_if_short(&self, state: MutexGuard<'_, State>) {
+        let short = self.short_of_workers(&state);
+        drop(state);
+        if short {
+            self.add_worker();
+        }
     }
 
     /// Pushes, waiting as long as the queue is full.
@@ -80,7 +167,9 @@ impl EventQueue {
         while !state.closed && state.events.len() >= self.capacity {
             state = self.writable.wait(state).unwrap_or_else(PoisonError::into_inner);
         }
-        self.push_locked(&mut state, event)
+        let pushed = self.push_locked(&mut state, event);
+        self.grow_if_short(state);
+        pushed
     }
 
     /// Pushes, waiting without blocking the thread while the queue is full: forever with `None`,
@@ -127,14 +216,17 @@ impl EventQueue {
             if state.closed {
                 return false;
             }
+            state.idle += 1;
             state = self.readable.wait(state).unwrap_or_else(PoisonError::into_inner);
+            state.idle -= 1;
         }
         let take = max.min(state.events.len());
         batch.extend(state.events.drain(..take));
         if state.events.is_empty() && state.events.capacity() > KEPT_CAPACITY {
             state.events.shrink_to(KEPT_CAPACITY);
         }
-        drop(state);
+        // What is left waits for the next free worker; start one if none is.
+        self.grow_if_short(state);
         self.writable.notify_all();
         self.room.notify_waiters();
         true
@@ -184,6 +276,57 @@ mod tests {
         while queue.pop_batch(10, &mut batch) {}
         let ids: Vec<String> = batch.iter().map(|queued| queued.event.clientid().unwrap().to_string()).collect();
         assert_eq!(ids, ["c0", "c1", "c2"], "every event, in order");
+    }
+
+    #[test]
+    fn a_second_worker_starts_only_once_an_event_has_waited_with_every_worker_busy() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::mpsc;
+        // Long enough that no stall of a busy test machine passes for a wait.
+        let grow_after = Duration::from_millis(100);
+        let queue = Arc::new(EventQueue { grow_after, ..EventQueue::new(16) });
+        let started = Arc::new(AtomicUsize::new(0));
+        // Worker 0 stays busy with each event until the test lets it go.
+        let (release, busy) = mpsc::channel::<()>();
+        let busy = Mutex::new(Some(busy));
+        let spawn: SpawnWorker = {
+            let started = started.clone();
+            Box::new(move |index, queue: Arc<EventQueue>| {
+                started.fetch_add(1, Ordering::SeqCst);
+                let busy = if index == 0 { busy.lock().unwrap().take() } else { None };
+                std::thread::Builder::new().spawn(move || {
+                    let mut batch = Vec::new();
+                    while queue.pop_batch(1, &mut batch) {
+                        if let Some(busy) = &busy {
+                            let _ = busy.recv();
+                        }
+                    }
+                })
+            })
+        };
+        queue.start_workers(2, spawn);
+        assert_eq!(started.load(Ordering::SeqCst), 1, "one worker to begin with");
+        queue.try_push(event(0)).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while queue.len() > 0 {
+            assert!(std::time::Instant::now() < deadline, "worker 0 never took its event");
+            std::thread::yield_now();
+        }
+        queue.try_push(event(1)).unwrap();
+        assert_eq!(started.load(Ordering::SeqCst), 1, "an event that has not waited yet starts no worker");
+        // The condition under test is an age: let event 1 grow older than the threshold.
+        std::thread::sleep(grow_after + grow_after / 2);
+        queue.try_push(event(2)).unwrap();
+        assert_eq!(started.load(Ordering::SeqCst), 2, "event 1 waited with every worker busy");
+        drop(release);
+        queue.close();
+        let workers = queue.take_workers();
+        assert_eq!(workers.len(), 2);
+        for worker in workers {
+            worker.join().unwrap();
+        }
+        queue.add_worker();
+        assert_eq!(started.load(Ordering::SeqCst), 2, "no worker starts after the drain took them");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,269 @@
+//! Footprint of the `mqhook` binary with the embedded broker and the default config: peak
+//! resident memory (VmHWM) and CPU time (utime + stime from `/proc/<pid>/stat`) of the process
+//! alone, idle, at a steady 2,000 publishes/s and saturated. The baseline, in the same run: the
+//! same binary with the webhook disabled (`enable = false`: the broker takes the same publishes,
+//! no rule selects them), so the CPU the webhook adds per event is the difference.
+//!
+//! Load: raw MQTT 3.1.1 publishers in this process (QoS 1, each waiting for its PUBACK), a
+//! keep-alive HTTP server here too; only the child's CPU and memory are counted. "Cold" is the
+//! first start with an empty `guest.cache_dir` (the built-in guest is compiled), "warm" every
+//! later one (it is read from the cache).
+//!
+//! Run: `cargo bench -p mqhook --bench footprint` (env `RATE` publishes/s, default 2000;
+//! `SECONDS` of steady load, default 10; `PUBLISHERS`, default 8; `MESSAGES` per publisher when
+//! saturated, default 2000; `MQHOOK_BIN` to measure another build, e.g. `target/dist/mqhook`; `GUEST_WORKERS` sets
+//! `guest.workers`, and the child inherits `TOKIO_WORKER_THREADS`).
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+mod load;
+use load::{publish, publish_paced, serve, Arrivals};
+
+/// USER_HZ: the unit of utime and stime in `/proc/<pid>/stat` (100 on every Linux architecture
+/// with a stable ABI).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+fn main() {
+    let rate = env_or("RATE", 2000);
+    let seconds = env_or("SECONDS", 10);
+    let publishers = env_or("PUBLISHERS", 8);
+    let messages = env_or("MESSAGES", 2000);
+    let binary =
+        std::env::var_os("MQHOOK_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_mqhook")), PathBuf::from);
+    // Read whole into the page cache first: the kernel maps (faults around) only the pages it has
+    // cached, so the file-backed part of the RSS would otherwise depend on what ran before.
+    let size = std::fs::read(&binary).expect("reading the binary").len();
+    println!("binary: {} ({:.1} MiB)", binary.display(), size as f64 / (1 << 20) as f64);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    runtime.block_on(async move {
+        let load = Load { rate, steady: rate * seconds, publishers, saturated: messages };
+        let baseline = measure(&binary, false, &load).await;
+        let hooked = measure(&binary, true, &load).await;
+        println!("| | broker alone (webhook disabled) | broker + webhook |\n|---|---|---|");
+        let row = |name: &str, f: &dyn Fn(&Run) -> String| println!("| {name} | {} | {} |", f(&baseline), f(&hooked));
+        let mib = |kib: u64| format!("{:.1} MiB", kib as f64 / 1024.0);
+        row("peak RSS, idle, cold cache", &|r| mib(r.cold_idle.hwm));
+        row("peak RSS, idle, warm cache", &|r| mib(r.idle.hwm));
+        row("  of it anonymous / file", &|r| format!("{} / {}", mib(r.idle.anon), mib(r.idle.file)));
+        row("threads, idle", &|r| r.idle.threads.to_string());
+        row(&format!("peak RSS, {rate} publishes/s"), &|r| mib(r.steady.memory.hwm));
+        row(&format!("RSS after {rate} publishes/s"), &|r| mib(r.steady.memory.rss));
+        row("peak RSS, saturated", &|r| mib(r.saturated.memory.hwm));
+        row("threads, saturated", &|r| r.saturated.memory.threads.to_string());
+        row(&format!("CPU per publish, {rate} publishes/s"), &|r| format!("{:.1} µs", r.steady.cpu_per_publish()));
+        row("CPU per publish, saturated", &|r| format!("{:.1} µs", r.saturated.cpu_per_publish()));
+        row("publishes/s, saturated", &|r| format!("{:.0}", r.saturated.publishes as f64 / r.saturated.seconds));
+        row("webhooks delivered (steady / saturated)", &|r| {
+            format!("{} / {}", r.steady.delivered, r.saturated.delivered)
+        });
+        for (name, base, with) in [
+            (format!("{rate} publishes/s"), &baseline.steady, &hooked.steady),
+            ("saturated".to_owned(), &baseline.saturated, &hooked.saturated),
+        ] {
+            let added = (with.cpu_seconds - base.cpu_seconds * with.publishes as f64 / base.publishes as f64) * 1e6;
+            println!(
+                "CPU per delivered event, {name}: {:.1} µs in all, {:.1} µs of it the webhook's (over the baseline)",
+                with.cpu_seconds * 1e6 / with.delivered.max(1) as f64,
+                added / with.delivered.max(1) as f64
+            );
+        }
+    });
+}
+
+/// The load of one measurement.
+struct Load {
+    /// Publishes per second in the steady phase.
+    rate: usize,
+    /// Publishes in the steady phase.
+    steady: usize,
+    publishers: usize,
+    /// Publishes per publisher in the saturated phase.
+    saturated: usize,
+}
+
+/// What one process measured.
+struct Run {
+    cold_idle: Memory,
+    idle: Memory,
+    steady: Phase,
+    saturated: Phase,
+}
+
+/// The process's memory now (KiB), and its threads.
+#[derive(Clone, Copy)]
+struct Memory {
+    hwm: u64,
+    rss: u64,
+    anon: u64,
+    file: u64,
+    threads: u64,
+}
+
+/// One load phase.
+struct Phase {
+    publishes: usize,
+    delivered: usize,
+    cpu_seconds: f64,
+    seconds: f64,
+    memory: Memory,
+}
+
+impl Phase {
+    fn cpu_per_publish(&self) -> f64 {
+        self.cpu_seconds * 1e6 / self.publishes as f64
+    }
+}
+
+/// Starts the binary twice with the same fresh home (so a cold, then a warm guest cache) and
+/// loads the second.
+async fn measure(binary: &Path, webhook: bool, load: &Load) -> Run {
+    let home = tempfile::tempdir().expect("a temp dir");
+    let epoch = Instant::now();
+    let (endpoint, arrivals) = serve(epoch, Duration::ZERO).await;
+    let config = home.path().join("nanomq.conf");
+    // The default config but for the URL, and a rule that selects every publish of the load.
+    let workers = std::env::var("GUEST_WORKERS").map_or_else(|_| String::new(), |n| format!("  guest.workers = {n}\n"));
+    let text = format!(
+        "webhook = {{\n  enable = {webhook}\n  url = \"http://{endpoint}/webhook\"\n{workers}  \
+         events = [ {{ event = \"on_message_publish\", topic = \"bench/#\" }} ]\n}}\n"
+    );
+    std::fs::write(&config, text).expect("writing the config");
+    let cold = Mqhook::start(binary, &config, home.path());
+    let cold_idle = cold.settled();
+    drop(cold);
+    let mqhook = Mqhook::start(binary, &config, home.path());
+    let idle = mqhook.settled();
+
+    // For attaching a tracer or a profiler (e.g. `strace -c -f -p PID`) to the steady phase.
+    eprintln!("mqhook pid {} (webhook {webhook}): steady load starts", mqhook.child.id());
+    let interval = Duration::from_secs_f64(load.publishers as f64 / load.rate as f64);
+    let each = load.steady / load.publishers;
+    let steady = mqhook.phase(&arrivals, webhook, each * load.publishers, || {
+        (0..load.publishers)
+            .map(|index| tokio::spawn(publish_paced(mqhook.broker, index, each, epoch, Some(interval))))
+            .collect()
+    });
+    let steady = steady.await;
+    let saturated = mqhook.phase(&arrivals, webhook, load.saturated * load.publishers, || {
+        (0..load.publishers)
+            .map(|index| tokio::spawn(publish(mqhook.broker, load.publishers + index, load.saturated, epoch)))
+            .collect()
+    });
+    let saturated = saturated.await;
+    Run { cold_idle, idle, steady, saturated }
+}
+
+/// A running `mqhook run` with the embedded broker; killed on drop.
+struct Mqhook {
+    child: Child,
+    broker: SocketAddr,
+}
+
+impl Mqhook {
+    /// Starts it and waits until the broker listens (its log line says so).
+    fn start(binary: &Path, config: &Path, home: &Path) -> Mqhook {
+        let broker = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut child = Command::new(binary)
+            .args(["run", "--config"])
+            .arg(config)
+            .args(["--listen", &broker.to_string()])
+            .env("HOME", home)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting mqhook");
+        let (ready, listening) = mpsc::channel();
+        let stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
+        // Keeps draining the log after the line, so that the child never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                if line.contains("MQTT broker listening") {
+                    let _ = ready.send(());
+                }
+            }
+        });
+        listening.recv_timeout(Duration::from_secs(120)).expect("mqhook did not start its broker within 2 minutes");
+        Mqhook { child, broker }
+    }
+
+    /// The memory a second after start-up.
+    fn settled(&self) -> Memory {
+        std::thread::sleep(Duration::from_secs(1));
+        memory(self.child.id())
+    }
+
+    /// Runs the publishers `spawn` starts and waits for their `publishes` to be delivered.
+    async fn phase(
+        &self,
+        arrivals: &Arrivals,
+        webhook: bool,
+        publishes: usize,
+        spawn: impl FnOnce() -> Vec<tokio::task::JoinHandle<()>>,
+    ) -> Phase {
+        let before = arrivals.lock().unwrap().len();
+        let cpu = cpu_seconds(self.child.id());
+        let started = Instant::now();
+        for publisher in spawn() {
+            publisher.await.expect("publisher");
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let expected = if webhook { publishes } else { 0 };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while arrivals.lock().unwrap().len() - before < expected && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let cpu_seconds = cpu_seconds(self.child.id()) - cpu;
+        let delivered = arrivals.lock().unwrap().len() - before;
+        Phase { publishes, delivered, cpu_seconds, seconds, memory: memory(self.child.id()) }
+    }
+}
+
+impl Drop for Mqhook {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn memory(pid: u32) -> Memory {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/<pid>/status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"))
+    };
+    Memory {
+        hwm: field("VmHWM:"),
+        rss: field("VmRSS:"),
+        anon: field("RssAnon:"),
+        file: field("RssFile:"),
+        threads: field("Threads:"),
+    }
+}
+
+/// User and system CPU time of the whole process so far, its exited threads included.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/<pid>/stat");
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')').expect("a stat line").1.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    ticks as f64 / TICKS_PER_SECOND
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("binding").local_addr().expect("address").port()
+}
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|value| value.parse().ok()).unwrap_or(default)
+}
