@@ -184,11 +184,13 @@ pub enum Problem {
     EndpointBackingOff,
     /// An admin request without a valid token.
     AdminUnauthorized,
+    /// An event whose body cannot join a batch (`batch.format`) was sent alone.
+    Unbatchable,
 }
 
 impl Problem {
     /// Problems the limiter keeps apart (every give-up reason shares one).
-    const COUNT: usize = 12;
+    const COUNT: usize = 13;
 
     /// The problem as a word, for the log's `problem` field.
     pub fn as_str(self) -> &'static str {
@@ -205,6 +207,7 @@ impl Problem {
             Problem::MalformedInput => "malformed_input",
             Problem::EndpointBackingOff => "endpoint_backing_off",
             Problem::AdminUnauthorized => "admin_unauthorized",
+            Problem::Unbatchable => "unbatchable",
         }
     }
 
@@ -222,6 +225,7 @@ impl Problem {
             Problem::MalformedInput => 9,
             Problem::EndpointBackingOff => 10,
             Problem::AdminUnauthorized => 11,
+            Problem::Unbatchable => 12,
         }
     }
 
@@ -323,6 +327,10 @@ pub struct Metrics {
     guest_rollbacks: Counter,
     endpoint_backoffs: Counter,
     admin_unauthorized: Counter,
+    batches: Counter,
+    batch_splits: Counter,
+    unbatched: Counter,
+    batch_events: Histogram,
     in_flight: Gauge,
     queue_events: Gauge,
     queue_requests: Gauge,
@@ -411,6 +419,15 @@ impl Default for Metrics {
             guest_rollbacks: counter(r, "guest_rollbacks", "Swapped-in guests rolled back for failing"),
             endpoint_backoffs: counter(r, "endpoint_backoffs", "Outages of the endpoint: times delivery backed off"),
             admin_unauthorized: counter(r, "admin_unauthorized", "Admin requests refused for a missing or wrong token"),
+            batches: counter(r, "batches", "Batches done (delivered or given up), each once whatever its attempts"),
+            batch_splits: counter(r, "batch_splits", "Batches split in halves after a 413 answer"),
+            unbatched: counter(r, "events_unbatched", "Events sent alone because their body cannot join a batch"),
+            batch_events: {
+                // 1, 2, 4, … 1024: batch.max_events is at most 1000.
+                let histogram = Histogram::new(exponential_buckets(1.0, 2.0, 11));
+                r.register("batch_events", "Events per batch done", histogram.clone());
+                histogram
+            },
             in_flight: gauge(r, "requests_in_flight", "Requests being sent now", None),
             queue_events: gauge(r, "queue_events", "Events in the runtime queue", None),
             queue_requests: gauge(r, "queue_requests", "Requests in the delivery queue's memory", None),
@@ -453,6 +470,18 @@ impl Metrics {
         if let Some(received_at) = received_at {
             self.delivery_latency.observe(seconds_since(received_at));
         }
+    }
+
+    /// Counts a batch of `events` events done: delivered, or given up (its events are counted
+    /// one by one as delivered or given up).
+    pub fn record_batch(&self, events: usize) {
+        self.batches.inc();
+        self.batch_events.observe(events as f64);
+    }
+
+    /// Counts a batch split in halves after a 413 answer.
+    pub fn record_batch_split(&self) {
+        self.batch_splits.inc();
     }
 
     /// Counts a failed delivery attempt.
@@ -522,6 +551,7 @@ impl Metrics {
             Problem::MalformedInput => Some(&self.malformed),
             Problem::EndpointBackingOff => Some(&self.endpoint_backoffs),
             Problem::AdminUnauthorized => Some(&self.admin_unauthorized),
+            Problem::Unbatchable => Some(&self.unbatched),
         };
         if let Some(counter) = counter {
             counter.inc_by(count);
@@ -581,6 +611,9 @@ impl Metrics {
             given_up_attempts: given_up(GiveUpReason::Attempts),
             given_up_age: given_up(GiveUpReason::Age),
             given_up_too_large: given_up(GiveUpReason::TooLargeToReplay),
+            batches: self.batches.get(),
+            batch_splits: self.batch_splits.get(),
+            unbatched: self.unbatched.get(),
         }
     }
 }
@@ -599,6 +632,7 @@ const PROBLEMS: [Problem; Problem::COUNT] = [
     Problem::MalformedInput,
     Problem::EndpointBackingOff,
     Problem::AdminUnauthorized,
+    Problem::Unbatchable,
 ];
 
 /// The one log limiter: per problem, a window that opens with its first line.
@@ -697,6 +731,12 @@ pub struct MetricsSnapshot {
     pub given_up_age: u64,
     /// Requests given up because their body is over `retry.max_replay_size` (part of `failed`).
     pub given_up_too_large: u64,
+    /// Batches done, delivered or given up (`batch`; 0 without it).
+    pub batches: u64,
+    /// Batches split in halves after a 413 answer.
+    pub batch_splits: u64,
+    /// Events sent alone because their body cannot join a batch.
+    pub unbatched: u64,
 }
 
 impl fmt::Display for MetricsSnapshot {
@@ -704,7 +744,7 @@ impl fmt::Display for MetricsSnapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "received={} filtered={} delivered={} failed={} guest_traps={} guest_timeouts={} rejected={} malformed={} retries={} spooled={} recovered={} dropped={} given_up_status={} given_up_tls={} given_up_attempts={} given_up_age={} given_up_too_large={}",
+            "received={} filtered={} delivered={} failed={} guest_traps={} guest_timeouts={} rejected={} malformed={} retries={} spooled={} recovered={} dropped={} given_up_status={} given_up_tls={} given_up_attempts={} given_up_age={} given_up_too_large={} batches={} batch_splits={} unbatched={}",
             self.received,
             self.filtered,
             self.delivered,
@@ -721,7 +761,10 @@ impl fmt::Display for MetricsSnapshot {
             self.given_up_tls,
             self.given_up_attempts,
             self.given_up_age,
-            self.given_up_too_large
+            self.given_up_too_large,
+            self.batches,
+            self.batch_splits,
+            self.unbatched
         )
     }
 }
