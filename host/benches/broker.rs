@@ -27,11 +27,10 @@ use mqhook::config::{BridgeUrl, Config, LiveConfig, Syntax};
 use mqhook::delivery::http::HttpSink;
 use mqhook::delivery::Sink;
 use mqhook::ingest::bridge::Bridge;
-use mqhook::ingest::broker::{Broker, BrokerConfig};
 use mqhook::{GuestEngine, Runtime};
 
 mod load;
-use load::{publish, serve};
+use load::{embedded_round, publish, serve, Round};
 
 fn main() {
     let publishers: usize = env_or("PUBLISHERS", 8);
@@ -98,56 +97,16 @@ fn main() {
     });
 }
 
-/// What one round measured.
-struct Round {
-    /// Seconds from the first publish to the last PUBACK.
-    publishing: f64,
-    /// Seconds from the first publish to the last webhook arrival.
-    delivering: f64,
-    /// Publish-to-arrival times (µs) of the webhooks that arrived.
-    latencies: Vec<u64>,
-    totals: mqhook::MetricsSnapshot,
-}
-
 /// Runs the publishers once through a fresh broker; with `webhooks`, every publish is a webhook.
 /// The sink answers after `delay`; `extra` lines go into the webhook block.
 async fn round(webhooks: bool, publishers: usize, messages: usize, delay: Duration, extra: &str) -> Round {
-    let epoch = Instant::now();
-    let (endpoint, arrivals) = serve(epoch, delay).await;
-    let text = format!(
-        "webhook {{\n enable = {webhooks}\n url = \"http://{endpoint}/hook\"\n pool_size = 32\n{extra} events = [{{ event = \"on_message_publish\", topic = \"bench/#\" }}]\n}}\n"
-    );
-    let config = Config::parse(&text, Path::new("bench.hcl"), Syntax::Hcl).expect("bench config");
-    let guest = GuestEngine::new().expect("engine").load(None, &config.guest, &config.filter).expect("built-in guest");
-    let live = LiveConfig::new(config);
-    let sink = Sink::Http(HttpSink::new(live.clone()).expect("sink"));
-    let pipeline = Runtime::start(live, guest, sink).expect("runtime");
-    let loopback = BrokerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), ..BrokerConfig::default() };
-    let broker = Broker::bind(loopback, pipeline.submitter()).await.expect("broker");
-    let broker_addr = broker.local_addr();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(broker.serve(async move {
-        let _ = stopped.await;
-    }));
-
-    let started = Instant::now();
-    let clients: Vec<_> =
-        (0..publishers).map(|index| tokio::spawn(publish(broker_addr, index, messages, epoch))).collect();
-    for client in clients {
-        client.await.expect("publisher");
-    }
-    let publishing = started.elapsed().as_secs_f64();
+    let config = |endpoint: SocketAddr| {
+        format!(
+            "webhook {{\n enable = {webhooks}\n url = \"http://{endpoint}/hook\"\n pool_size = 32\n{extra} events = [{{ event = \"on_message_publish\", topic = \"bench/#\" }}]\n}}\n"
+        )
+    };
     let expected = if webhooks { publishers * messages } else { 0 };
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while arrivals.lock().unwrap().len() < expected && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let delivering = started.elapsed().as_secs_f64();
-    let _ = stop.send(());
-    serving.await.expect("broker task").expect("broker");
-    let totals = pipeline.shutdown().await;
-    let latencies = arrivals.lock().unwrap().clone();
-    Round { publishing, delivering, latencies, totals }
+    embedded_round(config, publishers, messages, delay, expected).await
 }
 
 /// The bridge path: publishers → mosquitto → bridge ingest → guest → HTTP; `None` without mosquitto.
