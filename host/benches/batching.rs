@@ -94,7 +94,7 @@ fn main() {
                     Some(_) => middle.totals.batches as f64 / middle.totals.delivered.max(1) as f64,
                     None => 1.0,
                 };
-                let (p50, p99) = middle.percentiles();
+                let (p50, p99) = load::percentiles(&middle.latencies);
                 let lost = results.iter().map(|r| sent.saturating_sub(r.latencies.len())).max().unwrap_or(0);
                 let name = batch.map_or("none".to_string(), |n| format!("max_events {n}"));
                 let speedup = unbatched_rate.map_or(String::new(), |base: f64| format!("  ×{:.2}", events / base));

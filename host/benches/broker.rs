@@ -30,7 +30,7 @@ use mqhook::ingest::bridge::Bridge;
 use mqhook::{GuestEngine, Runtime};
 
 mod load;
-use load::{embedded_round, publish, serve, Round};
+use load::{embedded_round, percentiles, publish, serve, Round};
 
 fn main() {
     let publishers: usize = env_or("PUBLISHERS", 8);
@@ -41,39 +41,25 @@ fn main() {
         let baseline = round(false, publishers, messages, Duration::ZERO, "").await;
         let hooked = round(true, publishers, messages, Duration::ZERO, "").await;
         let sent = publishers * messages;
-        let mut latencies = hooked.latencies.clone();
-        latencies.sort_unstable();
-        let received = latencies.len();
-        let percentile =
-            |p: f64| latencies.get(((received as f64 * p) as usize).min(received.saturating_sub(1))).copied();
+        let received = hooked.latencies.len();
+        let (p50, p99) = percentiles(&hooked.latencies);
         let rate = |secs: f64| sent as f64 / secs;
         println!("publishers: {publishers}, messages each: {messages}, QoS 1, pool_size 32");
         println!("broker alone (no webhook): {:.0} publishes/s", rate(baseline.publishing));
         println!("broker + webhook:          {:.0} publishes/s", rate(hooked.publishing));
         println!("ratio with / without webhook: {:.2}", baseline.publishing / hooked.publishing);
         println!("events/s (publish start → last webhook): {:.0}", received as f64 / hooked.delivering);
-        println!(
-            "publish-to-arrival latency: p50 {} µs, p99 {} µs",
-            percentile(0.50).unwrap_or(0),
-            percentile(0.99).unwrap_or(0)
-        );
+        println!("publish-to-arrival latency: p50 {p50} µs, p99 {p99} µs");
         println!("sent {sent}, received {received}, loss {}", sent.saturating_sub(received));
         println!("runtime: {}", hooked.totals);
         match bridged(publishers, messages).await {
             Some(bridge) => {
                 let received = bridge.latencies.len();
-                let mut latencies = bridge.latencies.clone();
-                latencies.sort_unstable();
-                let at =
-                    |p: f64| latencies.get(((received as f64 * p) as usize).min(received.saturating_sub(1))).copied();
+                let (p50, p99) = percentiles(&bridge.latencies);
                 println!("mosquitto → bridge → HTTP:");
                 println!("  publishes/s to mosquitto: {:.0}", rate(bridge.publishing));
                 println!("  events/s (publish start → last webhook): {:.0}", received as f64 / bridge.delivering);
-                println!(
-                    "  publish-to-arrival latency: p50 {} µs, p99 {} µs",
-                    at(0.50).unwrap_or(0),
-                    at(0.99).unwrap_or(0)
-                );
+                println!("  publish-to-arrival latency: p50 {p50} µs, p99 {p99} µs");
                 println!("  sent {sent}, received {received}, loss {}", sent.saturating_sub(received));
                 println!("  runtime: {}", bridge.totals);
             }
@@ -82,15 +68,11 @@ fn main() {
         println!("overload: a sink at 10 ms per answer (about 3,200 webhooks/s), the same publishers");
         for (name, extra) in [("default queues (65,536)", ""), ("queue_size = 512", " queue_size = 512\n")] {
             let overloaded = round(true, publishers, messages, Duration::from_millis(10), extra).await;
-            let mut latencies = overloaded.latencies.clone();
-            latencies.sort_unstable();
-            let at = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)).copied();
+            let (p50, p99) = percentiles(&overloaded.latencies);
             println!(
-                "  {name:<24} publishes/s {:>7.0}  latency p50 {:>8} µs  p99 {:>8} µs  loss {}  rejected {}",
+                "  {name:<24} publishes/s {:>7.0}  latency p50 {p50:>8} µs  p99 {p99:>8} µs  loss {}  rejected {}",
                 rate(overloaded.publishing),
-                at(0.50).unwrap_or(0),
-                at(0.99).unwrap_or(0),
-                sent.saturating_sub(latencies.len()),
+                sent.saturating_sub(overloaded.latencies.len()),
                 overloaded.totals.rejected
             );
         }

@@ -33,14 +33,8 @@ pub struct Round {
     /// Publish-to-arrival times (µs) of the webhooks that arrived, one per event.
     pub latencies: Vec<u64>,
     /// The runtime's counters at its end.
+    #[allow(dead_code, reason = "each bench binary has this module; the mosquitto bench reads no counters")]
     pub totals: mqhook::MetricsSnapshot,
-}
-
-impl Round {
-    /// The 50th and 99th percentile of the latencies (µs).
-    pub fn percentiles(&self) -> (u64, u64) {
-        percentiles(&self.latencies)
-    }
 }
 
 /// The 50th and 99th percentile of `latencies` (0 when there are none).
