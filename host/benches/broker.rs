@@ -30,7 +30,7 @@ use mqhook::ingest::bridge::Bridge;
 use mqhook::{GuestEngine, Runtime};
 
 mod load;
-use load::{embedded_round, percentiles, publish, serve, Round};
+use load::{drive, embedded_round, percentiles, serve, Round};
 
 fn main() {
     let publishers: usize = env_or("PUBLISHERS", 8);
@@ -136,19 +136,8 @@ async fn bridged(publishers: usize, messages: usize) -> Option<Round> {
     while counters.subscribed.get() == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let started = Instant::now();
-    let clients: Vec<_> =
-        (0..publishers).map(|index| tokio::spawn(publish(broker_addr, index, messages, epoch))).collect();
-    for client in clients {
-        client.await.expect("publisher");
-    }
-    let publishing = started.elapsed().as_secs_f64();
     let expected = publishers * messages;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while arrivals.lock().unwrap().len() < expected && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let delivering = started.elapsed().as_secs_f64();
+    let (publishing, delivering) = drive(broker_addr, publishers, messages, epoch, &arrivals, expected).await;
     let _ = stop.send(());
     running.await.expect("bridge task").expect("bridge");
     let totals = pipeline.shutdown().await;

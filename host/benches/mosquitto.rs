@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod load;
-use load::{publish, serve};
+use load::{drive, serve};
 
 /// Longest any round may take to deliver its webhooks.
 const ROUND_LIMIT: Duration = Duration::from_secs(180);
@@ -80,29 +80,6 @@ impl Round {
     fn percentiles(&self) -> (u64, u64) {
         load::percentiles(&self.arrivals)
     }
-}
-
-/// Runs the publishers against `broker_addr` and waits for `expected` webhooks.
-async fn drive(
-    broker_addr: SocketAddr,
-    publishers: usize,
-    messages: usize,
-    epoch: Instant,
-    arrivals: &load::Arrivals,
-    expected: usize,
-) -> (f64, f64) {
-    let started = Instant::now();
-    let clients: Vec<_> =
-        (0..publishers).map(|index| tokio::spawn(publish(broker_addr, index, messages, epoch))).collect();
-    for client in clients {
-        client.await.expect("publisher");
-    }
-    let publishing = started.elapsed().as_secs_f64();
-    let deadline = Instant::now() + ROUND_LIMIT;
-    while arrivals.lock().unwrap().len() < expected && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    (publishing, started.elapsed().as_secs_f64())
 }
 
 /// A private mosquitto on a free loopback port, with the plugin when given; killed when dropped.

@@ -22,7 +22,7 @@ use mqhook::ingest::broker::{Broker, BrokerConfig};
 use mqhook::{GuestEngine, Runtime};
 
 /// Longest a round waits for its webhooks.
-const ROUND_LIMIT: Duration = Duration::from_secs(120);
+const ROUND_LIMIT: Duration = Duration::from_secs(180);
 
 /// What one round through the embedded broker measured.
 pub struct Round {
@@ -69,6 +69,28 @@ pub async fn embedded_round(
     let serving = tokio::spawn(broker.serve(async move {
         let _ = stopped.await;
     }));
+    let (publishing, delivering) = drive(broker_addr, publishers, messages, epoch, &arrivals, expected).await;
+    let _ = stop.send(());
+    serving.await.expect("broker task").expect("broker");
+    let totals = pipeline.shutdown().await;
+    let latencies = arrivals.lock().unwrap().clone();
+    Round { publishing, delivering, latencies, totals }
+}
+
+/// Publish-to-arrival times, in microseconds, one per webhook.
+pub type Arrivals = Arc<Mutex<Vec<u64>>>;
+
+/// Runs `publishers` clients of `messages` publishes each against `broker_addr` and waits
+/// (bounded) for `expected` webhooks in `arrivals`. Returns the seconds from the first publish
+/// to the last PUBACK, and to the last webhook (or the wait's end).
+pub async fn drive(
+    broker_addr: SocketAddr,
+    publishers: usize,
+    messages: usize,
+    epoch: Instant,
+    arrivals: &Arrivals,
+    expected: usize,
+) -> (f64, f64) {
     let started = Instant::now();
     let clients: Vec<_> =
         (0..publishers).map(|index| tokio::spawn(publish(broker_addr, index, messages, epoch))).collect();
@@ -80,16 +102,8 @@ pub async fn embedded_round(
     while arrivals.lock().unwrap().len() < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let delivering = started.elapsed().as_secs_f64();
-    let _ = stop.send(());
-    serving.await.expect("broker task").expect("broker");
-    let totals = pipeline.shutdown().await;
-    let latencies = arrivals.lock().unwrap().clone();
-    Round { publishing, delivering, latencies, totals }
+    (publishing, started.elapsed().as_secs_f64())
 }
-
-/// Publish-to-arrival times, in microseconds, one per webhook.
-pub type Arrivals = Arc<Mutex<Vec<u64>>>;
 
 /// One MQTT 3.1.1 client publishing `messages` QoS 1 messages, each waiting for its PUBACK.
 /// The payload is the publish time in µs since `epoch`.
