@@ -804,6 +804,28 @@ mod tests {
     }
 
     #[test]
+    fn batches_are_counted_with_their_sizes() {
+        let metrics = Metrics::default();
+        metrics.record_batch(10);
+        metrics.record_batch(3);
+        metrics.record_batch_split();
+        metrics.report(Problem::Unbatchable, 1, format_args!("not JSON"));
+        let snapshot = metrics.snapshot();
+        assert_eq!((snapshot.batches, snapshot.batch_splits, snapshot.unbatched, snapshot.failed), (2, 1, 1, 0));
+        let text = metrics.encode(&Depths::default());
+        for line in [
+            "mqhook_batches_total 2\n",
+            "mqhook_batch_splits_total 1\n",
+            "mqhook_events_unbatched_total 1\n",
+            "mqhook_batch_events_sum 13.0\n",
+            "mqhook_batch_events_count 2\n",
+            "mqhook_batch_events_bucket{le=\"4.0\"} 1\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in {text}");
+        }
+    }
+
+    #[test]
     fn every_problem_is_counted_even_when_not_logged() {
         let metrics = Metrics::default();
         for _ in 0..100 {

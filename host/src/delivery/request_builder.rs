@@ -145,7 +145,44 @@ pub fn build_framed(delivery: &DeliveryConfig, request: &Request, framing: Frami
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::SigningKey;
+    use crate::config::{Header, SigningKey};
+    use crate::event::EventKind;
+
+    #[test]
+    fn a_batch_has_its_formats_content_type_after_host_and_its_keys_after_its_key() {
+        let header =
+            |name: &'static str, value: &'static str| (HeaderName::from_static(name), HeaderValue::from_static(value));
+        let delivery = DeliveryConfig {
+            url: Uri::from_static("http://example.test/hooks"),
+            headers: [header("content-type", "text/plain"), header("x-token", "t")]
+                .map(|(name, value)| Header::new(name, value))
+                .to_vec(),
+            ..DeliveryConfig::default()
+        };
+        let request = Request {
+            kind: EventKind::MessagePublish,
+            body: Bytes::from_static(b"[1,2]"),
+            headers: vec![header("content-type", "application/cloudevents+json"), header("x-guest", "g")],
+            path: Some("/a".into()),
+            client: None,
+            idempotency_key: Some("batch-00".into()),
+            received_at: None,
+        };
+        let keys = HeaderValue::from_static("k-1,k-2");
+        let built = build_framed(&delivery, &request, Framing::Batch { format: BatchFormat::Ndjson, keys: &keys });
+        let names: Vec<&str> = built.headers().iter().map(|(name, _)| name.as_str()).collect();
+        let order =
+            ["host", "content-type", "x-token", "x-guest", "content-length", "idempotency-key", "idempotency-keys"];
+        assert_eq!(names, order);
+        assert_eq!(built.headers()[CONTENT_TYPE], "application/x-ndjson");
+        assert_eq!(built.headers()[IDEMPOTENCY_KEYS], "k-1,k-2");
+        assert_eq!(built.uri(), "http://example.test/hooks/a");
+        // One event, as before: the configured and the guest's content types, in order.
+        let single = build(&delivery, &request);
+        let types: Vec<_> = single.headers().get_all(CONTENT_TYPE).iter().collect();
+        assert_eq!(types, ["text/plain", "application/cloudevents+json"]);
+        assert!(!single.headers().contains_key(IDEMPOTENCY_KEYS));
+    }
 
     #[test]
     fn signatures_match_the_standard_webhooks_test_vector() {
