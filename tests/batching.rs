@@ -353,6 +353,26 @@ async fn a_signed_batch_is_verified_by_the_reference_library() {
     assert_eq!(verified_by(WRONG, &recorded), vec![false; 2]);
 }
 
+#[tokio::test]
+async fn a_dry_run_prints_a_batch_as_it_would_send_it() {
+    let scratch = Scratch::new();
+    let config = Webhook::new("http://127.0.0.1:9/hook")
+        .publishes()
+        .with("  batch { linger = 60s, format = ndjson }")
+        .write(&scratch, "nanomq.conf");
+    let args = ["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap(), "--dry-run"];
+    let run = mqhook(&args, &ndjson_publishes(3, 1)).await;
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!(run.summary("batches"), 1);
+    let head = run.stdout.split("\n\n").next().unwrap();
+    assert!(head.starts_with("POST /hook HTTP/1.1\nHost: 127.0.0.1:9\nContent-Type: application/x-ndjson\n"), "{head}");
+    let keys = head.lines().find_map(|line| line.strip_prefix("Idempotency-Keys: ")).expect("the members' keys");
+    assert_eq!(keys.split(',').count(), 3);
+    let key = head.lines().find_map(|line| line.strip_prefix("Idempotency-Key: ")).unwrap();
+    assert_eq!(key, batch_key(keys));
+    assert_eq!(run.stdout.matches("\"payload\":\"p-").count(), 3, "one body a line: {}", run.stdout);
+}
+
 #[test]
 fn the_batch_block_reads_the_same_in_every_syntax_and_bad_values_name_their_key() {
     use mqhook::config::{BatchFormat, BatchSettings, ByteSize, Config};

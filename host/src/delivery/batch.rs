@@ -1,10 +1,10 @@
 //! Batching (`batch { … }`): several queued requests sent as one HTTP request.
 //!
-//! - **Receives** [`Entry`]s from the delivery queue: in any order from the pooled runner, or in
+//! - **Receives** `Entry`s from the delivery queue: in any order from the pooled runner, or in
 //!   order from a per-client lane.
-//! - **Owns** the open batches ([`Gatherer`]): which events may share one (the same guest path and
+//! - **Owns** the open batches (`Gatherer`): which events may share one (the same guest path and
 //!   headers, and a body the format can carry), the limits (`max_events`, `max_bytes`, `linger`),
-//!   a batch's body and idempotency key ([`Batch`]), and the split of a batch the endpoint refuses
+//!   a batch's body and idempotency key (`Batch`), and the split of a batch the endpoint refuses
 //!   as too large (413) into halves, down to single events.
 //! - **Hands on** each batch to the retry loop as one request (retried, backed off and given up
 //!   as one), then each member's outcome: counted per event (delivered, or given up and written
