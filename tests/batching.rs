@@ -353,6 +353,29 @@ async fn a_signed_batch_is_verified_by_the_reference_library() {
     assert_eq!(verified_by(WRONG, &recorded), vec![false; 2]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_named_endpoint_batches_by_its_own_block() {
+    let plain = Endpoint::start(Behaviour::default()).await;
+    let batched = Endpoint::start(Behaviour::default()).await;
+    let scratch = Scratch::new();
+    let text = format!(
+        "webhook {{\n  url = \"{}\"\n  endpoints = [\n    {{ name = \"bulk\", url = \"{}\", batch {{ max_events = 4, linger = 60s, format = ndjson }} }}\n  ]\n  \
+         events = [\n    {{ event = \"on_message_publish\" }}\n    {{ event = \"on_message_publish\", endpoint = \"bulk\" }}\n  ]\n}}\n",
+        plain.url(),
+        batched.url()
+    );
+    let config = scratch.file("nanomq.conf", &text);
+    let run =
+        mqhook(&["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap()], &ndjson_publishes(8, 2)).await;
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!((run.summary("delivered"), run.summary("batches")), (16, 2), "{}", run.stdout);
+    let singles = plain.recorded();
+    assert_eq!(singles.len(), 8, "the default endpoint has no batch block: one request per event");
+    assert!(singles.iter().all(|request| request.header("idempotency-keys").is_none()));
+    let batches = batched.recorded();
+    assert_eq!(batches.iter().map(|request| members(request).len()).collect::<Vec<_>>(), vec![4, 4]);
+}
+
 #[tokio::test]
 async fn a_dry_run_prints_a_batch_as_it_would_send_it() {
     let scratch = Scratch::new();

@@ -31,8 +31,8 @@ fn load(name: &str, text: &str) -> Result<Config, mqhook::config::ConfigError> {
 
 fn seed_rules() -> Vec<Rule> {
     vec![
-        Rule { event: EventKind::MessagePublish, topic: Some("a/b/c".into()) },
-        Rule { event: EventKind::ClientConnack, topic: None },
+        Rule { event: EventKind::MessagePublish, topic: Some("a/b/c".into()), endpoint: None },
+        Rule { event: EventKind::ClientConnack, topic: None, endpoint: None },
     ]
 }
 
@@ -71,7 +71,7 @@ fn every_nanomq_fixture_parses() {
                 assert_eq!(config.delivery.url.to_string(), "http://127.0.0.1:8888/");
                 assert_eq!(
                     config.filter.rules,
-                    vec![Rule { event: EventKind::MessagePublish, topic: Some("poc/asan".into()) }]
+                    vec![Rule { event: EventKind::MessagePublish, topic: Some("poc/asan".into()), endpoint: None }]
                 );
             }
             // Old format, enabled, one rule per event, event taken from the key.

@@ -33,8 +33,8 @@ fn all_events() -> String {
 /// The body the guest returns for `event` under `config`, or `None` when it filters it out.
 fn body(config: &Config, event: Event) -> Option<String> {
     let module = compiled().with_config(&config.guest, &config.filter).unwrap();
-    let request = module.instance().unwrap().handle(event).unwrap()?;
-    Some(String::from_utf8(request.body.to_vec()).expect("bodies are UTF-8 JSON"))
+    let request = module.instance().unwrap().handle_event(event).unwrap()?;
+    Some(String::from_utf8(request.request.body.to_vec()).expect("bodies are UTF-8 JSON"))
 }
 
 fn client(id: &str, username: Option<&str>) -> Client {
@@ -253,11 +253,11 @@ fn rules_are_ored_and_deliver_at_most_once() {
     );
     let module = compiled().with_config(&config.guest, &config.filter).unwrap();
     let mut instance = module.instance().unwrap();
-    assert!(instance.handle(Event::MessagePublish(publish("a/b", b"x"))).unwrap().is_some());
-    assert!(instance.handle(Event::MessagePublish(publish("b", b"x"))).unwrap().is_none());
+    assert!(instance.handle_event(Event::MessagePublish(publish("a/b", b"x"))).unwrap().is_some());
+    assert!(instance.handle_event(Event::MessagePublish(publish("b", b"x"))).unwrap().is_none());
     let connack =
         Event::ClientConnack(Connack { client: client("c", None), keepalive: 1, proto_ver: 4, reason_code: 0 });
-    assert!(instance.handle(connack).unwrap().is_some(), "a rule's topic is ignored for client events");
+    assert!(instance.handle_event(connack).unwrap().is_some(), "a rule's topic is ignored for client events");
     let disconnected = Event::ClientDisconnected(Disconnection { client: client("c", None), reason: "normal".into() });
-    assert!(instance.handle(disconnected).unwrap().is_none(), "no rule selects it");
+    assert!(instance.handle_event(disconnected).unwrap().is_none(), "no rule selects it");
 }

@@ -16,7 +16,9 @@ use mqhook::event::{Client, Connack, Connection, Disconnection, Message, Subscri
 use mqhook::{Event, GuestError};
 
 use crate::examples::{payload_filter_example, router_example};
-use crate::support::guests::{js_payload_filter, js_router, js_router_async, python_payload_filter};
+use crate::support::guests::{
+    js_built_for_0_1_0, js_payload_filter, js_router, js_router_async, python_payload_filter,
+};
 use crate::support::{engine, message, mqhook, Scratch};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,8 +94,8 @@ fn bodies(path: Option<&str>, config: &Config, events: &[Event]) -> Vec<Option<S
     events
         .iter()
         .map(|event| {
-            let request = instance.handle(event.clone()).expect("the call succeeds")?;
-            Some(String::from_utf8(request.body.to_vec()).expect("a UTF-8 body"))
+            let request = instance.handle_event(event.clone()).expect("the call succeeds")?;
+            Some(String::from_utf8(request.request.body.to_vec()).expect("a UTF-8 body"))
         })
         .collect()
 }
@@ -145,6 +147,19 @@ async fn a_component_built_for_the_async_abi_is_refused_with_a_line_naming_sync(
     assert!(!run.status.success(), "an async component started: {}", run.stderr);
     let line = run.stderr.lines().find(|line| line.contains("async ABI")).unwrap_or_else(|| panic!("{}", run.stderr));
     assert!(line.contains("componentize-qjs: `--sync`"), "{line}");
+}
+
+#[test]
+fn a_guest_built_against_wit_0_1_0_is_refused_naming_both_versions() {
+    let config = config("plain", "", "");
+    let refused = engine()
+        .load(Some(Path::new(js_built_for_0_1_0())), &config.guest, &config.filter)
+        .err()
+        .expect("a 0.1.0 guest is refused");
+    assert!(matches!(refused, GuestError::WitVersion { .. }), "{refused:?}");
+    let message = refused.to_string();
+    assert!(message.contains("built against mqhook:filter@0.1.0"), "{message}");
+    assert!(message.contains("this host runs mqhook:filter@0.2.0 guests"), "{message}");
 }
 
 #[test]

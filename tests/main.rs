@@ -8,6 +8,7 @@ mod bridge;
 mod broker;
 mod config;
 mod delivery;
+mod endpoints;
 mod examples;
 mod golden;
 mod languages;

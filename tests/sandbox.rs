@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use mqhook::config::{Config, Syntax};
+use mqhook::guest::Batch;
 use mqhook::{Event, GuestError};
 
 use crate::support::endpoint::{Behaviour, Endpoint};
@@ -81,13 +82,13 @@ fn the_memory_cap_is_what_stops_the_allocating_guest() {
     let event = publish_event;
     let mut instance = module.instance().unwrap();
     // The memory cap stopped it (a growth was refused, then it trapped), not the deadline.
-    match instance.handle(event("hostile/alloc")) {
+    match instance.handle_event(event("hostile/alloc")) {
         Err(GuestError::MemoryLimit { limit, .. }) => assert_eq!(limit, 16 << 20),
         other => panic!("expected the memory limit, got {other:?}"),
     }
     // A fresh instance works again.
     let mut fresh = module.instance().unwrap();
-    assert!(fresh.handle(event("ok")).unwrap().is_some());
+    assert!(fresh.handle_event(event("ok")).unwrap().is_some());
 }
 
 #[test]
@@ -95,8 +96,8 @@ fn guests_see_no_clock_environment_arguments_or_files() {
     // The test process has an environment, arguments and a clock; none of it may reach the guest.
     let config = Config::parse(&hostile_config("http://127.0.0.1:9", ""), Path::new("h.hcl"), Syntax::Hcl).unwrap();
     let module = load_guest(Some(HOSTILE_GUEST), &config).unwrap();
-    let request = module.instance().unwrap().handle(publish_event("hostile/ambient")).unwrap().unwrap();
-    assert_eq!(String::from_utf8_lossy(&request.body), "clock=0 env=0 args=0 fs=false");
+    let request = module.instance().unwrap().handle_event(publish_event("hostile/ambient")).unwrap().unwrap();
+    assert_eq!(String::from_utf8_lossy(&request.request.body), "clock=0 env=0 args=0 fs=false");
 }
 
 #[test]
@@ -105,24 +106,58 @@ fn an_oversized_body_or_a_bad_header_drops_the_event_and_is_counted() {
     let config = Config::parse(&text, Path::new("h.hcl"), Syntax::Hcl).unwrap();
     let module = load_guest(Some(HOSTILE_GUEST), &config).unwrap();
     let mut instance = module.instance().unwrap();
-    assert!(instance.handle(publish_event("ok")).unwrap().is_some());
-    match instance.handle(publish_event("too/long")) {
+    assert!(instance.handle_event(publish_event("ok")).unwrap().is_some());
+    match instance.handle_event(publish_event("too/long")) {
         Err(GuestError::InvalidDelivery(message)) => assert!(message.contains("guest.max_body"), "{message}"),
         other => panic!("expected an invalid delivery, got {other:?}"),
     }
-    match instance.handle(publish_event("hostile/header")) {
+    match instance.handle_event(publish_event("hostile/header")) {
         Err(GuestError::InvalidDelivery(message)) => assert!(message.contains("invalid header name"), "{message}"),
         other => panic!("expected an invalid delivery, got {other:?}"),
     }
     // A header the host writes itself (one `Host`, never two) is refused.
-    match instance.handle(publish_event("hostile/host-header")) {
+    match instance.handle_event(publish_event("hostile/host-header")) {
         Err(GuestError::InvalidDelivery(message)) => assert!(message.contains("set by the host"), "{message}"),
         other => panic!("expected an invalid delivery, got {other:?}"),
     }
     // The calls themselves worked: the same instance goes on.
-    assert!(instance.handle(publish_event("ok")).unwrap().is_some());
+    assert!(instance.handle_event(publish_event("ok")).unwrap().is_some());
     let stats = module.stats().snapshot();
     assert_eq!((stats.calls, stats.delivered, stats.invalid, stats.failing_streak), (5, 2, 3, 0));
+}
+
+#[test]
+fn a_batch_is_answered_in_order_and_a_trap_in_it_fails_the_whole_call() {
+    let config = Config::parse(&hostile_config("http://127.0.0.1:9", ""), Path::new("h.hcl"), Syntax::Hcl).unwrap();
+    let module = load_guest(Some(HOSTILE_GUEST), &config).unwrap();
+    let mut instance = module.instance().unwrap();
+    let mut batch = Batch::new();
+    for topic in ["ok/1", "ok/2", "hostile/endpoint", "ok/3"] {
+        batch.push(publish_event(topic));
+    }
+    let answers = instance.handle_batch(&batch).expect("the call works");
+    let bodies: Vec<String> = answers
+        .iter()
+        .map(|answer| match answer {
+            Ok(Some(delivery)) => String::from_utf8_lossy(&delivery.request.body).into_owned(),
+            Ok(None) => "filtered".into(),
+            Err(error) => format!("invalid: {error}"),
+        })
+        .collect();
+    assert_eq!(bodies[..2], ["ok/1", "ok/2"]);
+    assert!(bodies[2].starts_with("invalid: ") && bodies[2].contains("\"nowhere\" is not configured"), "{bodies:?}");
+    assert_eq!(bodies[3], "ok/3");
+    // A trap fails the call as a whole; the runtime then retries the events one by one.
+    batch.clear();
+    for topic in ["ok/1", "hostile/trap", "ok/2"] {
+        batch.push(publish_event(topic));
+    }
+    assert!(matches!(instance.handle_batch(&batch), Err(GuestError::Trap(_))));
+    let mut fresh = module.instance().unwrap();
+    assert!(fresh.handle(&batch, 0).unwrap().is_some());
+    assert!(matches!(fresh.handle(&batch, 1), Err(GuestError::Trap(_))));
+    let mut fresh = module.instance().unwrap();
+    assert!(fresh.handle(&batch, 2).unwrap().is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,8 +204,8 @@ fn a_guest_seen_before_is_loaded_precompiled_from_the_cache() {
     let second = load_guest(Some(HOSTILE_GUEST), &config).unwrap();
     assert!(second.from_cache(), "the second load skips compiling");
     assert_eq!(second.sha256(), first.sha256());
-    let request = second.instance().unwrap().handle(publish_event("cached")).unwrap().unwrap();
-    assert_eq!(&request.body[..], b"cached");
+    let request = second.instance().unwrap().handle_event(publish_event("cached")).unwrap().unwrap();
+    assert_eq!(&request.request.body[..], b"cached");
     // A corrupt artifact is ignored, not trusted: the guest is compiled again.
     let artifact = cache.join(&artifacts[0]);
     std::fs::write(&artifact, b"garbage").unwrap();

@@ -10,6 +10,8 @@
 // `option` is the value or `null`, `list<u8>` a `Uint8Array`. QuickJS has no TextEncoder or
 // TextDecoder, so UTF-8 is done here.
 
+import encoding from "mqhook:filter/encoding@0.2.0";
+
 const SUBSCRIPTIONS = new Set(["client-subscribe", "client-unsubscribe", "session-subscribed", "session-unsubscribed"]);
 const MESSAGES = new Set(["message-publish", "message-delivered", "message-acked"]);
 const BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -79,11 +81,13 @@ export function base64(bytes) {
 }
 
 /**
- * The payload as one big-endian integer in base 62; each leading 0x00 byte adds a `0`.
- * Repeated division is quadratic in the payload's size: fine for sensor readings, slow for
- * payloads of many KiB.
+ * The payload as one big-endian integer in base 62; each leading 0x00 byte adds a `0`. The host
+ * computes it (the `encoding` import, native speed) up to its cap of 64 KiB; past that, it is
+ * computed here by repeated division, which is quadratic in the payload's size.
  */
 export function base62(bytes) {
+  const computed = encoding.base62(bytes);
+  if (computed !== null && computed !== undefined) return computed;
   let zeros = 0;
   while (zeros < bytes.length && bytes[zeros] === 0) zeros++;
   let value = 0n;

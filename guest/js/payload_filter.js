@@ -111,5 +111,10 @@ export function handle(event) {
   const { condition: test, filter } = configured;
   if (!filter.selects(event)) return null;
   if (event.tag === "message-publish" && !holds(test, event.val.payload)) return null;
-  return { body: filter.write(event), headers: [], path: null };
+  return { body: filter.write(event), headers: [], path: null, endpoint: null };
+}
+
+/** Each event as `handle` answers it. */
+export function handleBatch(events) {
+  return events.map(handle);
 }

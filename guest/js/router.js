@@ -15,10 +15,10 @@
 // `default`, `header.<name>`. A path starts with `/` and holds only visible ASCII, no `#`.
 //
 // Built with componentize-qjs `--sync` against `wit/mqhook.wit` (world `filter`); the world's
-// exports are this module's `configure` and `handle`, its `log` import the module
-// "mqhook:filter/log@0.1.0".
+// exports are this module's `configure`, `handle` and `handleBatch`, its `log` import the module
+// "mqhook:filter/log@0.2.0".
 
-import log from "mqhook:filter/log@0.1.0";
+import log from "mqhook:filter/log@0.2.0";
 
 import { checkTopicFilter, Filter, matches, topicOf, utf8 } from "./nanomq.js";
 
@@ -87,5 +87,10 @@ export function handle(event) {
   const topic = topicOf(event);
   const route = topic === null ? undefined : router.routes.find(([filter]) => matches(filter, topic));
   const headers = topic === null ? router.headers : [...router.headers, [TOPIC_HEADER, headerValue(topic)]];
-  return { body, headers, path: route ? route[1] : router.fallback };
+  return { body, headers, path: route ? route[1] : router.fallback, endpoint: null };
+}
+
+/** Each event as `handle` answers it. */
+export function handleBatch(events) {
+  return events.map(handle);
 }

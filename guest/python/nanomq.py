@@ -11,6 +11,7 @@ The types are the ones componentize-py generates from `wit/mqhook.wit` (`wit_wor
 import base64
 import json
 
+from wit_world.imports import encoding
 from wit_world.imports.types import (
     Event_ClientConnack,
     Event_ClientConnect,
@@ -86,9 +87,12 @@ def matches(topic_filter, topic):
 def base62(payload):
     """The payload as one big-endian integer in base 62; each leading 0x00 byte adds a `0`.
 
-    Repeated division is quadratic in the payload's size: fine for sensor readings, slow for
-    payloads of many KiB.
+    The host computes it (the `encoding` import, native speed) up to its cap of 64 KiB; past
+    that, it is computed here, by repeated division, which is quadratic in the payload's size.
     """
+    digits = encoding.base62(payload)
+    if digits is not None:
+        return digits
     significant = payload.lstrip(b"\0")
     digits = []
     value = int.from_bytes(significant, "big")

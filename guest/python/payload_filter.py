@@ -155,4 +155,7 @@ class WitWorld(wit_world.WitWorld):
             return None
         if isinstance(event, Event_MessagePublish) and not condition.holds(event.value.payload):
             return None
-        return Delivery(body=nanomq.write(event), headers=[], path=None)
+        return Delivery(body=nanomq.write(event), headers=[], path=None, endpoint=None)
+
+    def handle_batch(self, events: list[Event]) -> list[Delivery | None]:
+        return [self.handle(event) for event in events]

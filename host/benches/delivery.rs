@@ -123,7 +123,9 @@ fn publish(index: usize, payload: usize) -> Event {
 /// The bodies the guest makes, computed once, for the bare client to post.
 fn prebuilt_bodies(guest: &GuestModule, events: usize, payload: usize) -> Vec<Bytes> {
     let mut instance = guest.instance().expect("guest instance");
-    (0..events).map(|i| instance.handle(publish(i, payload)).expect("guest call").expect("selected").body).collect()
+    (0..events)
+        .map(|i| instance.handle_event(publish(i, payload)).expect("guest call").expect("selected").request.body)
+        .collect()
 }
 
 /// Events per second through the whole host: from the first submit to the end of the drain.

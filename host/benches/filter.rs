@@ -1,8 +1,12 @@
 //! Filter cost: one event through the real wasm guest vs the same logic compiled natively,
 //! measured side by side in one run (these machines are noisy: read the ratio, not the times).
 //!
-//! - `match/<encoding>/<size>`: a publish a rule selects, payload of 100 B, 4 KiB, 64 KiB;
-//! - `no_match/topic`: a publish whose topic no rule matches (the guest is called and says no);
+//! - `match/<encoding>/<size>`: a publish a rule selects, payload of 100 B, 4 KiB, 64 KiB, one
+//!   `handle` call per event;
+//! - `batch64/<encoding>/<size>`: 64 such publishes in one `handle-batch` call (what a busy
+//!   worker makes), against the native logic on the same 64 (read per event: divide by 64);
+//! - `no_match/topic`: a publish whose topic no rule matches: the guest asked (it says no), and the
+//!   host's own rule match at submit (`topic/host`), which is what the runtime does now;
 //! - `no_match/kind`: an event kind no rule asks for, stopped by the host before the guest;
 //! - `base62/<size>`: the encoder alone, native, against naive long division, to show the growth.
 //!
@@ -13,7 +17,11 @@ use std::path::Path;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use mqhook::config::{Config, Syntax};
 use mqhook::event::{Client, Disconnection, Message};
+use mqhook::guest::Batch;
 use mqhook::{Event, GuestEngine};
+
+/// Events per `handle-batch` call in the batched benchmarks.
+const BATCH: usize = 64;
 use mqhook_guest_nanomq as native;
 
 fn config(encoding: &str) -> Config {
@@ -44,9 +52,14 @@ fn host_publish(topic: &str, payload: Vec<u8>) -> Event {
 
 fn native_filter(encoding: native::PayloadEncoding) -> native::Filter {
     native::Filter::new(native::FilterConfig {
-        rules: vec![native::Rule { event: native::EventKind::MessagePublish, topic: Some("sensors/+/temp".into()) }],
+        rules: vec![native::Rule {
+            event: native::EventKind::MessagePublish,
+            topic: Some("sensors/+/temp".into()),
+            endpoint: None,
+        }],
         encoding,
         settings: Vec::new(),
+        endpoints: Vec::new(),
     })
     .expect("native filter")
 }
@@ -88,7 +101,7 @@ fn matching(c: &mut Criterion) {
             group.bench_with_input(BenchmarkId::new("wasm", size), &size, |b, _| {
                 b.iter_batched(
                     || host_event.clone(),
-                    |event| instance.handle(event).expect("guest call").expect("selected"),
+                    |event| instance.handle_event(event).expect("guest call").expect("selected"),
                     BatchSize::SmallInput,
                 )
             });
@@ -97,6 +110,40 @@ fn matching(c: &mut Criterion) {
                     || guest_event.clone(),
                     // Consumed, as the wasm call consumes its event: both drop it inside the timing.
                     |event| filter.handle(&{ event }).expect("selected"),
+                    BatchSize::SmallInput,
+                )
+            });
+        }
+        group.finish();
+        let mut group = c.benchmark_group(format!("batch{BATCH}/{name}"));
+        for size in [100, 4 << 10] {
+            group.throughput(Throughput::Elements(BATCH as u64));
+            let host_events: Vec<Event> =
+                (0..BATCH).map(|_| host_publish("sensors/kitchen/temp", payload(size))).collect();
+            let guest_events: Vec<native::Event> =
+                (0..BATCH).map(|_| native_publish("sensors/kitchen/temp", payload(size))).collect();
+            group.bench_with_input(BenchmarkId::new("wasm", size), &size, |b, _| {
+                b.iter_batched(
+                    || {
+                        let mut batch = Batch::new();
+                        host_events.iter().cloned().for_each(|event| batch.push(event));
+                        batch
+                    },
+                    |batch| {
+                        let answers = instance.handle_batch(&batch).expect("guest call");
+                        assert!(answers.iter().all(|answer| matches!(answer, Ok(Some(_)))));
+                    },
+                    BatchSize::SmallInput,
+                )
+            });
+            group.bench_with_input(BenchmarkId::new("native", size), &size, |b, _| {
+                b.iter_batched(
+                    || guest_events.clone(),
+                    |events| {
+                        for event in events {
+                            filter.handle(&{ event }).expect("selected");
+                        }
+                    },
                     BatchSize::SmallInput,
                 )
             });
@@ -116,7 +163,7 @@ fn non_matching(c: &mut Criterion) {
     group.bench_function("topic/wasm", |b| {
         b.iter_batched(
             || host_event.clone(),
-            |event| assert!(instance.handle(event).unwrap().is_none()),
+            |event| assert!(instance.handle_event(event).unwrap().is_none()),
             BatchSize::SmallInput,
         )
     });
@@ -140,6 +187,10 @@ fn non_matching(c: &mut Criterion) {
     });
     group.bench_function("kind/host", |b| {
         b.iter_batched(|| disconnected.clone(), |event| submitter.try_submit(event).unwrap(), BatchSize::SmallInput)
+    });
+    // A topic no rule matches stops in the host too, at submit, after the rule match.
+    group.bench_function("topic/host", |b| {
+        b.iter_batched(|| host_event.clone(), |event| submitter.try_submit(event).unwrap(), BatchSize::SmallInput)
     });
     group.finish();
     drop(submitter);

@@ -110,7 +110,7 @@ fn languages(c: &mut Criterion) {
             group.bench_function(*language, |b| {
                 b.iter_batched(
                     || event.clone(),
-                    |event| instance.handle(event).expect("guest call").expect("selected"),
+                    |event| instance.handle_event(event).expect("guest call").expect("selected"),
                     BatchSize::SmallInput,
                 )
             });
@@ -124,7 +124,7 @@ fn languages(c: &mut Criterion) {
         group.bench_function(*language, |b| {
             b.iter_batched(
                 || event.clone(),
-                |event| assert!(instance.handle(event).expect("guest call").is_none()),
+                |event| assert!(instance.handle_event(event).expect("guest call").is_none()),
                 BatchSize::SmallInput,
             )
         });

@@ -340,6 +340,7 @@ fn status(observer: &Observer, options: &AdminOptions) -> serde_json::Value {
     let config = observer.active_guest().config();
     let depths = observer.depths();
     let url = url_without_query(&config.delivery.url, None);
+    let endpoints = observer.endpoints();
     serde_json::json!({
         "guest": { "name": guest.name(), "sha256": guest.sha256(), "generation": generation },
         "config_file": options.config_file,
@@ -350,8 +351,9 @@ fn status(observer: &Observer, options: &AdminOptions) -> serde_json::Value {
             "records": depths.spool_records,
             "writable": !observer.spool_failing(),
         })),
-        "requests_in_flight": observer.metrics().in_flight().get(),
-        "endpoint": { "url": url, "status": observer.endpoint() },
+        "requests_in_flight": observer.in_flight(),
+        "endpoint": { "url": url, "status": endpoints[0].status },
+        "endpoints": endpoints,
     })
 }
 

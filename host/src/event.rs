@@ -290,6 +290,14 @@ impl Event {
             _ => None,
         }
     }
+
+    /// The payload, for message events.
+    pub fn payload(&self) -> Option<&[u8]> {
+        match self {
+            Event::MessagePublish(m) | Event::MessageDelivered(m) | Event::MessageAcked(m) => Some(&m.payload),
+            _ => None,
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch, the unit of every timestamp in an event.

@@ -13,7 +13,7 @@
 //! window and at shutdown), so a flood makes a few lines a second and its size is never lost.
 
 use std::fmt;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use prometheus_client::encoding::text::encode;
@@ -32,6 +32,9 @@ pub const LOG_BURST: u32 = 5;
 
 /// One label: its name and value.
 type Label = [(&'static str, &'static str); 1];
+
+/// The labels of an endpoint's metric: `endpoint`, and a reason where the metric has one.
+type EndpointLabels = Vec<(&'static str, String)>;
 
 /// Why delivery gave a request up for good (it is counted as failed, and dead-lettered).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,7 +117,7 @@ impl FailureReason {
 /// Where an event was filtered out (`mqhook_events_filtered_total{stage}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FilterStage {
-    /// The host's kind filter: no rule selects the event's kind, so the guest never saw it.
+    /// The host's rule match: no rule selects the event (by kind, then topic), so the guest never saw it.
     Host,
     /// The guest returned no delivery (or the built-in fallback, for a failed call).
     Guest,
@@ -312,10 +315,8 @@ pub struct Metrics {
     registry: Registry,
     received: [Counter; EventKind::ALL.len()],
     filtered: [Counter; 2],
-    delivered: Counter,
-    failures: [Counter; FailureReason::ALL.len()],
-    retries: Counter,
-    given_up: [Counter; GiveUpReason::ALL.len()],
+    /// Each endpoint's: the default endpoint's first, then the named ones' in file order.
+    endpoints: Vec<EndpointCounters>,
     dropped: [Counter; DropReason::ALL.len()],
     malformed: Counter,
     spooled: Counter,
@@ -325,18 +326,15 @@ pub struct Metrics {
     guest_invalid: Counter,
     guest_swaps: Counter,
     guest_rollbacks: Counter,
-    endpoint_backoffs: Counter,
     admin_unauthorized: Counter,
     batches: Counter,
     batch_splits: Counter,
     unbatched: Counter,
     batch_events: Histogram,
-    in_flight: Gauge,
     queue_events: Gauge,
     queue_requests: Gauge,
     spool_bytes: Gauge,
     spool_records: Gauge,
-    backing_off: Gauge,
     delivery_latency: Histogram,
     guest_call: Histogram,
     bridge: BridgeCounters,
@@ -378,30 +376,102 @@ fn seconds_histogram(registry: &mut Registry, name: &str, help: &str, start: f64
     histogram
 }
 
+/// One endpoint's delivery metrics, each labelled `endpoint="<name>"`.
+#[derive(Debug, Clone)]
+struct EndpointCounters {
+    delivered: Counter,
+    failures: [Counter; FailureReason::ALL.len()],
+    retries: Counter,
+    given_up: [Counter; GiveUpReason::ALL.len()],
+    backoffs: Counter,
+    in_flight: Gauge,
+    backing_off: Gauge,
+}
+
+/// The families of the endpoint metrics, registered once; each endpoint resolves its own.
+struct EndpointFamilies {
+    delivered: Family<EndpointLabels, Counter>,
+    failures: Family<EndpointLabels, Counter>,
+    retries: Family<EndpointLabels, Counter>,
+    given_up: Family<EndpointLabels, Counter>,
+    backoffs: Family<EndpointLabels, Counter>,
+    in_flight: Family<EndpointLabels, Gauge>,
+    backing_off: Family<EndpointLabels, Gauge>,
+}
+
+impl EndpointFamilies {
+    fn registered(r: &mut Registry) -> EndpointFamilies {
+        fn register<
+            M: prometheus_client::metrics::TypedMetric
+                + prometheus_client::encoding::EncodeMetric
+                + Default
+                + Clone
+                + fmt::Debug
+                + Send
+                + Sync
+                + 'static,
+        >(
+            r: &mut Registry,
+            name: &str,
+            help: &str,
+        ) -> Family<EndpointLabels, M> {
+            let family = Family::<EndpointLabels, M>::default();
+            r.register(name, help, family.clone());
+            family
+        }
+        EndpointFamilies {
+            delivered: register(r, "requests_delivered", "Requests the endpoint answered with 2xx (or printed)"),
+            failures: register(r, "delivery_failures", "Delivery attempts that failed, by reason"),
+            retries: register(r, "delivery_retries", "Delivery attempts after the first"),
+            given_up: register(r, "requests_given_up", "Requests given up for good (dead-lettered), by reason"),
+            backoffs: register(r, "endpoint_backoffs", "Outages of the endpoint: times delivery backed off"),
+            in_flight: register(r, "requests_in_flight", "Requests being sent now"),
+            backing_off: register(r, "endpoint_backing_off", "1 while delivery backs off a failing endpoint"),
+        }
+    }
+
+    fn endpoint(&self, name: &str) -> EndpointCounters {
+        let labels = |reason: Option<&str>| {
+            let mut labels = vec![("endpoint", name.to_owned())];
+            labels.extend(reason.map(|reason| ("reason", reason.to_owned())));
+            labels
+        };
+        EndpointCounters {
+            delivered: self.delivered.get_or_create(&labels(None)).clone(),
+            failures: FailureReason::ALL
+                .map(|reason| self.failures.get_or_create(&labels(Some(reason.as_str()))).clone()),
+            retries: self.retries.get_or_create(&labels(None)).clone(),
+            given_up: GiveUpReason::ALL
+                .map(|reason| self.given_up.get_or_create(&labels(Some(reason.as_str()))).clone()),
+            backoffs: self.backoffs.get_or_create(&labels(None)).clone(),
+            in_flight: self.in_flight.get_or_create(&labels(None)).clone(),
+            backing_off: self.backing_off.get_or_create(&labels(None)).clone(),
+        }
+    }
+}
+
 impl Default for Metrics {
+    /// Metrics of a pipeline with only the default endpoint.
     fn default() -> Self {
+        Metrics::new(&[])
+    }
+}
+
+impl Metrics {
+    /// Metrics of a pipeline with the default endpoint and the named ones, `named`.
+    pub fn new(named: &[String]) -> Self {
         let mut registry = Registry::with_prefix("mqhook");
         let r = &mut registry;
         let kinds = EventKind::ALL.map(EventKind::action);
+        let endpoint_families = EndpointFamilies::registered(r);
+        let endpoints = std::iter::once(crate::config::DEFAULT_ENDPOINT)
+            .chain(named.iter().map(String::as_str))
+            .map(|name| endpoint_families.endpoint(name))
+            .collect();
         Metrics {
             received: family(r, "events_received", "Events received, by kind", "kind", kinds),
             filtered: family(r, "events_filtered", "Events no rule selected, by stage", "stage", ["host", "guest"]),
-            delivered: counter(r, "requests_delivered", "Requests the endpoint answered with 2xx (or printed)"),
-            failures: family(
-                r,
-                "delivery_failures",
-                "Delivery attempts that failed, by reason",
-                "reason",
-                FailureReason::ALL.map(FailureReason::as_str),
-            ),
-            retries: counter(r, "delivery_retries", "Delivery attempts after the first"),
-            given_up: family(
-                r,
-                "requests_given_up",
-                "Requests given up for good (dead-lettered), by reason",
-                "reason",
-                GiveUpReason::ALL.map(GiveUpReason::as_str),
-            ),
+            endpoints,
             dropped: family(
                 r,
                 "events_dropped",
@@ -417,7 +487,6 @@ impl Default for Metrics {
             guest_invalid: counter(r, "guest_invalid_deliveries", "Guest deliveries the host cannot send"),
             guest_swaps: counter(r, "guest_swaps", "Guests swapped in (reload or upload)"),
             guest_rollbacks: counter(r, "guest_rollbacks", "Swapped-in guests rolled back for failing"),
-            endpoint_backoffs: counter(r, "endpoint_backoffs", "Outages of the endpoint: times delivery backed off"),
             admin_unauthorized: counter(r, "admin_unauthorized", "Admin requests refused for a missing or wrong token"),
             batches: counter(r, "batches", "Batches done (delivered or given up), each once whatever its attempts"),
             batch_splits: counter(r, "batch_splits", "Batches split in halves after a 413 answer"),
@@ -428,12 +497,10 @@ impl Default for Metrics {
                 r.register("batch_events", "Events per batch done", histogram.clone());
                 histogram
             },
-            in_flight: gauge(r, "requests_in_flight", "Requests being sent now", None),
             queue_events: gauge(r, "queue_events", "Events in the runtime queue", None),
             queue_requests: gauge(r, "queue_requests", "Requests in the delivery queue's memory", None),
             spool_bytes: gauge(r, "spool", "Bytes the spool holds on disk", Some(Unit::Bytes)),
             spool_records: gauge(r, "spool_records", "Spooled requests not yet acknowledged", None),
-            backing_off: gauge(r, "endpoint_backing_off", "1 while delivery backs off a failing endpoint", None),
             delivery_latency: seconds_histogram(
                 r,
                 "delivery_latency",
@@ -464,12 +531,9 @@ impl Metrics {
         self.filtered[stage as usize].inc();
     }
 
-    /// Counts a delivered request; `received_at`, when known, times it from its event's arrival.
-    pub fn record_delivered(&self, received_at: Option<SystemTime>) {
-        self.delivered.inc();
-        if let Some(received_at) = received_at {
-            self.delivery_latency.observe(seconds_since(received_at));
-        }
+    /// The metrics of endpoint `slot` (0 the default endpoint, `i + 1` named endpoint `i`).
+    pub fn endpoint(self: &Arc<Self>, slot: usize) -> EndpointMetrics {
+        EndpointMetrics { counters: self.endpoints[slot].clone(), metrics: self.clone() }
     }
 
     /// Counts a batch of `events` events done: delivered, or given up (its events are counted
@@ -484,16 +548,6 @@ impl Metrics {
         self.batch_splits.inc();
     }
 
-    /// Counts a failed delivery attempt.
-    pub fn record_attempt_failed(&self, reason: FailureReason) {
-        self.failures[reason as usize].inc();
-    }
-
-    /// Counts an attempt after the first.
-    pub fn record_retry(&self) {
-        self.retries.inc();
-    }
-
     /// Counts a request written to the spool.
     pub fn record_spooled(&self) {
         self.spooled.inc();
@@ -504,9 +558,13 @@ impl Metrics {
         self.recovered.inc_by(n);
     }
 
-    /// Times one guest call.
-    pub fn record_guest_call(&self, took: Duration) {
-        self.guest_call.observe(took.as_secs_f64());
+    /// Times the guest calls for `events` events, which took `took` together (a batch call, or
+    /// its retries event by event): each event is observed at the mean.
+    pub fn record_guest_calls(&self, took: Duration, events: usize) {
+        let Some(mean) = took.checked_div(u32::try_from(events).unwrap_or(u32::MAX)) else { return };
+        for _ in 0..events {
+            self.guest_call.observe(mean.as_secs_f64());
+        }
     }
 
     /// Counts an event the guest failed on that no fallback delivered.
@@ -529,11 +587,6 @@ impl Metrics {
         &self.bridge
     }
 
-    /// The gauge of requests being sent now.
-    pub fn in_flight(&self) -> &Gauge {
-        &self.in_flight
-    }
-
     /// Counts `count` occurrences of `problem` and logs `message` unless the limiter holds it
     /// back (then it is part of the next held-back line).
     pub fn report(&self, problem: Problem, count: u64, message: fmt::Arguments<'_>) {
@@ -547,15 +600,20 @@ impl Metrics {
             Problem::InvalidDelivery => Some(&self.guest_invalid),
             // No instance at all: counted by its events' loss (`record_guest_loss`).
             Problem::GuestUnavailable => None,
-            Problem::GivenUp(reason) => Some(&self.given_up[reason as usize]),
+            // Without an endpoint named: the default one's.
+            Problem::GivenUp(_) | Problem::EndpointBackingOff => self.endpoints[0].counter(problem),
             Problem::MalformedInput => Some(&self.malformed),
-            Problem::EndpointBackingOff => Some(&self.endpoint_backoffs),
             Problem::AdminUnauthorized => Some(&self.admin_unauthorized),
             Problem::Unbatchable => Some(&self.unbatched),
         };
         if let Some(counter) = counter {
             counter.inc_by(count);
         }
+        self.log(problem, count, message);
+    }
+
+    /// Logs `message` about `count` occurrences of `problem` through the limiter.
+    fn log(&self, problem: Problem, count: u64, message: fmt::Arguments<'_>) {
         let admitted = self.limiter.admit(problem.slot(), count, Instant::now());
         if let Some(held) = admitted.held_before {
             problem.log_held(held, LOG_WINDOW);
@@ -581,7 +639,6 @@ impl Metrics {
         self.queue_requests.set(depths.requests as i64);
         self.spool_bytes.set(i64::try_from(depths.spool_bytes).unwrap_or(i64::MAX));
         self.spool_records.set(i64::try_from(depths.spool_records).unwrap_or(i64::MAX));
-        self.backing_off.set(i64::from(depths.backing_off));
         let mut text = String::new();
         // Writing to a String cannot fail.
         let _ = encode(&mut text, &self.registry);
@@ -591,18 +648,20 @@ impl Metrics {
     /// Reads every counter.
     pub fn snapshot(&self) -> MetricsSnapshot {
         let dropped = |reason: DropReason| self.dropped[reason as usize].get();
-        let given_up = |reason: GiveUpReason| self.given_up[reason as usize].get();
-        let given_up_total: u64 = self.given_up.iter().map(Counter::get).sum();
+        let sum = |counter: fn(&EndpointCounters) -> &Counter| self.endpoints.iter().map(|e| counter(e).get()).sum();
+        let given_up =
+            |reason: GiveUpReason| self.endpoints.iter().map(|e| e.given_up[reason as usize].get()).sum::<u64>();
+        let given_up_total: u64 = GiveUpReason::ALL.into_iter().map(given_up).sum();
         MetricsSnapshot {
             received: self.received.iter().map(Counter::get).sum(),
             filtered: self.filtered.iter().map(Counter::get).sum(),
-            delivered: self.delivered.get(),
+            delivered: sum(|e| &e.delivered),
             failed: given_up_total + dropped(DropReason::GuestFailure) + dropped(DropReason::SpoolWriteFailed),
             guest_traps: self.guest_traps.get(),
             guest_timeouts: self.guest_timeouts.get(),
             rejected: dropped(DropReason::QueueFull),
             malformed: self.malformed.get(),
-            retries: self.retries.get(),
+            retries: sum(|e| &e.retries),
             spooled: self.spooled.get(),
             recovered: self.recovered.get(),
             dropped: dropped(DropReason::SpoolFull) + dropped(DropReason::SpoolDamaged),
@@ -615,6 +674,81 @@ impl Metrics {
             batch_splits: self.batch_splits.get(),
             unbatched: self.unbatched.get(),
         }
+    }
+}
+
+impl EndpointCounters {
+    /// The counter of an endpoint's problem.
+    fn counter(&self, problem: Problem) -> Option<&Counter> {
+        match problem {
+            Problem::GivenUp(reason) => Some(&self.given_up[reason as usize]),
+            Problem::EndpointBackingOff => Some(&self.backoffs),
+            _ => None,
+        }
+    }
+}
+
+/// What delivery to one endpoint records: its own labelled counters, and the pipeline's metrics
+/// for the rest. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct EndpointMetrics {
+    counters: EndpointCounters,
+    metrics: Arc<Metrics>,
+}
+
+impl EndpointMetrics {
+    /// Counts a delivered request; `received_at`, when known, times it from its event's arrival.
+    pub fn record_delivered(&self, received_at: Option<SystemTime>) {
+        self.counters.delivered.inc();
+        if let Some(received_at) = received_at {
+            self.metrics.delivery_latency.observe(seconds_since(received_at));
+        }
+    }
+
+    /// Counts a failed delivery attempt.
+    pub fn record_attempt_failed(&self, reason: FailureReason) {
+        self.counters.failures[reason as usize].inc();
+    }
+
+    /// Counts an attempt after the first.
+    pub fn record_retry(&self) {
+        self.counters.retries.inc();
+    }
+
+    /// The gauge of this endpoint's requests being sent now.
+    pub fn in_flight(&self) -> &Gauge {
+        &self.counters.in_flight
+    }
+
+    /// Sets whether delivery backs off this endpoint now.
+    pub fn set_backing_off(&self, backing_off: bool) {
+        self.counters.backing_off.set(i64::from(backing_off));
+    }
+
+    /// As [`Metrics::report`], counting this endpoint's problems (give-ups, backoffs) as its own.
+    pub fn report(&self, problem: Problem, count: u64, message: fmt::Arguments<'_>) {
+        match self.counters.counter(problem) {
+            Some(counter) => {
+                counter.inc_by(count);
+                self.metrics.log(problem, count, message);
+            }
+            None => self.metrics.report(problem, count, message),
+        }
+    }
+
+    /// Counts a batch of `events` events done (see [`Metrics::record_batch`]).
+    pub fn record_batch(&self, events: usize) {
+        self.metrics.record_batch(events);
+    }
+
+    /// Counts a batch split in halves after a 413 answer.
+    pub fn record_batch_split(&self) {
+        self.metrics.record_batch_split();
+    }
+
+    /// The pipeline's metrics.
+    pub fn pipeline(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 }
 
@@ -836,7 +970,7 @@ mod tests {
         assert_eq!((snapshot.rejected, snapshot.given_up_age, snapshot.failed), (100, 100, 100));
         let text = metrics.encode(&Depths::default());
         assert!(text.contains("mqhook_events_dropped_total{reason=\"queue_full\"} 100\n"), "{text}");
-        assert!(text.contains("mqhook_requests_given_up_total{reason=\"age\"} 100\n"), "{text}");
+        assert!(text.contains("mqhook_requests_given_up_total{endpoint=\"default\",reason=\"age\"} 100\n"), "{text}");
         assert!(PROBLEMS.iter().enumerate().all(|(slot, problem)| problem.slot() == slot));
     }
 }

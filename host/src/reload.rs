@@ -25,6 +25,10 @@ pub enum ReloadError {
     /// The guest does not load, link or accept the config.
     #[error(transparent)]
     Guest(#[from] GuestError),
+    /// The named endpoints are not the ones running: each has its own queue, spool and delivery,
+    /// set up at start.
+    #[error("webhook.endpoints changed (names or order): restart mqhook to apply the new ones")]
+    Endpoints,
 }
 
 /// Watches one config file and its guest, and swaps on change.
@@ -79,6 +83,9 @@ impl Reloader {
     fn reload_with(&mut self, recompile: bool) -> Result<u64, ReloadError> {
         let config_stamp = modified(&self.config_path);
         let config = Config::load(&self.config_path)?;
+        if config.filter.endpoints != self.active.config().filter.endpoints {
+            return Err(ReloadError::Endpoints);
+        }
         let guest_path = self.guest_override.clone().or_else(|| config.guest.path.clone());
         let guest_stamp = guest_path.as_deref().and_then(modified);
         let same_component = !recompile && guest_path == self.guest_path() && guest_stamp == self.loaded.guest;

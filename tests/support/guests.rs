@@ -63,6 +63,23 @@ pub fn js_payload_filter() -> &'static str {
     BUILT.get_or_init(|| qjs("payload_filter", "payload_filter", &["--sync"]))
 }
 
+/// A JavaScript guest built against the WIT as it was at 0.1.0 (tests/fixtures/wit-0.1.0).
+pub fn js_built_for_0_1_0() -> &'static str {
+    static BUILT: OnceLock<String> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let tool = tools().join("js/node_modules/.bin/componentize-qjs");
+        let fixture = "tests/fixtures/wit-0.1.0";
+        let pins =
+            ["guest/js/package-lock.json", "tests/fixtures/wit-0.1.0/mqhook.wit", "tests/fixtures/wit-0.1.0/guest.js"];
+        build("js", "wit-0.1.0", &pins, &tool, |output| {
+            let mut command = Command::new(&tool);
+            command.current_dir(workspace()).args(["-w", fixture, "-n", "filter", "-j"]);
+            command.arg(format!("{fixture}/guest.js")).arg("--sync").arg("-o").arg(output);
+            command
+        })
+    })
+}
+
 /// guest/js/<entry>.js built by componentize-qjs with `flags`, as `target/guest-build/js/<name>-…`.
 fn qjs(name: &str, entry: &str, flags: &'static [&'static str]) -> String {
     let tool = tools().join("js/node_modules/.bin/componentize-qjs");

@@ -85,6 +85,7 @@ impl GuestLogic for CloudEvents {
             body: envelope,
             headers: vec![("content-type".to_owned(), CONTENT_TYPE.to_owned())],
             path: None,
+            endpoint: None,
         })
     }
 }

@@ -11,6 +11,7 @@
 //!   - `hostile/log`: logs "hello from guest" at warn level, then delivers as below;
 //!   - `hostile/header`: delivers with a header whose name HTTP does not allow;
 //!   - `hostile/host-header`: delivers with a `Host` header, which only the host may set;
+//!   - `hostile/endpoint`: delivers to the endpoint `nowhere`, which no config names;
 //!   - `hostile/ambient`: delivers what it can see of the world (clock, environment, arguments,
 //!     files), so tests can check the sandbox grants none of it.
 //! - Any other event is delivered with, as its body, its topic for message events and its action
@@ -46,19 +47,28 @@ impl Guest for HostileGuest {
                 "hostile/log" => log(Level::Warn, "hello from guest"),
                 "hostile/header" => {
                     let headers = vec![("bad header".to_owned(), "x".to_owned())];
-                    return Some(Delivery { body: b"hdr".to_vec(), headers, path: None });
+                    return Some(Delivery { body: b"hdr".to_vec(), headers, path: None, endpoint: None });
                 }
                 "hostile/host-header" => {
                     let headers = vec![("Host".to_owned(), "evil.example".to_owned())];
-                    return Some(Delivery { body: b"hdr".to_vec(), headers, path: None });
+                    return Some(Delivery { body: b"hdr".to_vec(), headers, path: None, endpoint: None });
+                }
+                "hostile/endpoint" => {
+                    let endpoint = Some("nowhere".to_owned());
+                    return Some(Delivery { body: b"lost".to_vec(), headers: Vec::new(), path: None, endpoint });
                 }
                 "hostile/ambient" => {
-                    return Some(Delivery { body: ambient_authority().into_bytes(), headers: Vec::new(), path: None })
+                    let body = ambient_authority().into_bytes();
+                    return Some(Delivery { body, headers: Vec::new(), path: None, endpoint: None });
                 }
                 _ => {}
             }
         }
-        Some(Delivery { body: body_of(&event).into_bytes(), headers: Vec::new(), path: None })
+        Some(Delivery { body: body_of(&event).into_bytes(), headers: Vec::new(), path: None, endpoint: None })
+    }
+
+    fn handle_batch(events: Vec<Event>) -> Vec<Option<Delivery>> {
+        events.into_iter().map(Self::handle).collect()
     }
 }
 

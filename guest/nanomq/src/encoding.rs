@@ -71,8 +71,27 @@ const LEAF_DIGITS: usize = 20;
 /// 62^10 < 2^64: a leaf is converted as two `u64` halves of this many digits.
 const HALF_LEAF_DIGITS: usize = 10;
 
+/// The most bytes the host's `encoding.base62` import takes (the WIT says so).
+pub const BASE62_MAX_INPUT: usize = 64 * 1024;
+
+/// The most bytes the host's other `encoding` imports take.
+pub const ENCODING_MAX_INPUT: usize = 16 * 1024 * 1024;
+
 /// `payload` as one big-endian integer in base 62; each leading 0x00 byte adds a leading `'0'`.
+/// In a component, the host computes it (`encoding.base62`, native speed) when the payload is
+/// within that import's cap: wasm has no 64×64→128-bit multiply, which big-integer division needs.
 pub fn base62(payload: &[u8]) -> String {
+    #[cfg(target_arch = "wasm32")]
+    if payload.len() <= BASE62_MAX_INPUT {
+        if let Some(digits) = crate::mqhook::filter::encoding::base62(payload) {
+            return digits;
+        }
+    }
+    base62_here(payload)
+}
+
+/// [`base62`], computed in this process.
+pub fn base62_here(payload: &[u8]) -> String {
     let leading_zeros = payload.iter().take_while(|&&byte| byte == 0).count();
     let significant = &payload[leading_zeros..];
     let mut digits = vec![b'0'; leading_zeros];

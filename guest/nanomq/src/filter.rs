@@ -77,10 +77,11 @@ mod tests {
         FilterConfig {
             rules: rules
                 .iter()
-                .map(|&(event, topic)| ConfiguredRule { event, topic: topic.map(str::to_owned) })
+                .map(|&(event, topic)| ConfiguredRule { event, topic: topic.map(str::to_owned), endpoint: None })
                 .collect(),
             encoding: PayloadEncoding::Plain,
             settings: Vec::new(),
+            endpoints: Vec::new(),
         }
     }
 

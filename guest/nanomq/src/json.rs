@@ -81,11 +81,25 @@ impl JsonObject {
     }
 }
 
+/// `value` as the inside of a JSON string, escaped as spec §2 says (no quotes added). The host's
+/// `encoding.json-escape` import is this function.
+pub fn escape(value: &str) -> String {
+    let mut out = Vec::with_capacity(value.len());
+    escape_into(&mut out, value);
+    String::from_utf8(out).expect("escaping keeps UTF-8 valid: only ASCII is inserted, at ASCII bytes")
+}
+
 /// Appends `value` as a quoted, escaped JSON string.
 fn write_string(out: &mut Vec<u8>, value: &str) {
-    let bytes = value.as_bytes();
-    out.reserve(bytes.len() + 2);
+    out.reserve(value.len() + 2);
     out.push(b'"');
+    escape_into(out, value);
+    out.push(b'"');
+}
+
+/// Appends `value`, escaped, without quotes.
+fn escape_into(out: &mut Vec<u8>, value: &str) {
+    let bytes = value.as_bytes();
     // Copy runs of bytes that need no escape in one go; most strings are one such run.
     let mut run_start = 0;
     for (index, &byte) in bytes.iter().enumerate() {
@@ -111,7 +125,6 @@ fn write_string(out: &mut Vec<u8>, value: &str) {
         run_start = index + 1;
     }
     out.extend_from_slice(&bytes[run_start..]);
-    out.push(b'"');
 }
 
 /// Appends `value` in decimal.

@@ -20,7 +20,7 @@ mod body;
 pub mod encoding;
 pub mod event;
 mod filter;
-mod json;
+pub mod json;
 pub mod sample;
 pub mod topic;
 
@@ -36,6 +36,12 @@ pub trait GuestLogic: Sized + 'static {
     fn configure(config: FilterConfig) -> Result<Self, String>;
     /// The delivery for one event, or `None` to filter it out.
     fn handle(&self, event: &Event) -> Option<Delivery>;
+
+    /// The deliveries for a batch of events, one answer each, in order. The default calls
+    /// [`GuestLogic::handle`] for each.
+    fn handle_batch(&self, events: &[Event]) -> Vec<Option<Delivery>> {
+        events.iter().map(|event| self.handle(event)).collect()
+    }
 }
 
 impl GuestLogic for Filter {
@@ -44,11 +50,18 @@ impl GuestLogic for Filter {
     }
 
     fn handle(&self, event: &Event) -> Option<Delivery> {
-        Filter::handle(self, event).map(|body| Delivery { body, headers: Vec::new(), path: None })
+        Filter::handle(self, event).map(Delivery::body)
     }
 }
 
-/// Exports a [`GuestLogic`] type as the component's `configure` and `handle`: one instance of it
+impl Delivery {
+    /// A delivery of `body` to the rules' endpoints, with no extra headers or path.
+    pub fn body(body: Vec<u8>) -> Delivery {
+        Delivery { body, headers: Vec::new(), path: None, endpoint: None }
+    }
+}
+
+/// Exports a [`GuestLogic`] type as the component's `configure`, `handle` and `handle-batch`: one instance of it
 /// per guest instance, made by `configure`. `$suffix` names this crate's component-type section,
 /// which must differ from this library's. The crate needs `wit-bindgen` and sits in `guest/<name>/`.
 ///
@@ -71,7 +84,11 @@ macro_rules! export_guest {
                 path: "../../wit",
                 world: "filter",
                 // The world's types are the library's, so that its logic takes these events as they are.
-                with: { "mqhook:filter/types@0.1.0": mqhook_guest_nanomq::mqhook::filter::types },
+                with: {
+                    "mqhook:filter/types@0.2.0": mqhook_guest_nanomq::mqhook::filter::types,
+                    "mqhook:filter/log@0.2.0": mqhook_guest_nanomq::mqhook::filter::log,
+                    "mqhook:filter/encoding@0.2.0": mqhook_guest_nanomq::mqhook::filter::encoding,
+                },
                 type_section_suffix: $suffix,
             });
 
@@ -93,14 +110,28 @@ macro_rules! export_guest {
                     LOGIC.with(|slot| match slot.borrow().as_ref() {
                         Some(logic) => GuestLogic::handle(logic, &event),
                         None => {
-                            self::mqhook::filter::log::log(
-                                self::mqhook::filter::log::Level::Error,
-                                "an event arrived before configure; it is dropped",
-                            );
+                            unconfigured();
                             None
                         }
                     })
                 }
+
+                fn handle_batch(events: Vec<Event>) -> Vec<Option<Delivery>> {
+                    LOGIC.with(|slot| match slot.borrow().as_ref() {
+                        Some(logic) => GuestLogic::handle_batch(logic, &events),
+                        None => {
+                            unconfigured();
+                            events.iter().map(|_| None).collect()
+                        }
+                    })
+                }
+            }
+
+            fn unconfigured() {
+                mqhook_guest_nanomq::mqhook::filter::log::log(
+                    mqhook_guest_nanomq::mqhook::filter::log::Level::Error,
+                    "an event arrived before configure; it is dropped",
+                );
             }
 
             export!(Component);

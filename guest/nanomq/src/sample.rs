@@ -24,8 +24,9 @@ pub fn connack(client: Client) -> Event {
 /// A configuration with one topic-less rule per kind, plain encoding, and `settings`.
 pub fn config(kinds: &[EventKind], settings: &[(&str, &str)]) -> FilterConfig {
     FilterConfig {
-        rules: kinds.iter().map(|&event| Rule { event, topic: None }).collect(),
+        rules: kinds.iter().map(|&event| Rule { event, topic: None, endpoint: None }).collect(),
         encoding: PayloadEncoding::Plain,
         settings: settings.iter().map(|&(key, value)| (key.to_owned(), value.to_owned())).collect(),
+        endpoints: Vec::new(),
     }
 }

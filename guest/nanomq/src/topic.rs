@@ -39,20 +39,26 @@ impl TopicFilter {
 
     /// Whether `topic` matches this filter.
     pub fn matches(&self, topic: &str) -> bool {
-        let mut filter_levels = self.filter.split('/').peekable();
-        if topic.starts_with('$') && matches!(filter_levels.peek(), Some(&("+" | "#"))) {
-            return false;
-        }
-        let mut topic_levels = topic.split('/');
-        loop {
-            match (filter_levels.next(), topic_levels.next()) {
-                // Validation put `#` last: it takes whatever is left, even nothing.
-                (Some("#"), _) => return true,
-                (Some("+"), Some(_)) => {}
-                (Some(filter_level), Some(topic_level)) if filter_level == topic_level => {}
-                (None, None) => return true,
-                _ => return false,
-            }
+        filter_matches(&self.filter, topic)
+    }
+}
+
+/// Whether `topic` matches `filter`, a filter [`TopicFilter::new`] accepts (the host checks its
+/// rules' filters at load time, and matches with this).
+pub fn filter_matches(filter: &str, topic: &str) -> bool {
+    let mut filter_levels = filter.split('/').peekable();
+    if topic.starts_with('$') && matches!(filter_levels.peek(), Some(&("+" | "#"))) {
+        return false;
+    }
+    let mut topic_levels = topic.split('/');
+    loop {
+        match (filter_levels.next(), topic_levels.next()) {
+            // Validation put `#` last: it takes whatever is left, even nothing.
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(filter_level), Some(topic_level)) if filter_level == topic_level => {}
+            (None, None) => return true,
+            _ => return false,
         }
     }
 }

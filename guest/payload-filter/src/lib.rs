@@ -56,7 +56,7 @@ impl GuestLogic for PayloadFilter {
             }
         }
         let body = Filter::handle(&self.filter, event)?;
-        Some(Delivery { body, headers: Vec::new(), path: None })
+        Some(Delivery::body(body))
     }
 }
 
@@ -262,10 +262,11 @@ mod tests {
         FilterConfig {
             rules: [EventKind::MessagePublish, EventKind::ClientConnack]
                 .into_iter()
-                .map(|event| Rule { event, topic: None })
+                .map(|event| Rule { event, topic: None, endpoint: None })
                 .collect(),
             encoding: PayloadEncoding::Plain,
             settings: settings(pairs),
+            endpoints: Vec::new(),
         }
     }
 

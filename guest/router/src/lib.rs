@@ -1,5 +1,5 @@
-//! An example guest: NanoMQ's WebHook, with each request's path and headers chosen from the
-//! event's topic.
+//! An example guest: NanoMQ's WebHook, with each request's path, headers and endpoint chosen
+//! from the event's topic.
 //!
 //! Rules, topic matching and bodies are the default guest's (`mqhook-guest-nanomq`, used here as a
 //! library): an event is delivered when a rule selects it, with NanoMQ's body. This guest adds:
@@ -8,6 +8,9 @@
 //!   event's topic; the `default` path when none does or the event carries no topic; no path (the
 //!   configured URL as it is) when there is no `default` either. The host appends it to the path of
 //!   the configured URL.
+//! - the endpoint: the named endpoint (`webhook.endpoints`) of the first `endpoint.<topic-filter>`
+//!   setting whose filter matches the topic; none (the rules' endpoints) otherwise. A name that
+//!   is not configured is refused by `configure`.
 //! - the headers: every `header.<name>` setting, in settings order, then `x-mqhook-topic` with
 //!   the event's topic, for events that carry one. Header values can hold only visible ASCII and
 //!   spaces, so the topic's other bytes, spaces and `%` are percent-encoded (`a b/ü` becomes
@@ -22,6 +25,7 @@
 //!
 //! - `route.<topic-filter>`: the path for topics the MQTT topic filter matches (`+` and `#`
 //!   wildcards, as in the rules).
+//! - `endpoint.<topic-filter>`: the named endpoint for topics the filter matches.
 //! - `default`: the path for everything else.
 //! - `header.<name>`: a header added to every request.
 //!
@@ -53,6 +57,8 @@ pub struct Router {
     filter: Filter,
     /// Topic filters and their paths, first match wins.
     routes: Vec<(TopicFilter, String)>,
+    /// Topic filters and their endpoints' names, first match wins.
+    endpoints: Vec<(TopicFilter, String)>,
     default: Option<String>,
     headers: Vec<(String, String)>,
 }
@@ -62,6 +68,7 @@ impl GuestLogic for Router {
     /// routes, default path and headers from the settings.
     fn configure(config: FilterConfig) -> Result<Self, String> {
         let mut routes = Vec::new();
+        let mut endpoints = Vec::new();
         let mut default = None;
         let mut headers = Vec::new();
         let mut seen = HashSet::new();
@@ -73,6 +80,13 @@ impl GuestLogic for Router {
             if let Some(filter) = key.strip_prefix("route.") {
                 let filter = TopicFilter::new(filter).map_err(refuse)?;
                 routes.push((filter, checked_path(value).map_err(refuse)?));
+            } else if let Some(filter) = key.strip_prefix("endpoint.") {
+                let filter = TopicFilter::new(filter).map_err(refuse)?;
+                if !config.endpoints.contains(value) {
+                    let known = config.endpoints.join(", ");
+                    return Err(refuse(format!("no endpoint is named `{value}` (webhook.endpoints has: {known})")));
+                }
+                endpoints.push((filter, value.clone()));
             } else if let Some(name) = key.strip_prefix("header.") {
                 check_header(name, value).map_err(refuse)?;
                 headers.push((name.to_owned(), value.clone()));
@@ -80,11 +94,11 @@ impl GuestLogic for Router {
                 default = Some(checked_path(value).map_err(refuse)?);
             } else {
                 return Err(format!(
-                    "unknown setting `{key}`: this guest reads `route.<topic-filter>`, `default` and `header.<name>`"
+                    "unknown setting `{key}`: this guest reads `route.<topic-filter>`, `endpoint.<topic-filter>`, `default` and `header.<name>`"
                 ));
             }
         }
-        Ok(Self { filter: Filter::new(config)?, routes, default, headers })
+        Ok(Self { filter: Filter::new(config)?, routes, endpoints, default, headers })
     }
 
     /// NanoMQ's body for `event` with the path and headers its topic chooses, or `None` when no
@@ -92,13 +106,17 @@ impl GuestLogic for Router {
     fn handle(&self, event: &Event) -> Option<Delivery> {
         let body = Filter::handle(&self.filter, event)?;
         let topic = event::topic(event);
-        let route =
-            topic.and_then(|topic| self.routes.iter().find(|(filter, _)| filter.matches(topic)).map(|(_, path)| path));
+        let first = |table: &[(TopicFilter, String)]| {
+            topic.and_then(|topic| {
+                table.iter().find(|(filter, _)| filter.matches(topic)).map(|(_, value)| value.clone())
+            })
+        };
+        let (route, endpoint) = (first(&self.routes), first(&self.endpoints));
         let mut headers = self.headers.clone();
         if let Some(topic) = topic {
             headers.push((TOPIC_HEADER.to_owned(), header_value(topic)));
         }
-        Some(Delivery { body, headers, path: route.or(self.default.as_ref()).cloned() })
+        Some(Delivery { body, headers, path: route.or_else(|| self.default.clone()), endpoint })
     }
 }
 
@@ -236,9 +254,21 @@ mod tests {
             (&[("header.x", "caf\u{e9}")][..], "may hold only visible ASCII"),
             (&[("default", "/a"), ("default", "/b")][..], "`default` is given twice"),
             (&[("routes.a", "/a")][..], "unknown setting `routes.a`"),
+            (&[("endpoint.a", "archive")][..], "setting `endpoint.a`: no endpoint is named `archive`"),
         ] {
             let error = Router::configure(config(settings)).unwrap_err();
             assert!(error.contains(reason), "{settings:?}: {error}");
         }
+    }
+
+    #[test]
+    fn the_first_matching_endpoint_setting_chooses_the_endpoint() {
+        let settings = [("endpoint.old/#", "archive"), ("endpoint.#", "audit")];
+        let endpoints = vec!["audit".to_owned(), "archive".to_owned()];
+        let router = Router::configure(FilterConfig { endpoints, ..config(&settings) }).expect("valid settings");
+        let endpoint = |event: &Event| router.handle(event).expect("selected").endpoint;
+        assert_eq!(endpoint(&publish("old/a")).as_deref(), Some("archive"));
+        assert_eq!(endpoint(&publish("new/a")).as_deref(), Some("audit"));
+        assert_eq!(endpoint(&connack()), None, "no topic, no choice: the rules' endpoints");
     }
 }

@@ -46,6 +46,16 @@ impl LiveConfig {
         self.0.wanted[kind.index()].load(Ordering::Acquire)
     }
 
+    /// Whether some rule of the configuration in force selects an event of `kind` with `topic`.
+    /// Events without a topic are answered from the atomics alone.
+    pub fn selects(&self, kind: EventKind, topic: Option<&str>) -> bool {
+        match topic {
+            _ if !self.wants(kind) => false,
+            None => true,
+            Some(topic) => self.load().filter.selects(kind, Some(topic)),
+        }
+    }
+
     fn set_wanted(&self, config: &Config) {
         let kinds = if config.enabled { config.filter.wanted_kinds() } else { [false; 12] };
         for (slot, wanted) in self.0.wanted.iter().zip(kinds) {

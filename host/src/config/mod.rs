@@ -16,6 +16,7 @@ mod typed;
 
 pub use live::LiveConfig;
 pub use sections::*;
+pub use typed::DEFAULT_ENDPOINT;
 
 use std::path::{Path, PathBuf};
 
@@ -33,9 +34,12 @@ pub struct Config {
     /// Which events, and how payloads are written: handed to the guest.
     #[serde(flatten)]
     pub filter: FilterSettings,
-    /// Where and how requests are sent.
+    /// Where and how requests are sent: the default endpoint (`url`).
     #[serde(flatten)]
     pub delivery: DeliveryConfig,
+    /// The named endpoints, in file order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<NamedEndpoint>,
     /// The filter guest and its sandbox.
     pub guest: GuestConfig,
     /// The bounds of the in-memory queues.
@@ -46,6 +50,14 @@ pub struct Config {
     pub broker: BrokerLimits,
     /// The bridge ingest: mqhook as a client of an existing broker (with `--ingest mqtt://…`).
     pub bridge: BridgeConfig,
+}
+
+impl Config {
+    /// The delivery settings of endpoint `slot`: 0 the default endpoint, `i + 1` named endpoint
+    /// `i` (the default one's, should a reload have removed it).
+    pub fn endpoint_delivery(&self, slot: usize) -> &DeliveryConfig {
+        slot.checked_sub(1).and_then(|named| self.endpoints.get(named)).map_or(&self.delivery, |named| &named.delivery)
+    }
 }
 
 /// Why a config could not be loaded.

@@ -159,9 +159,29 @@ pub struct FilterSettings {
     pub rules: Vec<Rule>,
     /// How message payloads are written into bodies.
     pub encoding: PayloadEncoding,
+    /// The named endpoints' names, in file order (from `Config::endpoints`), for the guest.
+    #[serde(skip)]
+    pub endpoints: Vec<String>,
 }
 
 impl FilterSettings {
+    /// The endpoints that the rules selecting an event of `kind` with `topic` name, as a set:
+    /// bit 0 is the default endpoint, bit `i + 1` named endpoint `i` (at most 63 of them).
+    pub fn endpoint_slots(&self, kind: EventKind, topic: Option<&str>) -> u64 {
+        self.rules.iter().filter(|rule| rule.selects(kind, topic)).fold(0, |slots, rule| {
+            let slot = match rule.endpoint.as_deref() {
+                None | Some(super::DEFAULT_ENDPOINT) => 0,
+                Some(name) => self.endpoints.iter().position(|known| known == name).map_or(0, |named| named + 1),
+            };
+            slots | 1 << slot
+        })
+    }
+
+    /// Whether some rule selects an event of `kind` with `topic` (`None`: it carries none).
+    pub fn selects(&self, kind: EventKind, topic: Option<&str>) -> bool {
+        self.rules.iter().any(|rule| rule.selects(kind, topic))
+    }
+
     /// The event kinds some rule selects, indexed by [`EventKind::index`].
     pub fn wanted_kinds(&self) -> [bool; 12] {
         let mut wanted = [false; 12];
@@ -180,6 +200,32 @@ pub struct Rule {
     pub event: EventKind,
     /// MQTT topic filter; `None` matches every topic.
     pub topic: Option<String>,
+    /// The named endpoint its events go to; `None` (or `default`) is `webhook.url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+}
+
+impl Rule {
+    /// Whether this rule selects an event of `kind` with `topic`: a topic filter applies only to
+    /// events that carry a topic, as in the default guest.
+    pub fn selects(&self, kind: EventKind, topic: Option<&str>) -> bool {
+        self.event == kind
+            && match (&self.topic, topic) {
+                (Some(filter), Some(topic)) => mqhook_guest_nanomq::topic::filter_matches(filter, topic),
+                _ => true,
+            }
+    }
+}
+
+/// A named endpoint (`webhook.endpoints`): its own URL, pool, timeout, TLS, retries, signing and
+/// dead-letter file, and its own queue share, health and backoff.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NamedEndpoint {
+    /// What rules and guests call it; also its `endpoint` label in metrics.
+    pub name: String,
+    /// Where and how its requests are sent.
+    #[serde(flatten)]
+    pub delivery: DeliveryConfig,
 }
 
 /// Payload encodings of spec §3.

@@ -16,10 +16,17 @@ use super::tree::{Node, Value};
 use super::{
     ranges, Backoff, BatchFormat, BatchSettings, BridgeConfig, BridgeUrl, BrokerLimits, ByteSize, Config, ConfigError,
     DeliveryConfig, DeliveryOrder, FailurePolicy, FilterSettings, FsyncPolicy, FullPolicy, GuestConfig, Header,
-    MqttVersion, PayloadEncoding, QueueConfig, RetrySettings, Rule, Secret, ServerNameCheck, ShareStrategy, Signing,
-    SigningKey, SpoolConfig, TlsFiles, WhenFull,
+    MqttVersion, NamedEndpoint, PayloadEncoding, QueueConfig, RetrySettings, Rule, Secret, ServerNameCheck,
+    ShareStrategy, Signing, SigningKey, SpoolConfig, TlsFiles, WhenFull,
 };
 use crate::event::EventKind;
+
+/// The name of the endpoint at `webhook.url`, in metrics and status; a named endpoint may not
+/// take it.
+pub const DEFAULT_ENDPOINT: &str = "default";
+
+/// Named endpoints at most: routing keeps an event's endpoints in one 64-bit set.
+const MAX_NAMED_ENDPOINTS: usize = 63;
 
 const WEBHOOK_KEYS: &[&str] = &[
     "enable",
@@ -43,6 +50,21 @@ const WEBHOOK_KEYS: &[&str] = &[
     "signing",
     "batch",
     "bridge",
+    "endpoints",
+];
+const ENDPOINT_KEYS: &[&str] = &[
+    "name",
+    "url",
+    "headers",
+    "pool_size",
+    "pool_idle_timeout",
+    "cancel_timeout",
+    "tls",
+    "ssl",
+    "retry",
+    "dead_letter",
+    "signing",
+    "batch",
 ];
 const BRIDGE_KEYS: &[&str] = &[
     "url",
@@ -96,10 +118,19 @@ pub(crate) fn config_from_tree(root: &Node, file: &Path) -> Result<Config, Confi
         Some(node) => ctx.boolean(node, "webhook.enable")?,
         None => true,
     };
+    let delivery = ctx.delivery(webhook, enabled)?;
+    let endpoints = match webhook.get("endpoints") {
+        Some(node) => ctx.endpoints(node, delivery.ordering)?,
+        None => Vec::new(),
+    };
+    let mut filter = ctx.filter(webhook)?;
+    filter.endpoints = endpoints.iter().map(|endpoint| endpoint.name.clone()).collect();
+    ctx.check_rule_endpoints(webhook, &filter)?;
     let config = Config {
         enabled,
-        filter: ctx.filter(webhook)?,
-        delivery: ctx.delivery(webhook, enabled)?,
+        filter,
+        delivery,
+        endpoints,
         guest: match webhook.get("guest") {
             Some(node) => ctx.guest(node)?,
             None => GuestConfig::default(),
@@ -163,43 +194,11 @@ impl Ctx<'_> {
         Ok(filter)
     }
 
+    /// The default endpoint: `url` and its settings, at the top of the webhook section.
     fn delivery(&self, webhook: &Node, enabled: bool) -> Result<DeliveryConfig, ConfigError> {
-        let mut delivery = DeliveryConfig::default();
-        match webhook.get("url") {
-            Some(node) => delivery.url = self.url(node, "webhook.url")?,
-            None if enabled => {
-                return Err(self.invalid(webhook, "webhook.url", "is required: the URL webhooks are POSTed to"))
-            }
-            None => {}
-        }
-        if let Some(node) = webhook.get("headers") {
-            delivery.headers = self.headers(node)?;
-        }
-        if let Some(node) = webhook.get("pool_size") {
-            delivery.pool.pool_size = self.count(node, "webhook.pool_size", ranges::POOL_SIZE)?;
-        }
-        if let Some(node) = webhook.get("pool_idle_timeout") {
-            delivery.pool.idle_timeout = self.duration(node, "webhook.pool_idle_timeout", ranges::POOL_IDLE_TIMEOUT)?;
-        }
-        if let Some(node) = webhook.get("cancel_timeout") {
-            delivery.timeout = self.duration(node, "webhook.cancel_timeout", ranges::REQUEST_TIMEOUT)?;
-        }
-        delivery.tls = match (webhook.get("tls"), webhook.get("ssl")) {
-            (Some(node), _) => self.tls(node, "webhook.tls")?,
-            (None, Some(node)) => self.tls(node, "webhook.ssl")?,
-            (None, None) => None,
-        };
-        if let Some(node) = webhook.get("retry") {
-            delivery.retry = self.retry(node)?;
-        }
+        let mut delivery = self.endpoint_settings(webhook, "webhook", enabled)?;
         if let Some(node) = webhook.get("dead_letter") {
             delivery.dead_letter = Some(self.path(node, "webhook.dead_letter")?);
-        }
-        if let Some(node) = webhook.get("signing") {
-            delivery.signing = Some(self.signing(node)?);
-        }
-        if let Some(node) = webhook.get("batch") {
-            delivery.batch = Some(self.batch(node)?);
         }
         if let Some(node) = webhook.get("ordering") {
             delivery.ordering = match self.text(node, "webhook.ordering", "an ordering")? {
@@ -212,6 +211,89 @@ impl Ctx<'_> {
             };
         }
         Ok(delivery)
+    }
+
+    /// What an endpoint block sets, the default endpoint's (at `webhook`) or a named one's: the
+    /// URL (required when `url_required`) and how requests to it are sent.
+    fn endpoint_settings(&self, node: &Node, parent: &str, url_required: bool) -> Result<DeliveryConfig, ConfigError> {
+        let mut delivery = DeliveryConfig::default();
+        let key = |name: &str| format!("{parent}.{name}");
+        match node.get("url") {
+            Some(n) => delivery.url = self.url(n, &key("url"))?,
+            None if url_required => {
+                return Err(self.invalid(node, &key("url"), "is required: the URL webhooks are POSTed to"))
+            }
+            None => {}
+        }
+        if let Some(n) = node.get("headers") {
+            delivery.headers = self.headers(n, &key("headers"))?;
+        }
+        if let Some(n) = node.get("pool_size") {
+            delivery.pool.pool_size = self.count(n, &key("pool_size"), ranges::POOL_SIZE)?;
+        }
+        if let Some(n) = node.get("pool_idle_timeout") {
+            delivery.pool.idle_timeout = self.duration(n, &key("pool_idle_timeout"), ranges::POOL_IDLE_TIMEOUT)?;
+        }
+        if let Some(n) = node.get("cancel_timeout") {
+            delivery.timeout = self.duration(n, &key("cancel_timeout"), ranges::REQUEST_TIMEOUT)?;
+        }
+        delivery.tls = match (node.get("tls"), node.get("ssl")) {
+            (Some(n), _) => self.tls(n, &key("tls"))?,
+            (None, Some(n)) => self.tls(n, &key("ssl"))?,
+            (None, None) => None,
+        };
+        if let Some(n) = node.get("retry") {
+            delivery.retry = self.retry(n, &key("retry"))?;
+        }
+        if let Some(n) = node.get("signing") {
+            delivery.signing = Some(self.signing(n, &key("signing"))?);
+        }
+        if let Some(n) = node.get("batch") {
+            delivery.batch = Some(self.batch(n, &key("batch"))?);
+        }
+        Ok(delivery)
+    }
+
+    /// `endpoints = [ { name = "…", url = "…", … } ]`: named endpoints, each with the settings of
+    /// the default one (not inherited from it) and its own dead-letter file; `ordering` is the
+    /// webhook's.
+    fn endpoints(&self, node: &Node, ordering: DeliveryOrder) -> Result<Vec<NamedEndpoint>, ConfigError> {
+        let Value::List(items) = &node.value else {
+            let message = format!("expected a list `[ {{ name = …, url = … }} ]`, found {}", describe(&node.value));
+            return Err(self.invalid(node, "webhook.endpoints", message));
+        };
+        if items.len() > MAX_NAMED_ENDPOINTS {
+            let message = format!("at most {MAX_NAMED_ENDPOINTS} named endpoints, found {}", items.len());
+            return Err(self.invalid(node, "webhook.endpoints", message));
+        }
+        let mut endpoints: Vec<NamedEndpoint> = Vec::with_capacity(items.len());
+        for (index, item) in items.iter().enumerate() {
+            let parent = format!("webhook.endpoints[{index}]");
+            let fields = self.object(item, &parent)?;
+            self.reject_unknown(fields, &parent, ENDPOINT_KEYS)?;
+            let key = format!("{parent}.name");
+            let Some(name_node) = item.get("name") else {
+                return Err(self.invalid(item, &key, "is required: the name rules and guests choose the endpoint by"));
+            };
+            let name = self.text(name_node, &key, "a name")?;
+            let valid = !name.is_empty()
+                && name.len() <= 64
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !valid {
+                let message = format!("`{name}` is not a name: use 1 to 64 letters, digits, `_` or `-`");
+                return Err(self.invalid(name_node, &key, message));
+            }
+            if name == DEFAULT_ENDPOINT || endpoints.iter().any(|known| known.name == name) {
+                return Err(self.invalid(name_node, &key, format!("the name `{name}` is taken")));
+            }
+            let mut delivery = self.endpoint_settings(item, &parent, true)?;
+            if let Some(n) = item.get("dead_letter") {
+                delivery.dead_letter = Some(self.path(n, &format!("{parent}.dead_letter"))?);
+            }
+            delivery.ordering = ordering;
+            endpoints.push(NamedEndpoint { name: name.to_owned(), delivery });
+        }
+        Ok(endpoints)
     }
 
     /// `queue_size` sets both queue lengths, as NanoMQ's one knob; `queues { … }` sets each.
@@ -374,8 +456,9 @@ impl Ctx<'_> {
         Ok(bridge)
     }
 
-    /// The bridge's password: given as it is, read from a file (a trailing newline dropped), or
-    /// from an environment variable. The value itself never appears in an error.
+    /// The bridge's password: given as it is (or as `env:NAME` / `file:PATH`, as every secret may
+    /// be), read from a file (`password_file`, a trailing newline dropped), or from an environment
+    /// variable (`password_env`). The value itself never appears in an error.
     fn password(&self, node: &Node) -> Result<Option<Secret>, ConfigError> {
         let given: Vec<&str> =
             ["password", "password_file", "password_env"].into_iter().filter(|key| node.get(key).is_some()).collect();
@@ -386,51 +469,48 @@ impl Ctx<'_> {
             return Err(self.invalid(n, &format!("webhook.bridge.{}", given[1]), message));
         }
         if let Some(n) = node.get("password") {
-            return Ok(Some(Secret::new(self.string(n, "webhook.bridge.password")?)));
+            return Ok(Some(Secret::new(self.secret(n, "webhook.bridge.password", "a password")?.0)));
         }
         if let Some(n) = node.get("password_file") {
             let key = "webhook.bridge.password_file";
-            let path = self.path(n, key)?;
-            let text = std::fs::read_to_string(&path)
-                .map_err(|error| self.invalid(n, key, format!("cannot read {}: {error}", path.display())))?;
-            let text = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
-            return Ok(Some(Secret::new(text.to_string())));
+            return Ok(Some(Secret::new(self.file_secret(n, key, &self.path(n, key)?)?)));
         }
         if let Some(n) = node.get("password_env") {
             let key = "webhook.bridge.password_env";
             let name = self.text(n, key, "an environment variable's name")?;
-            let value = std::env::var(name).map_err(|_| {
-                self.invalid(n, key, format!("the environment variable `{name}` is not set (or not UTF-8)"))
-            })?;
-            return Ok(Some(Secret::new(value)));
+            return Ok(Some(Secret::new(self.env_secret(n, key, name)?)));
         }
         Ok(None)
     }
 
-    fn retry(&self, node: &Node) -> Result<RetrySettings, ConfigError> {
-        let fields = self.object(node, "webhook.retry")?;
-        self.reject_unknown(fields, "webhook.retry", RETRY_KEYS)?;
+    fn retry(&self, node: &Node, key: &str) -> Result<RetrySettings, ConfigError> {
+        let fields = self.object(node, key)?;
+        self.reject_unknown(fields, key, RETRY_KEYS)?;
         let mut retry = RetrySettings::default();
         if let Some(n) = node.get("max_attempts") {
-            let attempts: NonZeroU64 = self.count(n, "webhook.retry.max_attempts", ranges::RETRY_ATTEMPTS)?;
+            let attempts: NonZeroU64 = self.count(n, &format!("{key}.max_attempts"), ranges::RETRY_ATTEMPTS)?;
             retry.max_attempts = Some(NonZeroU32::try_from(attempts).expect("the range fits in u32"));
         }
         let mut base = retry.backoff.base();
         let mut cap = retry.backoff.cap();
         if let Some(n) = node.get("base") {
-            base = self.duration(n, "webhook.retry.base", ranges::RETRY_BACKOFF)?;
+            base = self.duration(n, &format!("{key}.base"), ranges::RETRY_BACKOFF)?;
         }
         if let Some(n) = node.get("cap") {
-            cap = self.duration(n, "webhook.retry.cap", ranges::RETRY_BACKOFF)?;
+            cap = self.duration(n, &format!("{key}.cap"), ranges::RETRY_BACKOFF)?;
         }
         retry.backoff = Backoff::new(base, cap).map_err(|_| {
-            self.invalid(node.get("cap").unwrap_or(node), "webhook.retry.cap", "must not be shorter than `retry.base`")
+            self.invalid(
+                node.get("cap").unwrap_or(node),
+                &format!("{key}.cap"),
+                "must not be shorter than `retry.base`",
+            )
         })?;
         if let Some(n) = node.get("max_age") {
-            retry.max_age = Some(self.duration(n, "webhook.retry.max_age", ranges::RETRY_MAX_AGE)?);
+            retry.max_age = Some(self.duration(n, &format!("{key}.max_age"), ranges::RETRY_MAX_AGE)?);
         }
         if let Some(n) = node.get("max_replay_size") {
-            retry.max_replay_size = Some(self.size(n, "webhook.retry.max_replay_size", ranges::RETRY_REPLAY_SIZE)?);
+            retry.max_replay_size = Some(self.size(n, &format!("{key}.max_replay_size"), ranges::RETRY_REPLAY_SIZE)?);
         }
         Ok(retry)
     }
@@ -587,7 +667,7 @@ impl Ctx<'_> {
 
     fn rule(&self, item: &Node, prefix: &str) -> Result<Rule, ConfigError> {
         let fields = self.object(item, prefix)?;
-        self.reject_unknown(fields, prefix, &["event", "topic"])?;
+        self.reject_unknown(fields, prefix, &["event", "topic", "endpoint"])?;
         let key = format!("{prefix}.event");
         let Some(event_node) = item.get("event") else {
             return Err(self.invalid(item, &key, format!("is required; accepted: {}", EventKind::accepted_names())));
@@ -607,14 +687,41 @@ impl Ctx<'_> {
             }
             None => None,
         };
-        Ok(Rule { event, topic })
+        let endpoint = match item.get("endpoint") {
+            Some(node) => Some(self.text(node, &format!("{prefix}.endpoint"), "an endpoint name")?.to_owned()),
+            None => None,
+        };
+        Ok(Rule { event, topic, endpoint })
     }
 
-    fn headers(&self, node: &Node) -> Result<Vec<Header>, ConfigError> {
-        let fields = self.object(node, "webhook.headers")?;
+    /// Every endpoint a rule names is configured (`default` is the one at `webhook.url`).
+    fn check_rule_endpoints(&self, webhook: &Node, filter: &FilterSettings) -> Result<(), ConfigError> {
+        for (index, rule) in filter.rules.iter().enumerate() {
+            let Some(name) = &rule.endpoint else { continue };
+            if name == DEFAULT_ENDPOINT || filter.endpoints.contains(name) {
+                continue;
+            }
+            let node = webhook
+                .get("events")
+                .and_then(|events| match &events.value {
+                    Value::List(items) => items.get(index),
+                    _ => None,
+                })
+                .and_then(|item| item.get("endpoint"))
+                .unwrap_or(webhook);
+            let known = std::iter::once(DEFAULT_ENDPOINT).chain(filter.endpoints.iter().map(String::as_str));
+            let message =
+                format!("no endpoint is named `{name}`; configured: {}", known.collect::<Vec<_>>().join(", "));
+            return Err(self.invalid(node, &format!("webhook.events[{index}].endpoint"), message));
+        }
+        Ok(())
+    }
+
+    fn headers(&self, node: &Node, parent: &str) -> Result<Vec<Header>, ConfigError> {
+        let fields = self.object(node, parent)?;
         let mut headers = Vec::with_capacity(fields.len());
         for (name, value_node) in fields {
-            let key = format!("webhook.headers.{name}");
+            let key = format!("{parent}.{name}");
             let (value, secret) = self.secret(value_node, &key, "a header value")?;
             let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
                 return Err(self.invalid(value_node, &key, format!("`{name}` is not a valid HTTP header name")));
@@ -629,26 +736,27 @@ impl Ctx<'_> {
 
     /// `batch { max_events = 100, max_bytes = 1MiB, linger = 10ms, format = json }`, each key
     /// optional (`batch {}` takes the defaults).
-    fn batch(&self, node: &Node) -> Result<BatchSettings, ConfigError> {
-        let fields = self.object(node, "webhook.batch")?;
-        self.reject_unknown(fields, "webhook.batch", BATCH_KEYS)?;
+    fn batch(&self, node: &Node, parent: &str) -> Result<BatchSettings, ConfigError> {
+        let key = |name: &str| format!("{parent}.{name}");
+        let fields = self.object(node, parent)?;
+        self.reject_unknown(fields, parent, BATCH_KEYS)?;
         let mut batch = BatchSettings::default();
         if let Some(n) = node.get("max_events") {
-            batch.max_events = self.count(n, "webhook.batch.max_events", ranges::BATCH_EVENTS)?;
+            batch.max_events = self.count(n, &key("max_events"), ranges::BATCH_EVENTS)?;
         }
         if let Some(n) = node.get("max_bytes") {
-            batch.max_bytes = self.size(n, "webhook.batch.max_bytes", ranges::BATCH_BYTES)?;
+            batch.max_bytes = self.size(n, &key("max_bytes"), ranges::BATCH_BYTES)?;
         }
         if let Some(n) = node.get("linger") {
-            batch.linger = self.duration(n, "webhook.batch.linger", ranges::BATCH_LINGER)?;
+            batch.linger = self.duration(n, &key("linger"), ranges::BATCH_LINGER)?;
         }
         if let Some(n) = node.get("format") {
-            batch.format = match self.text(n, "webhook.batch.format", "a batch format")? {
+            batch.format = match self.text(n, &key("format"), "a batch format")? {
                 "json" => BatchFormat::Json,
                 "ndjson" => BatchFormat::Ndjson,
                 other => {
                     let message = format!("unknown format `{other}`; accepted: {}", BatchFormat::ACCEPTED);
-                    return Err(self.invalid(n, "webhook.batch.format", message));
+                    return Err(self.invalid(n, &key("format"), message));
                 }
             };
         }
@@ -656,22 +764,23 @@ impl Ctx<'_> {
     }
 
     /// `signing { secrets = ["whsec_…", "env:NAME", "file:PATH"] }`: at least one key.
-    fn signing(&self, node: &Node) -> Result<Signing, ConfigError> {
-        let fields = self.object(node, "webhook.signing")?;
-        self.reject_unknown(fields, "webhook.signing", SIGNING_KEYS)?;
+    fn signing(&self, node: &Node, parent: &str) -> Result<Signing, ConfigError> {
+        let fields = self.object(node, parent)?;
+        self.reject_unknown(fields, parent, SIGNING_KEYS)?;
+        let key = format!("{parent}.secrets");
         let Some(list) = node.get("secrets") else {
-            return Err(self.invalid(node, "webhook.signing.secrets", "is required: one or more `whsec_…` secrets"));
+            return Err(self.invalid(node, &key, "is required: one or more `whsec_…` secrets"));
         };
         let Value::List(items) = &list.value else {
             let message = format!("expected a list of secrets `[ … ]`, found {}", describe(&list.value));
-            return Err(self.invalid(list, "webhook.signing.secrets", message));
+            return Err(self.invalid(list, &key, message));
         };
         if items.is_empty() {
-            return Err(self.invalid(list, "webhook.signing.secrets", "needs at least one secret"));
+            return Err(self.invalid(list, &key, "needs at least one secret"));
         }
         let mut secrets = Vec::with_capacity(items.len());
         for (index, item) in items.iter().enumerate() {
-            let key = format!("webhook.signing.secrets[{index}]");
+            let key = format!("{parent}.secrets[{index}]");
             let (text, _) = self.secret(item, &key, "a `whsec_…` secret")?;
             // The message never quotes the value: it is a key.
             let decoded = text.trim().strip_prefix("whsec_").and_then(|encoded| {
@@ -732,18 +841,27 @@ impl Ctx<'_> {
     fn secret(&self, node: &Node, key: &str, expected: &str) -> Result<(String, bool), ConfigError> {
         let text = self.text(node, key, expected)?;
         if let Some(name) = text.strip_prefix("env:") {
-            return match std::env::var(name) {
-                Ok(value) => Ok((value, true)),
-                Err(_) => Err(self.invalid(node, key, format!("the environment variable `{name}` is not set"))),
-            };
+            return self.env_secret(node, key, name).map(|value| (value, true));
         }
         if let Some(path) = text.strip_prefix("file:") {
-            return match std::fs::read_to_string(path) {
-                Ok(value) => Ok((value.trim_end_matches(['\r', '\n']).to_string(), true)),
-                Err(error) => Err(self.invalid(node, key, format!("cannot read `{path}`: {error}"))),
-            };
+            return self.file_secret(node, key, Path::new(path)).map(|value| (value, true));
         }
         Ok((text.to_string(), false))
+    }
+
+    /// A secret from the environment variable `name`.
+    fn env_secret(&self, node: &Node, key: &str, name: &str) -> Result<String, ConfigError> {
+        std::env::var(name).map_err(|_| {
+            self.invalid(node, key, format!("the environment variable `{name}` is not set (or not UTF-8)"))
+        })
+    }
+
+    /// A secret from the file at `path`, without its trailing newline.
+    fn file_secret(&self, node: &Node, key: &str, path: &Path) -> Result<String, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(value) => Ok(value.trim_end_matches(['\r', '\n']).to_string()),
+            Err(error) => Err(self.invalid(node, key, format!("cannot read `{}`: {error}", path.display()))),
+        }
     }
 
     fn string(&self, node: &Node, key: &str) -> Result<String, ConfigError> {

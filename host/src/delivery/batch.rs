@@ -267,7 +267,7 @@ impl Batch {
 /// in flight. While the pool is full, open batches go on filling past their linger.
 pub(super) async fn run_pooled(deliverer: Arc<Deliverer>, pool_size: usize, settings: BatchSettings) {
     let format = settings.format;
-    let mut gatherer = Gatherer::pooled(settings, deliverer.metrics.clone());
+    let mut gatherer = Gatherer::pooled(settings, deliverer.metrics.pipeline().clone());
     let mut ready = VecDeque::new();
     let mut tasks = tokio::task::JoinSet::new();
     let mut open = true;
@@ -314,7 +314,7 @@ pub(super) async fn run_pooled(deliverer: Arc<Deliverer>, pool_size: usize, sett
 /// sends one request at a time, so each client's events arrive in order.
 pub(super) async fn run_lane(deliverer: Arc<Deliverer>, mut entries: mpsc::Receiver<Entry>, settings: BatchSettings) {
     let format = settings.format;
-    let mut gatherer = Gatherer::ordered(settings, deliverer.metrics.clone());
+    let mut gatherer = Gatherer::ordered(settings, deliverer.metrics.pipeline().clone());
     let mut ready = VecDeque::new();
     let mut open = true;
     loop {

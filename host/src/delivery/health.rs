@@ -11,14 +11,14 @@
 //! (between half of it and all of it), so that an outage costs a handful of connection attempts
 //! per backoff step, not `pool_size` per request.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::Backoff;
-use crate::metrics::{Metrics, Problem};
+use crate::metrics::{EndpointMetrics, Problem};
 
 /// Shared by every delivery task of one endpoint.
 pub struct EndpointHealth {
@@ -26,7 +26,7 @@ pub struct EndpointHealth {
     state: Mutex<State>,
     /// Woken when the endpoint is healthy again, a probe's turn comes, or a probe ends.
     changed: Notify,
-    metrics: Arc<Metrics>,
+    metrics: EndpointMetrics,
 }
 
 /// The phase, and what `/status` shows of the latest outcomes.
@@ -80,7 +80,7 @@ pub enum Turn {
 impl EndpointHealth {
     /// A healthy endpoint whose outages back off within `backoff`; each outage is reported to
     /// `metrics` ([`Problem::EndpointBackingOff`]).
-    pub fn new(backoff: Backoff, metrics: Arc<Metrics>) -> EndpointHealth {
+    pub fn new(backoff: Backoff, metrics: EndpointMetrics) -> EndpointHealth {
         let state = State { phase: Phase::Healthy, last_error: None, last_success: None };
         EndpointHealth { backoff, state: Mutex::new(state), changed: Notify::new(), metrics }
     }
@@ -169,6 +169,7 @@ impl EndpointHealth {
         if let Phase::BackingOff { step, .. } = state.phase {
             tracing::info!(failed_probes = step, "The endpoint answers again; delivery resumes at full concurrency.");
             state.phase = Phase::Healthy;
+            self.metrics.set_backing_off(false);
             drop(state);
             self.changed.notify_waiters();
         }
@@ -197,6 +198,7 @@ impl EndpointHealth {
         let wait = self.wait(step).max(at_least.unwrap_or_default());
         tracing::debug!(step, "The endpoint is still failing ({reason}); next probe in {wait:?}.");
         state.phase = Phase::BackingOff { step, until: Instant::now() + wait, probing: false };
+        self.metrics.set_backing_off(true);
         drop(state);
         self.changed.notify_waiters();
     }
@@ -225,7 +227,7 @@ mod tests {
 
     fn health() -> EndpointHealth {
         let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1)).unwrap();
-        EndpointHealth::new(backoff, Arc::default())
+        EndpointHealth::new(backoff, std::sync::Arc::<crate::metrics::Metrics>::default().endpoint(0))
     }
 
     #[tokio::test(start_paused = true)]

@@ -29,6 +29,8 @@ const MAX_RESPONSE_BODY: usize = 1 << 20;
 pub struct HttpSink {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     live: LiveConfig,
+    /// Which endpoint's settings it sends with ([`crate::config::Config::endpoint_delivery`]).
+    slot: usize,
     timeout: Duration,
 }
 
@@ -36,8 +38,13 @@ impl HttpSink {
     /// A client for the delivery settings in `live`: the pool, the timeout and TLS are fixed
     /// here; URL and headers are read for every request.
     pub fn new(live: LiveConfig) -> Result<Self, DeliveryError> {
+        HttpSink::for_endpoint(live, 0)
+    }
+
+    /// As [`HttpSink::new`], for endpoint `slot` (`i + 1` for named endpoint `i`).
+    pub fn for_endpoint(live: LiveConfig, slot: usize) -> Result<Self, DeliveryError> {
         let config = live.load();
-        let delivery: &DeliveryConfig = &config.delivery;
+        let delivery: &DeliveryConfig = config.endpoint_delivery(slot);
         match delivery.url.scheme_str() {
             Some("http") | Some("https") => {}
             other => return Err(DeliveryError::UnsupportedScheme(other.unwrap_or("").to_string())),
@@ -63,12 +70,12 @@ impl HttpSink {
             .build(connector);
         let timeout = delivery.timeout;
         drop(config);
-        Ok(HttpSink { client, live, timeout })
+        Ok(HttpSink { client, live, slot, timeout })
     }
 
     /// Where `request` goes now, as a log line may show it (see [`request_builder::url_without_query`]).
     pub fn loggable_url(&self, request: &Request) -> String {
-        request_builder::url_without_query(&self.live.load().delivery.url, request.path.as_deref())
+        request_builder::url_without_query(&self.live.load().endpoint_delivery(self.slot).url, request.path.as_deref())
     }
 
     /// One attempt: `Ok` only for a 2xx answer within `cancel_timeout`.
@@ -85,7 +92,8 @@ impl HttpSink {
     }
 
     async fn exchange(&self, request: &Request, framing: Framing<'_>) -> Result<(), DeliveryError> {
-        let http_request = request_builder::build_framed(&self.live.load().delivery, request, framing);
+        let http_request =
+            request_builder::build_framed(self.live.load().endpoint_delivery(self.slot), request, framing);
         let response = self.client.request(http_request).await.map_err(|e| match tls_failure(&e) {
             Some(tls) => DeliveryError::Tls(tls),
             None => DeliveryError::Transport(error_chain(&e)),

@@ -28,8 +28,8 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::config::{BatchSettings, DeliveryConfig, DeliveryOrder, QueueConfig, RetrySettings};
-use crate::metrics::{Metrics, MetricsSnapshot, Problem};
+use crate::config::{BatchSettings, DeliveryConfig, DeliveryOrder, LiveConfig, QueueConfig, RetrySettings};
+use crate::metrics::{EndpointMetrics, Metrics, MetricsSnapshot, Problem};
 use crate::request::Request;
 use dead_letter::DeadLetters;
 use health::EndpointHealth;
@@ -45,6 +45,16 @@ pub enum Sink {
     Print(print::PrintSink),
 }
 
+impl Sink {
+    /// The same kind of sink for endpoint `slot` (`i + 1` for named endpoint `i`) of `live`.
+    pub fn for_endpoint(&self, live: LiveConfig, slot: usize) -> Result<Sink, error::DeliveryError> {
+        Ok(match self {
+            Sink::Http(_) => Sink::Http(http::HttpSink::for_endpoint(live, slot)?),
+            Sink::Print(_) => Sink::Print(print::PrintSink { live, slot }),
+        })
+    }
+}
+
 /// Everything a delivery task needs; shared by the tasks of one run.
 struct Deliverer {
     sink: Sink,
@@ -52,7 +62,7 @@ struct Deliverer {
     health: Arc<EndpointHealth>,
     dead_letters: Option<Arc<DeadLetters>>,
     queue: Arc<DeliveryQueue>,
-    metrics: Arc<Metrics>,
+    metrics: EndpointMetrics,
 }
 
 /// Sends `requests` (for example read back from a dead-letter file) as the runtime would: at most
@@ -71,8 +81,8 @@ pub async fn send_all(
     queue.push(requests);
     queue.close();
     let settings = DeliveryConfig { ordering: DeliveryOrder::None, ..settings.clone() };
-    let health = Arc::new(EndpointHealth::new(settings.retry.backoff, metrics.clone()));
-    run(queue, sink, &settings, health, dead_letters, metrics.clone()).await;
+    let health = Arc::new(EndpointHealth::new(settings.retry.backoff, metrics.endpoint(0)));
+    run(queue, sink, &settings, health, dead_letters, metrics.endpoint(0)).await;
     metrics.flush_held(true);
     metrics.snapshot()
 }
@@ -89,7 +99,7 @@ pub(crate) async fn run(
     settings: &DeliveryConfig,
     health: Arc<EndpointHealth>,
     dead_letters: Option<Arc<DeadLetters>>,
-    metrics: Arc<Metrics>,
+    metrics: EndpointMetrics,
 ) {
     let pool_size = settings.pool.pool_size.get();
     let deliverer =

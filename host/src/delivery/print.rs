@@ -9,13 +9,15 @@ use crate::request::Request;
 /// Prints requests as an HTTP/1.1 client would send them, followed by a blank line.
 #[derive(Clone)]
 pub struct PrintSink {
-    live: LiveConfig,
+    pub(super) live: LiveConfig,
+    /// Which endpoint's settings it prints with.
+    pub(super) slot: usize,
 }
 
 impl PrintSink {
     /// Prints requests built from the URL and headers in force.
     pub fn new(live: LiveConfig) -> Self {
-        PrintSink { live }
+        PrintSink { live, slot: 0 }
     }
 
     pub(crate) fn print(&self, request: &Request) {
@@ -24,7 +26,8 @@ impl PrintSink {
 
     /// As [`PrintSink::print`], for a body framed as `framing` says (a batch).
     pub(crate) fn print_framed(&self, request: &Request, framing: Framing<'_>) {
-        let http_request = request_builder::build_framed(&self.live.load().delivery, request, framing);
+        let http_request =
+            request_builder::build_framed(self.live.load().endpoint_delivery(self.slot), request, framing);
         let path = http_request.uri().path_and_query().map_or("/", |p| p.as_str());
         let mut text = format!("POST {path} HTTP/1.1\n");
         for (name, value) in http_request.headers() {

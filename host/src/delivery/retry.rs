@@ -20,7 +20,7 @@ use super::health::{EndpointHealth, Turn};
 use super::http::HttpSink;
 use super::request_builder::Framing;
 use crate::config::RetrySettings;
-use crate::metrics::{GiveUpReason, Metrics};
+use crate::metrics::{EndpointMetrics, GiveUpReason};
 use crate::request::Request;
 
 /// A request given up on: the last failure, the attempts made, and why.
@@ -68,7 +68,7 @@ pub(crate) struct Attempts<'a> {
     pub sink: &'a HttpSink,
     pub settings: &'a RetrySettings,
     pub health: &'a EndpointHealth,
-    pub metrics: &'a Metrics,
+    pub metrics: &'a EndpointMetrics,
 }
 
 impl Attempts<'_> {

@@ -5,5 +5,9 @@ wasmtime::component::bindgen!({
     world: "filter",
 });
 
+/// The package version this host runs; a guest built against another is refused.
+pub(crate) const WIT_VERSION: &str = "0.2.0";
+
+pub(crate) use self::mqhook::filter::encoding;
 pub(crate) use self::mqhook::filter::log;
 pub(crate) use self::mqhook::filter::types as wit;

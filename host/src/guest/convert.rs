@@ -3,7 +3,7 @@
 use http::{HeaderName, HeaderValue};
 
 use super::bindings::wit;
-use super::GuestError;
+use super::{GuestDelivery, GuestError};
 use crate::config::{FilterSettings, PayloadEncoding};
 use crate::event::{self, Event, EventKind};
 use crate::request::Request;
@@ -31,7 +31,11 @@ pub(crate) fn filter_config(filter: &FilterSettings, settings: &[(String, String
         rules: filter
             .rules
             .iter()
-            .map(|rule| wit::Rule { event: event_kind(rule.event), topic: rule.topic.clone() })
+            .map(|rule| wit::Rule {
+                event: event_kind(rule.event),
+                topic: rule.topic.clone(),
+                endpoint: rule.endpoint.clone(),
+            })
             .collect(),
         encoding: match filter.encoding {
             PayloadEncoding::Plain => wit::PayloadEncoding::Plain,
@@ -39,6 +43,7 @@ pub(crate) fn filter_config(filter: &FilterSettings, settings: &[(String, String
             PayloadEncoding::Base62 => wit::PayloadEncoding::Base62,
         },
         settings: settings.to_vec(),
+        endpoints: filter.endpoints.clone(),
     }
 }
 
@@ -133,9 +138,21 @@ pub(crate) fn topic(event: &wit::Event) -> Option<&str> {
     }
 }
 
-/// Checks a guest's delivery and turns it into the request for an event of `kind` from `client`;
-/// header names and values and the path come from untrusted code, so each is validated here.
-pub(crate) fn request(kind: EventKind, client: Option<String>, delivery: wit::Delivery) -> Result<Request, GuestError> {
+/// Checks a guest's delivery and turns it into the request for an event of `kind` from `client`,
+/// with the endpoint it names (one of `endpoints`); header names and values, the path and the
+/// endpoint come from untrusted code, so each is validated here.
+pub(crate) fn delivery(
+    kind: EventKind,
+    client: Option<String>,
+    delivery: wit::Delivery,
+    endpoints: &[String],
+) -> Result<GuestDelivery, GuestError> {
+    let endpoint = match &delivery.endpoint {
+        None => None,
+        Some(name) => Some(endpoints.iter().position(|known| known == name).ok_or_else(|| {
+            GuestError::InvalidDelivery(format!("endpoint {name:?} is not configured (webhook.endpoints)"))
+        })?),
+    };
     let headers = delivery
         .headers
         .into_iter()
@@ -156,7 +173,7 @@ pub(crate) fn request(kind: EventKind, client: Option<String>, delivery: wit::De
             return Err(GuestError::InvalidDelivery(format!("invalid path {path:?}: must start with `/`")));
         }
     }
-    Ok(Request {
+    let request = Request {
         kind,
         body: delivery.body.into(),
         headers,
@@ -164,5 +181,6 @@ pub(crate) fn request(kind: EventKind, client: Option<String>, delivery: wit::De
         client,
         idempotency_key: None,
         received_at: None,
-    })
+    };
+    Ok(GuestDelivery { request, endpoint })
 }

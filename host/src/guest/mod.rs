@@ -4,8 +4,13 @@
 //! - **Owns** the engine ([`GuestEngine`], one per process), the compiled guests
 //!   ([`GuestModule`]), their instances ([`GuestInstance`]), and which guest runs now
 //!   ([`ActiveGuest`]: swaps, the rollback, the built-in fallback).
-//! - **Hands on** one [`Request`] per event the guest wants delivered, built here, once, from the
-//!   guest's delivery (or nothing, when the guest filters the event out).
+//! - **Hands on** one [`GuestDelivery`] per event the guest wants delivered: the [`Request`],
+//!   built here, once, from the guest's delivery, and the named endpoint it chose (or nothing,
+//!   when the guest filters the event out).
+//!
+//! Events go in as a [`Batch`], converted to WIT types once, and through one `handle-batch` call;
+//! when that call fails, each event is given to `handle` on fresh instances, so that a trap still
+//! costs only the event that causes it.
 //!
 //! Following wasmtime's own hosting pattern: the component compiled once, an `InstancePre` linked
 //! once, then a fresh `Store` + instance per worker ([`GuestModule::instance`]).
@@ -31,15 +36,17 @@ pub use stats::{GuestStats, GuestStatsSnapshot};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use mqhook_guest_nanomq as nanomq;
+use nanomq::encoding::{BASE62_MAX_INPUT, ENCODING_MAX_INPUT};
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use self::bindings::{log, wit, Filter, FilterPre};
+use self::bindings::{encoding, log, wit, Filter, FilterPre, WIT_VERSION};
 use self::engine::EPOCH_TICK;
 use crate::config::{FilterSettings, GuestConfig};
-use crate::event::Event;
+use crate::event::{Event, EventKind};
 use crate::request::Request;
 
 /// The built-in NanoMQ-compatible guest, compiled to a component by the build script.
@@ -55,6 +62,20 @@ pub enum GuestError {
         path: std::path::PathBuf,
         /// The I/O error.
         source: std::io::Error,
+    },
+    /// The component was built against another version of the WIT package.
+    #[error(
+        "guest {guest} was built against mqhook:filter@{built_for}, and this host runs \
+         mqhook:filter@{runs} guests: rebuild it against wit/mqhook.wit (guest/README.md, \
+         \"Moving a guest from 0.1.0\")"
+    )]
+    WitVersion {
+        /// Guest name.
+        guest: String,
+        /// The version the guest imports.
+        built_for: String,
+        /// The version this host runs.
+        runs: &'static str,
     },
     /// The bytes are not a component of the `mqhook:filter/filter` world.
     #[error("guest {guest} is not a valid mqhook filter component: {message}")]
@@ -118,6 +139,10 @@ pub enum GuestError {
 pub struct GuestModule {
     compiled: Arc<Compiled>,
     filter_config: wit::FilterConfig,
+    /// Payload bytes one `handle-batch` call is given at most.
+    batch_bytes: usize,
+    /// The named endpoints' names, which a delivery may choose from.
+    endpoints: Arc<[String]>,
     memory_limit: usize,
     max_instances: usize,
     max_body: usize,
@@ -171,6 +196,9 @@ impl GuestModule {
                 component
             }
         };
+        if let Some(built_for) = foreign_wit_version(wasmtime_engine, &component) {
+            return Err(GuestError::WitVersion { guest: name.to_string(), built_for, runs: WIT_VERSION });
+        }
         let mut linker = Linker::<HostState>::new(wasmtime_engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(load_error)?;
         Filter::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state).map_err(load_error)?;
@@ -194,6 +222,8 @@ impl GuestModule {
         let module = GuestModule {
             compiled,
             filter_config: convert::filter_config(filter, &guest.settings),
+            batch_bytes: guest.max_body.as_usize().min(BATCH_BYTES),
+            endpoints: filter.endpoints.iter().cloned().collect(),
             memory_limit: guest.memory_limit.as_usize(),
             max_instances: guest.max_instances.get(),
             max_body: guest.max_body.as_usize(),
@@ -272,8 +302,8 @@ impl GuestModule {
                 deadline_ticks: self.deadline_ticks,
                 timeout: self.timeout,
                 max_body: self.max_body,
+                endpoints: self.endpoints.clone(),
                 stats: self.stats.clone(),
-                failed_on: None,
             }),
             Ok(Err(message)) => Err(GuestError::Rejected { guest: name.to_string(), message }),
             Err(e) => Err(classify(e, &mut store, self.timeout)),
@@ -296,6 +326,94 @@ fn classify(error: wasmtime::Error, store: &mut Store<HostState>, timeout: Durat
     GuestError::Trap(message)
 }
 
+/// Payload bytes one `handle-batch` call is given at most (less when `guest.max_body` is
+/// smaller): the batch is copied into the instance's memory at once.
+const BATCH_BYTES: usize = 1 << 20;
+
+/// The package version `component` imports mqhook's interfaces at, when it is not this host's.
+fn foreign_wit_version(engine: &wasmtime::Engine, component: &Component) -> Option<String> {
+    component.component_type().imports(engine).find_map(|(name, _)| {
+        let version = name.strip_prefix("mqhook:filter/")?.split_once('@')?.1;
+        (version != WIT_VERSION).then(|| version.to_owned())
+    })
+}
+
+/// What a guest asked for one event: the request, and the named endpoint it chose (an index into
+/// `filter-config.endpoints`), if it chose one.
+#[derive(Debug)]
+pub struct GuestDelivery {
+    /// The request to send.
+    pub request: Request,
+    /// The named endpoint the guest chose; `None` leaves the choice to the rules.
+    pub endpoint: Option<usize>,
+}
+
+/// Events ready for a guest: converted to WIT types once, kept for a retry of each one after a
+/// failed batch call, and for the built-in fallback.
+pub struct Batch {
+    events: Vec<wit::Event>,
+    /// Each event's kind and client id, for its request.
+    origins: Vec<(EventKind, Option<String>)>,
+    payload_bytes: usize,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Batch {
+        Batch { events: Vec::new(), origins: Vec::new(), payload_bytes: 0 }
+    }
+
+    /// Adds `event`.
+    pub fn push(&mut self, event: Event) {
+        self.payload_bytes += event.payload().map_or(0, <[u8]>::len);
+        self.origins.push((event.kind(), event.clientid().map(str::to_owned)));
+        self.events.push(convert::event(event));
+    }
+
+    /// Whether `module`'s `handle-batch` should be called before more is added.
+    pub fn is_full(&self, module: &GuestModule) -> bool {
+        self.payload_bytes >= module.batch_bytes
+    }
+
+    /// How many events it holds.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// Empties it, for the next batch.
+    pub fn clear(&mut self) {
+        self.events.clear();
+        self.origins.clear();
+        self.payload_bytes = 0;
+    }
+
+    /// The kind of event `index`.
+    pub fn kind(&self, index: usize) -> EventKind {
+        self.origins[index].0
+    }
+
+    /// The topic (or topic filter) of event `index`, for events that carry one.
+    pub fn topic(&self, index: usize) -> Option<&str> {
+        convert::topic(&self.events[index])
+    }
+
+    /// The event's topic, else its client id, for a log line.
+    pub fn subject(&self, index: usize) -> Option<&str> {
+        convert::topic(&self.events[index]).or(self.origins[index].1.as_deref())
+    }
+}
+
+impl Default for Batch {
+    fn default() -> Batch {
+        Batch::new()
+    }
+}
+
 /// One live guest instance, owned by one worker.
 pub struct GuestInstance {
     store: Store<HostState>,
@@ -303,50 +421,83 @@ pub struct GuestInstance {
     deadline_ticks: u64,
     timeout: Duration,
     max_body: usize,
+    endpoints: Arc<[String]>,
     stats: Arc<GuestStats>,
-    /// The topic (else the client id) of the event of the latest failed call.
-    failed_on: Option<String>,
 }
 
 impl GuestInstance {
-    /// The topic, else the client id, of the event the latest failed call was given.
-    pub fn failed_on(&self) -> Option<&str> {
-        self.failed_on.as_deref()
+    /// Runs the guest on every event of `batch` in one `handle-batch` call: one answer per event.
+    /// On `Err` the call itself failed (a trap, a timeout): the instance must be dropped, since
+    /// after a trap the component model forbids entering it again, and each event can then be
+    /// retried with [`GuestInstance::handle`] on fresh instances.
+    pub fn handle_batch(
+        &mut self,
+        batch: &Batch,
+    ) -> Result<Vec<Result<Option<GuestDelivery>, GuestError>>, GuestError> {
+        let count = batch.len();
+        // guest.timeout is per event.
+        let ticks = self.deadline_ticks.saturating_mul(u64::try_from(count).unwrap_or(u64::MAX));
+        self.store.set_epoch_deadline(ticks);
+        let started = std::time::Instant::now();
+        let called = self.filter.call_handle_batch(&mut self.store, &batch.events);
+        let took = started.elapsed() / u32::try_from(count.max(1)).unwrap_or(u32::MAX);
+        // A failed batch is not counted: its events are retried one by one, and counted then.
+        let answers = called.map_err(|error| classify(error, &mut self.store, self.timeout))?;
+        if answers.len() != count {
+            let message = format!("handle-batch gave {} answers for {count} events", answers.len());
+            self.stats.record(CallOutcome::Invalid, took);
+            return Ok((0..count).map(|_| Err(GuestError::InvalidDelivery(message.clone()))).collect());
+        }
+        Ok(answers
+            .into_iter()
+            .enumerate()
+            .map(|(index, answer)| {
+                let result = self.delivery(batch, index, answer);
+                self.stats.record(CallOutcome::of(&result), took);
+                result
+            })
+            .collect())
     }
 
-    /// Runs the guest on one event; its delivery becomes the event's [`Request`]. On `Err` the
-    /// instance must be dropped: after a trap the component model forbids entering it again.
-    pub fn handle(&mut self, event: Event) -> Result<Option<Request>, GuestError> {
-        let kind = event.kind();
-        let mut client = event.clientid().map(str::to_owned);
-        let event = convert::event(event);
+    /// Runs the guest's `handle` on event `index` of `batch`. On an `Err` other than
+    /// [`GuestError::InvalidDelivery`] the instance must be dropped.
+    pub fn handle(&mut self, batch: &Batch, index: usize) -> Result<Option<GuestDelivery>, GuestError> {
         self.store.set_epoch_deadline(self.deadline_ticks);
         let started = std::time::Instant::now();
-        let called = self.filter.call_handle(&mut self.store, &event);
+        let called = self.filter.call_handle(&mut self.store, &batch.events[index]);
         let took = started.elapsed();
         let result = match called {
-            Ok(None) => Ok(None),
-            Ok(Some(delivery)) if delivery.body.len() > self.max_body => Err(GuestError::InvalidDelivery(format!(
+            Ok(answer) => self.delivery(batch, index, answer),
+            Err(e) => Err(classify(e, &mut self.store, self.timeout)),
+        };
+        self.stats.record(CallOutcome::of(&result), took);
+        result
+    }
+
+    /// Runs the guest's `handle` on one event, as [`GuestInstance::handle`] does.
+    pub fn handle_event(&mut self, event: Event) -> Result<Option<GuestDelivery>, GuestError> {
+        let mut batch = Batch::new();
+        batch.push(event);
+        self.handle(&batch, 0)
+    }
+
+    /// Checks the guest's answer for event `index` and makes it a [`GuestDelivery`].
+    fn delivery(
+        &self,
+        batch: &Batch,
+        index: usize,
+        answer: Option<wit::Delivery>,
+    ) -> Result<Option<GuestDelivery>, GuestError> {
+        let Some(delivery) = answer else { return Ok(None) };
+        if delivery.body.len() > self.max_body {
+            return Err(GuestError::InvalidDelivery(format!(
                 "a body of {} bytes is over the cap of {} (guest.max_body)",
                 delivery.body.len(),
                 self.max_body
-            ))),
-            Ok(Some(delivery)) => convert::request(kind, client.take(), delivery).map(Some),
-            Err(e) => Err(classify(e, &mut self.store, self.timeout)),
-        };
-        if result.is_err() {
-            // Only a failure pays for this copy; the caller's log line names the event by it.
-            self.failed_on = convert::topic(&event).map(str::to_owned).or(client);
+            )));
         }
-        let outcome = match &result {
-            Ok(None) => CallOutcome::Filtered,
-            Ok(Some(_)) => CallOutcome::Delivered,
-            Err(GuestError::Timeout(_)) => CallOutcome::TimedOut,
-            Err(GuestError::InvalidDelivery(_)) => CallOutcome::Invalid,
-            Err(_) => CallOutcome::Trapped,
-        };
-        self.stats.record(outcome, took);
-        result
+        let (kind, client) = &batch.origins[index];
+        convert::delivery(*kind, client.clone(), delivery, &self.endpoints).map(Some)
     }
 }
 
@@ -411,3 +562,19 @@ impl log::Host for HostState {
 }
 
 impl wit::Host for HostState {}
+
+/// The `encoding` import: the default guest's own encoders, run natively. The caps keep a call
+/// short, since the guest's deadline does not interrupt host code.
+impl encoding::Host for HostState {
+    fn base64(&mut self, bytes: Vec<u8>) -> Option<String> {
+        (bytes.len() <= ENCODING_MAX_INPUT).then(|| nanomq::encoding::base64(&bytes))
+    }
+
+    fn base62(&mut self, bytes: Vec<u8>) -> Option<String> {
+        (bytes.len() <= BASE62_MAX_INPUT).then(|| nanomq::encoding::base62_here(&bytes))
+    }
+
+    fn json_escape(&mut self, text: String) -> Option<String> {
+        (text.len() <= ENCODING_MAX_INPUT).then(|| nanomq::json::escape(&text))
+    }
+}

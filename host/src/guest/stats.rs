@@ -51,7 +51,21 @@ pub(crate) enum CallOutcome {
     Invalid,
 }
 
+impl CallOutcome {
+    /// How a call that answered `result` for one event ended.
+    pub(crate) fn of<T>(result: &Result<Option<T>, super::GuestError>) -> CallOutcome {
+        match result {
+            Ok(None) => CallOutcome::Filtered,
+            Ok(Some(_)) => CallOutcome::Delivered,
+            Err(super::GuestError::Timeout(_)) => CallOutcome::TimedOut,
+            Err(super::GuestError::InvalidDelivery(_)) => CallOutcome::Invalid,
+            Err(_) => CallOutcome::Trapped,
+        }
+    }
+}
+
 impl GuestStats {
+    /// Counts one event's call (a `handle-batch` call counts once per event it answered).
     pub(crate) fn record(&self, outcome: CallOutcome, took: Duration) {
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.call_nanos.fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);

@@ -4,9 +4,12 @@
 //!   Event kinds no rule selects are counted as filtered right there, without a trip through the
 //!   sandbox.
 //! - **Owns** the wiring: the runtime queue, the guest worker threads (one guest instance each,
-//!   fed in batches), the delivery task and the dead-letter file both of them write to.
-//! - **Hands on** the requests the workers make to the delivery queue (memory, or the spool on
-//!   disk); delivery runs on the tokio runtime that started the [`Runtime`].
+//!   fed in batches), and per endpoint (the default one at `webhook.url`, then each named one) a
+//!   delivery queue, its health and its delivery task, so that a slow or dead endpoint holds up
+//!   only its own requests; and the dead-letter files the workers and delivery write to.
+//! - **Hands on** the requests the workers make to their endpoints' delivery queues (memory, or
+//!   the spool on disk: a named endpoint's spool is `<spool.dir>/endpoints/<name>`); delivery runs
+//!   on the tokio runtime that started the [`Runtime`].
 //!
 //! Which guest runs is [`ActiveGuest`]'s business and the configuration in force is the
 //! [`LiveConfig`]'s: the runtime only passes both to the stages that read them.
@@ -19,14 +22,17 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::completion::Completion;
-use crate::config::{DeliveryOrder, LiveConfig, WhenFull};
+use crate::config::{DeliveryConfig, DeliveryOrder, LiveConfig, SpoolConfig, WhenFull, DEFAULT_ENDPOINT};
 use crate::delivery::dead_letter::{DeadLetterError, DeadLetters};
 use crate::delivery::health::{EndpointHealth, EndpointStatus};
 use crate::delivery::queue::DeliveryQueue;
+use crate::delivery::request_builder::url_without_query;
 use crate::delivery::{self, Sink};
 use crate::event::{Event, EventKind};
 use crate::guest::{ActiveGuest, GuestModule};
-use crate::metrics::{BridgeCounters, Depths, FilterStage, Metrics, MetricsSnapshot, Problem, LOG_WINDOW};
+use crate::metrics::{
+    BridgeCounters, Depths, EndpointMetrics, FilterStage, Metrics, MetricsSnapshot, Problem, LOG_WINDOW,
+};
 use crate::spool::SpoolError;
 
 mod queue;
@@ -54,6 +60,14 @@ pub enum StartError {
     /// The dead-letter file cannot be opened (`webhook.dead_letter`).
     #[error("webhook.dead_letter: {0}")]
     DeadLetter(#[from] DeadLetterError),
+    /// A named endpoint's spool, dead-letter file or client cannot be set up.
+    #[error("webhook.endpoints `{name}`: {message}")]
+    Endpoint {
+        /// The endpoint's name.
+        name: String,
+        /// What failed.
+        message: String,
+    },
 }
 
 /// Hands events to a running [`Runtime`]. Cheap to clone; one per ingest thread or broker hook.
@@ -154,13 +168,18 @@ impl Submitter {
         self.metrics.report(Problem::MalformedInput, 1, why);
     }
 
-    /// Counts the event and says whether it needs the guest: kinds no rule asks for stop here.
+    /// Counts the event and says whether it needs the guest: events no rule selects (by kind,
+    /// then by topic) stop here, so the guest sees only what some rule selects.
     fn admit(&self, event: &Event) -> bool {
         let kind = event.kind();
         if !self.admits(kind) {
             return false;
         }
         self.metrics.record_received(kind);
+        if event.topic().is_some() && !self.live.selects(kind, event.topic()) {
+            self.metrics.record_filtered(FilterStage::Host);
+            return false;
+        }
         true
     }
 }
@@ -171,21 +190,42 @@ pub struct Runtime {
     active: ActiveGuest,
     events: Arc<EventQueue>,
     workers: Vec<JoinHandle<()>>,
-    requests: Arc<DeliveryQueue>,
-    health: Arc<EndpointHealth>,
-    delivery: tokio::task::JoinHandle<()>,
+    endpoints: Arc<[EndpointDelivery]>,
+    deliveries: Vec<tokio::task::JoinHandle<()>>,
     /// Logs what the log limiter held back, once a window; stopped with the runtime.
     flusher: AbortOnDrop,
     metrics: Arc<Metrics>,
 }
 
+/// One endpoint's side of delivery: its queue (and spool), its health, its metrics.
+struct EndpointDelivery {
+    name: String,
+    requests: Arc<DeliveryQueue>,
+    health: Arc<EndpointHealth>,
+    metrics: EndpointMetrics,
+}
+
+/// What `/status` shows of one endpoint.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EndpointReport {
+    /// `default`, or the named endpoint's name.
+    pub name: String,
+    /// Its URL, without the query.
+    pub url: String,
+    /// Its health.
+    pub status: EndpointStatus,
+    /// Its requests waiting in memory.
+    pub queued: usize,
+    /// Its requests being sent now.
+    pub in_flight: i64,
+}
+
 /// A read-only view of a running pipeline for the admin API: the metrics, the gauges' depths,
-/// the guest, the endpoint's health, the spool's.
+/// the guest, the endpoints' health, the spools'.
 #[derive(Clone)]
 pub struct Observer {
     events: Arc<EventQueue>,
-    requests: Arc<DeliveryQueue>,
-    health: Arc<EndpointHealth>,
+    endpoints: Arc<[EndpointDelivery]>,
     active: ActiveGuest,
     metrics: Arc<Metrics>,
 }
@@ -201,19 +241,45 @@ impl Observer {
         &self.active
     }
 
-    /// What the queues and the spool hold now, and whether delivery backs off.
+    /// What the queues and the spools hold now (every endpoint's together), and whether
+    /// delivery backs off some endpoint.
     pub fn depths(&self) -> Depths {
-        Depths { events: self.events.len(), backing_off: self.health.is_backing_off(), ..self.requests.depths() }
+        self.endpoints.iter().fold(Depths { events: self.events.len(), ..Depths::default() }, |total, endpoint| {
+            let depths = endpoint.requests.depths();
+            Depths {
+                requests: total.requests + depths.requests,
+                spool_bytes: total.spool_bytes + depths.spool_bytes,
+                spool_records: total.spool_records + depths.spool_records,
+                backing_off: total.backing_off || endpoint.health.is_backing_off(),
+                ..total
+            }
+        })
     }
 
-    /// The endpoint's state and latest outcomes.
-    pub fn endpoint(&self) -> EndpointStatus {
-        self.health.status()
+    /// Each endpoint's state and latest outcomes, the default endpoint first.
+    pub fn endpoints(&self) -> Vec<EndpointReport> {
+        let config = self.active.config();
+        self.endpoints
+            .iter()
+            .enumerate()
+            .map(|(slot, endpoint)| EndpointReport {
+                name: endpoint.name.clone(),
+                url: url_without_query(&config.endpoint_delivery(slot).url, None),
+                status: endpoint.health.status(),
+                queued: endpoint.requests.depths().requests,
+                in_flight: endpoint.metrics.in_flight().get(),
+            })
+            .collect()
     }
 
-    /// Whether the latest write to the spool failed (never, without a spool).
+    /// Requests being sent now, to every endpoint.
+    pub fn in_flight(&self) -> i64 {
+        self.endpoints.iter().map(|endpoint| endpoint.metrics.in_flight().get()).sum()
+    }
+
+    /// Whether the latest write to some spool failed (never, without a spool).
     pub fn spool_failing(&self) -> bool {
-        self.requests.spool_failing()
+        self.endpoints.iter().any(|endpoint| endpoint.requests.spool_failing())
     }
 
     /// The metrics in the Prometheus text format, the gauges read now.
@@ -229,26 +295,50 @@ impl Runtime {
     /// earlier run are delivered first.
     pub fn start(live: LiveConfig, guest: GuestModule, sink: Sink) -> Result<Runtime, StartError> {
         let config = live.load();
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::new(&config.filter.endpoints));
         let dead_letters = match &config.delivery.dead_letter {
             Some(path) => Some(Arc::new(DeadLetters::open(path)?)),
             None => None,
         };
         let requests = Arc::new(DeliveryQueue::open(&config.queues, config.spool.as_ref(), metrics.clone())?);
+        let mut endpoints =
+            vec![EndpointDelivery::new(DEFAULT_ENDPOINT, requests, &config.delivery, metrics.endpoint(0))];
+        let mut deliveries = Vec::with_capacity(config.endpoints.len() + 1);
+        deliveries.push(endpoints[0].spawn(sink.clone(), &config.delivery, dead_letters.clone()));
+        for (index, named) in config.endpoints.iter().enumerate() {
+            let failed = |message: String| StartError::Endpoint { name: named.name.clone(), message };
+            let spool = config
+                .spool
+                .as_ref()
+                .map(|spool| SpoolConfig { dir: spool.dir.join("endpoints").join(&named.name), ..spool.clone() });
+            let requests = DeliveryQueue::open(&config.queues, spool.as_ref(), metrics.clone())
+                .map_err(|error| failed(format!("spool: {error}")))?;
+            let own_dead_letters = match &named.delivery.dead_letter {
+                Some(path) => Some(Arc::new(DeadLetters::open(path).map_err(|error| failed(error.to_string()))?)),
+                None => None,
+            };
+            let endpoint_sink =
+                sink.for_endpoint(live.clone(), index + 1).map_err(|error| failed(error.to_string()))?;
+            let endpoint =
+                EndpointDelivery::new(&named.name, Arc::new(requests), &named.delivery, metrics.endpoint(index + 1));
+            deliveries.push(endpoint.spawn(endpoint_sink, &named.delivery, own_dead_letters));
+            endpoints.push(endpoint);
+        }
+        let endpoints: Arc<[EndpointDelivery]> = endpoints.into();
         let events = Arc::new(EventQueue::new(config.queues.events.get()));
         let active = ActiveGuest::new(guest, live.clone(), metrics.clone());
-        let health = Arc::new(EndpointHealth::new(config.delivery.retry.backoff, metrics.clone()));
         // Per-client order starts at the guest: two workers would race a client's events.
         let worker_count = match config.delivery.ordering {
             DeliveryOrder::PerClient => 1,
             DeliveryOrder::None => config.guest.workers.get(),
         };
+        let queues: Arc<[Arc<DeliveryQueue>]> = endpoints.iter().map(|endpoint| endpoint.requests.clone()).collect();
         let workers = (0..worker_count)
             .map(|index| {
                 let worker = Worker {
                     active: active.clone(),
                     events: events.clone(),
-                    requests: requests.clone(),
+                    requests: queues.clone(),
                     dead_letters: dead_letters.clone(),
                     metrics: metrics.clone(),
                 };
@@ -258,11 +348,6 @@ impl Runtime {
                     .expect("spawning a guest worker thread")
             })
             .collect();
-        let delivery = {
-            let (requests, settings, metrics) = (requests.clone(), config.delivery.clone(), metrics.clone());
-            let health = health.clone();
-            tokio::spawn(async move { delivery::run(requests, sink, &settings, health, dead_letters, metrics).await })
-        };
         let flusher = {
             let metrics = metrics.clone();
             AbortOnDrop(tokio::spawn(async move {
@@ -275,15 +360,14 @@ impl Runtime {
         };
         let submitter =
             Submitter { queue: events.clone(), when_full: config.queues.when_full, live, metrics: metrics.clone() };
-        Ok(Runtime { submitter, active, events, workers, requests, health, delivery, flusher, metrics })
+        Ok(Runtime { submitter, active, events, workers, endpoints, deliveries, flusher, metrics })
     }
 
     /// A read-only view for the admin API.
     pub fn observer(&self) -> Observer {
         Observer {
             events: self.events.clone(),
-            requests: self.requests.clone(),
-            health: self.health.clone(),
+            endpoints: self.endpoints.clone(),
             active: self.active.clone(),
             metrics: self.metrics.clone(),
         }
@@ -307,7 +391,7 @@ impl Runtime {
     /// Stops accepting events (every `Submitter` now answers `Closed`) and waits until every
     /// accepted event is delivered, failed or filtered.
     pub async fn shutdown(self) -> MetricsSnapshot {
-        let Runtime { events, workers, requests, delivery, flusher, metrics, .. } = self;
+        let Runtime { events, workers, endpoints, deliveries, flusher, metrics, .. } = self;
         // No event enters after this; workers drain what is queued, then stop.
         events.close();
         // Workers drain the queue and exit; joining them blocks, so off the executor.
@@ -322,13 +406,36 @@ impl Runtime {
         if joined.is_err() {
             tracing::error!("Joining the guest workers failed.");
         }
-        requests.close();
-        if delivery.await.is_err() {
-            tracing::error!("The delivery task panicked.");
+        for endpoint in endpoints.iter() {
+            endpoint.requests.close();
+        }
+        for delivery in deliveries {
+            if delivery.await.is_err() {
+                tracing::error!("A delivery task panicked.");
+            }
         }
         drop(flusher);
         metrics.flush_held(true);
         metrics.snapshot()
+    }
+}
+
+impl EndpointDelivery {
+    fn new(name: &str, requests: Arc<DeliveryQueue>, settings: &DeliveryConfig, metrics: EndpointMetrics) -> Self {
+        let health = Arc::new(EndpointHealth::new(settings.retry.backoff, metrics.clone()));
+        EndpointDelivery { name: name.to_owned(), requests, health, metrics }
+    }
+
+    /// Starts its delivery task.
+    fn spawn(
+        &self,
+        sink: Sink,
+        settings: &DeliveryConfig,
+        dead_letters: Option<Arc<DeadLetters>>,
+    ) -> tokio::task::JoinHandle<()> {
+        let (requests, settings, health, metrics) =
+            (self.requests.clone(), settings.clone(), self.health.clone(), self.metrics.clone());
+        tokio::spawn(async move { delivery::run(requests, sink, &settings, health, dead_letters, metrics).await })
     }
 }
 

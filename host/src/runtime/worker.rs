@@ -1,19 +1,22 @@
 //! One guest worker: an OS thread with its own guest instance, fed from the shared queue.
 //!
-//! It takes events in batches (a busy worker never sleeps between events), runs each through the
-//! guest version current at that event, and hands the requests of a batch to delivery at once.
-//! After a failed call it rebuilds the instance, hands the event to the built-in guest when
-//! `guest.on_failure` says so (to deliver, or to write to the dead-letter file), and rolls a newly
-//! swapped guest back when it keeps failing.
+//! It takes events in batches (a busy worker never sleeps between events), gives each batch to
+//! the guest version current at that batch in one `handle-batch` call, routes each delivery to
+//! its endpoints, and hands each endpoint's requests to its delivery queue at once. When the
+//! batch call fails, every event of the batch is given to `handle` on its own, on a fresh
+//! instance after each failure, so a trap costs only the event that causes it. After a failed
+//! event it hands the event to the built-in guest when `guest.on_failure` says so (to deliver,
+//! or to write to the dead-letter file), and rolls a newly swapped guest back when it keeps
+//! failing.
 
 use std::sync::Arc;
 
 use super::queue::{EventQueue, Queued};
-use crate::config::FailurePolicy;
+use crate::completion::Completion;
+use crate::config::{Config, FailurePolicy};
 use crate::delivery::dead_letter::DeadLetters;
 use crate::delivery::queue::DeliveryQueue;
-use crate::event::Event;
-use crate::guest::{ActiveGuest, GuestError, GuestInstance, GuestModule};
+use crate::guest::{ActiveGuest, Batch, GuestDelivery, GuestError, GuestInstance, GuestModule};
 use crate::metrics::{FilterStage, Metrics, Problem};
 use crate::request::Request;
 
@@ -25,7 +28,8 @@ pub(super) struct Worker {
     pub active: ActiveGuest,
     /// Closed when the runtime shuts down: drain it, then stop.
     pub events: Arc<EventQueue>,
-    pub requests: Arc<DeliveryQueue>,
+    /// Each endpoint's delivery queue: the default endpoint's first, then the named ones'.
+    pub requests: Arc<[Arc<DeliveryQueue>]>,
     pub dead_letters: Option<Arc<DeadLetters>>,
     pub metrics: Arc<Metrics>,
 }
@@ -42,64 +46,135 @@ struct Running {
     instance: Option<GuestInstance>,
 }
 
+/// How one event's call ended: the delivery, none, or why it failed (with the event's topic or
+/// client id, for the log).
+type Answer = Result<Option<GuestDelivery>, GuestError>;
+
 impl Running {
     fn new(guest: Arc<GuestModule>) -> Self {
         Running { guest, instance: None }
     }
 
-    /// One call; the instance is rebuilt on the next call after a failed one. A failure comes
-    /// with the topic (else the client id) of its event, for the log.
-    fn call(&mut self, event: Event) -> Result<Option<Request>, (GuestError, Option<String>)> {
-        let instance = match &mut self.instance {
-            Some(instance) => instance,
-            None => self.instance.insert(self.guest.instance().map_err(|error| (error, None))?),
-        };
-        let result = instance.handle(event).map_err(|error| (error, instance.failed_on().map(str::to_owned)));
+    fn instance(&mut self) -> Result<&mut GuestInstance, GuestError> {
+        if self.instance.is_none() {
+            self.instance = Some(self.guest.instance()?);
+        }
+        Ok(self.instance.as_mut().expect("just made"))
+    }
+
+    /// One `handle` call; the instance is rebuilt on the next call after a failed one.
+    fn call(&mut self, batch: &Batch, index: usize) -> Answer {
+        let result = self.instance().and_then(|instance| instance.handle(batch, index));
         // After an invalid delivery the call itself worked, so the instance is still sound.
-        if matches!(result, Err((GuestError::Trap(_) | GuestError::MemoryLimit { .. } | GuestError::Timeout(_), _))) {
+        if matches!(result, Err(GuestError::Trap(_) | GuestError::MemoryLimit { .. } | GuestError::Timeout(_))) {
             self.instance = None;
         }
         result
     }
 }
 
+/// The guest version this worker runs now, and its fallback.
+struct Current {
+    generation: u64,
+    running: Running,
+    fallback: Option<Fallback>,
+}
+
+/// Requests bound for each endpoint, gathered over one batch.
+struct Outgoing {
+    requests: Vec<Vec<Request>>,
+    completions: Vec<Vec<Option<Completion>>>,
+}
+
 impl Worker {
     pub(super) fn run(self) {
-        let (mut generation, guest) = self.active.current();
-        let mut running = Running::new(guest);
-        let mut fallback = self.fallback();
-        let mut events = Vec::with_capacity(BATCH);
-        while self.events.pop_batch(BATCH, &mut events) {
-            let mut batch = Vec::new();
-            let mut completions = Vec::new();
-            for Queued { received_at, event, done } in events.drain(..) {
-                // A swapped-in guest takes over from the next event; one atomic load per event.
-                if self.active.generation() != generation {
-                    let guest;
-                    (generation, guest) = self.active.current();
-                    running = Running::new(guest);
-                    fallback = self.fallback();
+        let (generation, guest) = self.active.current();
+        let mut current = Current { generation, running: Running::new(guest), fallback: self.fallback() };
+        let mut queued = Vec::with_capacity(BATCH);
+        let mut batch = Batch::new();
+        let mut outgoing = Outgoing {
+            requests: self.requests.iter().map(|_| Vec::new()).collect(),
+            completions: self.requests.iter().map(|_| Vec::new()).collect(),
+        };
+        while self.events.pop_batch(BATCH, &mut queued) {
+            self.follow(&mut current);
+            let config = self.active.config();
+            let mut events = queued.drain(..).peekable();
+            while events.peek().is_some() {
+                let mut arrivals = Vec::new();
+                // Filled up to the guest's payload bound for one call (at least one event).
+                while !batch.is_full(&current.running.guest) {
+                    let Some(Queued { received_at, event, done }) = events.next() else { break };
+                    batch.push(event);
+                    arrivals.push((received_at, done));
                 }
-                match self.filter(&mut running, fallback.as_mut(), event) {
-                    Some(mut request) => {
-                        request.received_at = Some(received_at);
-                        batch.push(request);
-                        completions.push(done);
-                    }
-                    // Filtered, or failed for good: the event is done with.
-                    None => {
-                        if let Some(done) = done {
-                            done.complete();
+                let started = std::time::Instant::now();
+                let deliveries = self.deliveries(&mut current, &batch);
+                self.metrics.record_guest_calls(started.elapsed(), batch.len());
+                for (index, (delivery, (received_at, done))) in deliveries.into_iter().zip(arrivals).enumerate() {
+                    match delivery {
+                        Some(mut delivery) => {
+                            delivery.request.received_at = Some(received_at);
+                            self.route(&config, &batch, index, delivery, done, &mut outgoing);
+                        }
+                        // Filtered, or failed for good: the event is done with.
+                        None => {
+                            if let Some(done) = done {
+                                done.complete();
+                            }
                         }
                     }
                 }
-                if running.guest.should_roll_back() {
-                    // When it does roll back, the next event sees the new generation and switches.
-                    self.active.roll_back(generation);
+                batch.clear();
+                self.roll_back_if_failing(&mut current);
+            }
+            for ((queue, requests), completions) in
+                self.requests.iter().zip(&mut outgoing.requests).zip(&mut outgoing.completions)
+            {
+                if !requests.is_empty() {
+                    queue.push_with(std::mem::take(requests), std::mem::take(completions));
                 }
             }
-            if !batch.is_empty() {
-                self.requests.push_with(batch, completions);
+        }
+    }
+
+    /// Switches to the guest version swapped in since, if any: one atomic load.
+    fn follow(&self, current: &mut Current) {
+        if self.active.generation() != current.generation {
+            let (generation, guest) = self.active.current();
+            *current = Current { generation, running: Running::new(guest), fallback: self.fallback() };
+        }
+    }
+
+    /// Rolls a newly swapped guest back when it keeps failing, and switches to what runs then.
+    fn roll_back_if_failing(&self, current: &mut Current) {
+        if current.running.guest.should_roll_back() {
+            self.active.roll_back(current.generation);
+            self.follow(current);
+        }
+    }
+
+    /// The delivery (or none) for each event of `batch`: from one `handle-batch` call, or, when
+    /// that fails, from one `handle` call per event, each failure settled (counted, the fallback
+    /// asked) at once, so that a guest that keeps failing is rolled back between two events as
+    /// it would be without batches.
+    fn deliveries(&self, current: &mut Current, batch: &Batch) -> Vec<Option<GuestDelivery>> {
+        let called = current.running.instance().and_then(|instance| instance.handle_batch(batch));
+        match called {
+            Ok(answers) => answers
+                .into_iter()
+                .enumerate()
+                .map(|(index, answer)| self.settle(current, batch, index, answer))
+                .collect(),
+            Err(_) => {
+                current.running.instance = None;
+                (0..batch.len())
+                    .map(|index| {
+                        self.roll_back_if_failing(current);
+                        let answer = current.running.call(batch, index);
+                        self.settle(current, batch, index, answer)
+                    })
+                    .collect()
             }
         }
     }
@@ -110,21 +185,55 @@ impl Worker {
             .map(|fallback| Fallback { policy: fallback.policy, builtin: Running::new(fallback.builtin) })
     }
 
-    /// The guest's request for `event`, or the fallback's, or none.
-    fn filter(&self, running: &mut Running, fallback: Option<&mut Fallback>, event: Event) -> Option<Request> {
-        // The event is moved into the call; keep a copy only when a fallback may need it.
-        let spare = fallback.is_some().then(|| event.clone());
-        let action = event.kind().action();
-        let started = std::time::Instant::now();
-        let called = running.call(event);
-        self.metrics.record_guest_call(started.elapsed());
-        let (error, subject) = match called {
-            Ok(Some(request)) => return Some(request),
+    /// Sends `delivery` to the endpoint the guest chose, or else to those of the rules that
+    /// select its event (the default endpoint for rules that name none). Each extra endpoint
+    /// gets a copy (the body is shared) and a fork of the event's completion.
+    fn route(
+        &self,
+        config: &Config,
+        batch: &Batch,
+        index: usize,
+        delivery: GuestDelivery,
+        done: Option<Completion>,
+        outgoing: &mut Outgoing,
+    ) {
+        let slots = match delivery.endpoint {
+            Some(named) => 1u64 << (named + 1),
+            None if config.endpoints.is_empty() => 1,
+            None => config.filter.endpoint_slots(batch.kind(index), batch.topic(index)),
+        };
+        if slots == 0 {
+            // A reload changed the rules since the event was admitted, and none selects it now.
+            self.metrics.record_filtered(FilterStage::Host);
+            if let Some(done) = done {
+                done.complete();
+            }
+            return;
+        }
+        let last = 63 - slots.leading_zeros() as usize;
+        let mut request = Some(delivery.request);
+        let mut done = done;
+        for slot in (0..=last).filter(|slot| slots & (1 << slot) != 0) {
+            let (this_request, this_done) = if slot == last {
+                (request.take().expect("the last slot takes the original"), done.take())
+            } else {
+                (request.clone().expect("only the last slot takes it"), done.as_ref().map(Completion::fork))
+            };
+            outgoing.requests[slot].push(this_request);
+            outgoing.completions[slot].push(this_done);
+        }
+    }
+
+    /// The delivery for event `index` of `batch`, from the guest's answer or, when that failed,
+    /// from the fallback; or none.
+    fn settle(&self, current: &mut Current, batch: &Batch, index: usize, answer: Answer) -> Option<GuestDelivery> {
+        let error = match answer {
+            Ok(Some(delivery)) => return Some(delivery),
             Ok(None) => {
                 self.metrics.record_filtered(FilterStage::Guest);
                 return None;
             }
-            Err(failure) => failure,
+            Err(error) => error,
         };
         let problem = match &error {
             GuestError::Timeout(_) => Problem::GuestTimeout,
@@ -132,21 +241,21 @@ impl Worker {
             GuestError::InvalidDelivery(_) => Problem::InvalidDelivery,
             _ => Problem::GuestUnavailable,
         };
-        let guest = running.guest.name();
-        let about = subject.as_deref().unwrap_or("-");
+        let (guest, action) = (current.running.guest.name(), batch.kind(index).action());
+        let about = batch.subject(index).unwrap_or("-");
         self.metrics.report(problem, 1, format_args!("Guest call failed ({guest}) on {action} {about:?}: {error}."));
-        if let (Some(fallback), Some(event)) = (fallback, spare) {
-            match fallback.builtin.call(event) {
-                Ok(Some(request)) if fallback.policy == FailurePolicy::Builtin => return Some(request),
-                Ok(Some(request)) => match &self.dead_letters {
-                    Some(dead_letters) => dead_letters.record_unsent(&request, &error.to_string()),
+        if let Some(fallback) = current.fallback.as_mut() {
+            match fallback.builtin.call(batch, index) {
+                Ok(Some(delivery)) if fallback.policy == FailurePolicy::Builtin => return Some(delivery),
+                Ok(Some(delivery)) => match &self.dead_letters {
+                    Some(dead_letters) => dead_letters.record_unsent(&delivery.request, &error.to_string()),
                     None => tracing::error!("No dead-letter file to keep the event in; it is dropped."),
                 },
                 Ok(None) => {
                     self.metrics.record_filtered(FilterStage::Guest);
                     return None;
                 }
-                Err((fallback_error, _)) => tracing::error!("The built-in fallback failed too: {fallback_error}."),
+                Err(fallback_error) => tracing::error!("The built-in fallback failed too: {fallback_error}."),
             }
         }
         self.metrics.record_guest_loss();

@@ -420,7 +420,7 @@ mod tests {
 
     #[test]
     fn subscriptions_come_from_the_publish_rules_and_the_client_rules() {
-        let rule = |event, topic: Option<&str>| Rule { event, topic: topic.map(str::to_string) };
+        let rule = |event, topic: Option<&str>| Rule { event, topic: topic.map(str::to_string), endpoint: None };
         let filter = FilterSettings {
             rules: vec![
                 rule(EventKind::MessagePublish, Some("a/#")),
