@@ -202,3 +202,44 @@ async fn a_guest_chooses_an_endpoint_by_name_and_an_unknown_name_is_an_invalid_d
     let samples = parse_metrics(&observer.encode_metrics());
     assert_eq!(sample(&samples, "mqhook_guest_invalid_deliveries_total"), 1.0, "`nowhere` is not configured");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_endpoints_give_ups_go_to_its_dead_letter_file_and_replay_sends_them_back_to_it() {
+    use crate::support::{mqhook, Scratch};
+    let default = Endpoint::start(Behaviour::default()).await;
+    let refusing = Endpoint::start(Behaviour { status: http::StatusCode::NOT_FOUND, ..Behaviour::default() }).await;
+    let scratch = Scratch::new();
+    let dead = scratch.0.path().join("audit.dead");
+    let config_for = |audit_url: &str| {
+        format!(
+            "webhook {{\n  url = \"{}\"\n  endpoints = [ {{ name = \"audit\", url = \"{audit_url}\", dead_letter = \"{}\" }} ]\n  \
+             events = [ {{ event = \"on_message_publish\", endpoint = \"audit\" }} ]\n}}\n",
+            default.url(),
+            dead.display()
+        )
+    };
+    let config = scratch.file("run.conf", &config_for(&refusing.url()));
+    let line = r#"{"event":"message_publish","from_client_id":"c1","topic":"a/b","qos":1,"payload":"kept","ts":1}"#;
+    let run =
+        mqhook(&["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap()], &format!("{line}\n")).await;
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!((run.summary("delivered"), run.summary("given_up_status")), (0, 1), "{}", run.stderr);
+    assert!(std::fs::read_to_string(&dead).unwrap().contains("kept"), "the audit endpoint's dead-letter file");
+
+    let accepting = Endpoint::start(Behaviour::default()).await;
+    let replay_config = scratch.file("replay.conf", &config_for(&format!("{}/audit", accepting.url())));
+    let args = ["replay", dead.to_str().unwrap(), "--config", replay_config.to_str().unwrap(), "--endpoint", "audit"];
+    let run = mqhook(&args, "").await;
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!(run.summary("delivered"), 1, "{}", run.stdout);
+    let recorded = accepting.recorded();
+    assert_eq!((recorded.len(), recorded[0].path.as_str()), (1, "/audit"));
+    assert!(recorded[0].body_text().contains(r#""payload":"kept""#));
+    assert!(default.recorded().is_empty(), "nothing went to the default endpoint");
+
+    let run =
+        mqhook(&["replay", dead.to_str().unwrap(), "--config", replay_config.to_str().unwrap(), "--endpoint", "x"], "")
+            .await;
+    assert!(!run.status.success());
+    assert!(run.stderr.contains("no endpoint is named `x`"), "{}", run.stderr);
+}

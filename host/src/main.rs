@@ -34,13 +34,18 @@ struct Cli {
 enum Command {
     /// Run the webhook pipeline: read events, filter them in the guest, POST the bodies.
     Run(RunArgs),
-    /// Re-send the requests of a dead-letter file (see `webhook.dead_letter`) to `webhook.url`.
+    /// Re-send the requests of a dead-letter file (see `webhook.dead_letter`) to `webhook.url`,
+    /// or to a named endpoint.
     Replay {
         /// The dead-letter file (NDJSON, one failed request per line).
         file: PathBuf,
         /// Config file giving the URL, headers, pool and retries (and where new failures go).
         #[arg(long, short)]
         config: PathBuf,
+        /// Send to this named endpoint (`webhook.endpoints`) with its settings and dead-letter
+        /// file, instead of the default endpoint.
+        #[arg(long)]
+        endpoint: Option<String>,
     },
     /// Validate a config file and print the effective configuration as JSON.
     Check {
@@ -95,7 +100,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Check { config } => check(&config),
-        Command::Replay { file, config } => replay(&file, &config),
+        Command::Replay { file, config, endpoint } => replay(&file, &config, endpoint.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -125,13 +130,28 @@ fn check(path: &Path) -> Result<()> {
         tracing::warn!("The webhook is disabled in {} (no webhook section, or enable = false).", path.display());
     }
     // The certificate files are read at start-up; check them here too.
-    mqhook::delivery::tls::client_config(config.delivery.tls.as_ref())
-        .with_context(|| format!("in {}", path.display()))?;
+    for (slot, name) in std::iter::once("default").chain(config.filter.endpoints.iter().map(String::as_str)).enumerate()
+    {
+        mqhook::delivery::tls::client_config(config.endpoint_delivery(slot).tls.as_ref())
+            .with_context(|| format!("in {}, endpoint `{name}`", path.display()))?;
+    }
     print_line(&serde_json::to_string_pretty(&config)?)
 }
 
-fn replay(file: &Path, config_path: &Path) -> Result<()> {
+fn replay(file: &Path, config_path: &Path, endpoint: Option<&str>) -> Result<()> {
     let config = Config::load(config_path)?;
+    let slot = match endpoint {
+        None => 0,
+        Some(name) => {
+            1 + config.filter.endpoints.iter().position(|known| known == name).with_context(|| {
+                format!(
+                    "no endpoint is named `{name}` in {}: it has {:?}",
+                    config_path.display(),
+                    config.filter.endpoints
+                )
+            })?
+        }
+    };
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let letters = dead_letter::parse(&text).with_context(|| format!("{} is not a dead-letter file", file.display()))?;
     let requests = letters
@@ -142,14 +162,14 @@ fn replay(file: &Path, config_path: &Path) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let dead_letters = match &config.delivery.dead_letter {
+    let settings = config.endpoint_delivery(slot).clone();
+    let dead_letters = match &settings.dead_letter {
         Some(path) => Some(std::sync::Arc::new(DeadLetters::open(path)?)),
         None => None,
     };
-    let settings = config.delivery.clone();
     runtime.block_on(async {
-        let sink =
-            HttpSink::new(LiveConfig::new(config)).with_context(|| format!("webhook in {}", config_path.display()))?;
+        let sink = HttpSink::for_endpoint(LiveConfig::new(config), slot)
+            .with_context(|| format!("webhook in {}", config_path.display()))?;
         let totals = delivery::send_all(requests, Sink::Http(sink), &settings, dead_letters).await;
         print_line(&format!("summary: {totals}"))
     })

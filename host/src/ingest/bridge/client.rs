@@ -148,7 +148,7 @@ pub fn start(
                 options.set_transport(transport);
             }
             let (client, eventloop) = v5::AsyncClient::new(options, capacity);
-            let task = tokio::spawn(poll_v5(eventloop, sender, generation.clone()));
+            let task = tokio::spawn(poll(eventloop, sender, generation.clone()));
             (ClientInner::V5(client), task)
         }
         MqttVersion::V311 => {
@@ -166,7 +166,7 @@ pub fn start(
                 options.set_transport(transport);
             }
             let (client, eventloop) = rumqttc::AsyncClient::new(options, capacity);
-            let task = tokio::spawn(poll_v4(eventloop, sender, generation.clone()));
+            let task = tokio::spawn(poll(eventloop, sender, generation.clone()));
             (ClientInner::V4(client), task)
         }
     };
@@ -258,17 +258,32 @@ enum Failure {
     Fatal(String),
 }
 
-/// Polls an MQTT 5 event loop until the receiver goes away or the broker refuses for good.
-async fn poll_v5(mut eventloop: v5::EventLoop, sender: mpsc::Sender<Incoming>, generation: Arc<Generation>) {
-    use v5::mqttbytes::v5::{ConnectReturnCode as Code, Packet, SubscribeReasonCode};
-    let mut failures = 0u32;
-    let mut connected = false;
-    loop {
-        let item = match eventloop.poll().await {
+/// What one poll of an event loop gave.
+enum Polled {
+    /// The broker accepted the connection.
+    Connected { session_present: bool },
+    /// Something to hand on.
+    Item(Incoming),
+    /// Nothing the bridge needs (pings, acks of its own packets).
+    Nothing,
+    /// The connection failed or was refused.
+    Failed(Failure),
+}
+
+/// rumqttc's two event loops, MQTT 5 and 3.1.1, as [`poll`] drives them.
+trait EventLoop: Send {
+    /// Polls once, and reads what came in.
+    fn poll_once(&mut self, generation: &Generation) -> impl std::future::Future<Output = Polled> + Send;
+    /// Drops the acknowledgements queued for the connection that was lost.
+    fn clean(&mut self);
+}
+
+impl EventLoop for v5::EventLoop {
+    async fn poll_once(&mut self, generation: &Generation) -> Polled {
+        use v5::mqttbytes::v5::{ConnectReturnCode as Code, Packet, SubscribeReasonCode};
+        match self.poll().await {
             Ok(v5::Event::Incoming(Packet::ConnAck(connack))) => {
-                failures = 0;
-                connected = true;
-                Incoming::Connected { session_present: connack.session_present }
+                Polled::Connected { session_present: connack.session_present }
             }
             Ok(v5::Event::Incoming(Packet::Publish(publish))) => {
                 let qos = publish.qos as u8;
@@ -283,7 +298,7 @@ async fn poll_v5(mut eventloop: v5::EventLoop, sender: mpsc::Sender<Incoming>, g
                     }),
                     generation: generation.get(),
                 });
-                Incoming::Message(Box::new(Message {
+                Polled::Item(Incoming::Message(Box::new(Message {
                     topic: publish.topic,
                     qos,
                     retain: publish.retain,
@@ -291,51 +306,39 @@ async fn poll_v5(mut eventloop: v5::EventLoop, sender: mpsc::Sender<Incoming>, g
                     payload: publish.payload,
                     user_properties,
                     ack,
-                }))
+                })))
             }
-            Ok(v5::Event::Incoming(Packet::SubAck(suback))) => Incoming::Subscribed(
+            Ok(v5::Event::Incoming(Packet::SubAck(suback))) => Polled::Item(Incoming::Subscribed(
                 suback.return_codes.iter().map(|code| matches!(code, SubscribeReasonCode::Success(_))).collect(),
-            ),
-            Ok(_) => continue,
-            Err(error) => {
-                let failure = match &error {
-                    v5::ConnectionError::ConnectionRefused(
-                        code @ (Code::BadUserNamePassword
-                        | Code::NotAuthorized
-                        | Code::Banned
-                        | Code::BadAuthenticationMethod
-                        | Code::RefusedProtocolVersion
-                        | Code::UnsupportedProtocolVersion
-                        | Code::ClientIdentifierNotValid
-                        | Code::BadClientId),
-                    ) => Failure::Fatal(format!("the broker refused the connection: {code:?}")),
-                    other => Failure::Transient(other.to_string()),
-                };
-                generation.next(|| eventloop.clean());
-                match lost(&sender, failure, &mut connected, &mut failures).await {
-                    Some(wait) => tokio::time::sleep(wait).await,
-                    None => return,
-                }
-                continue;
-            }
-        };
-        if sender.send(item).await.is_err() {
-            return;
+            )),
+            Ok(_) => Polled::Nothing,
+            Err(error) => Polled::Failed(match &error {
+                v5::ConnectionError::ConnectionRefused(
+                    code @ (Code::BadUserNamePassword
+                    | Code::NotAuthorized
+                    | Code::Banned
+                    | Code::BadAuthenticationMethod
+                    | Code::RefusedProtocolVersion
+                    | Code::UnsupportedProtocolVersion
+                    | Code::ClientIdentifierNotValid
+                    | Code::BadClientId),
+                ) => Failure::Fatal(format!("the broker refused the connection: {code:?}")),
+                other => Failure::Transient(other.to_string()),
+            }),
         }
+    }
+
+    fn clean(&mut self) {
+        v5::EventLoop::clean(self);
     }
 }
 
-/// Polls an MQTT 3.1.1 event loop until the receiver goes away or the broker refuses for good.
-async fn poll_v4(mut eventloop: rumqttc::EventLoop, sender: mpsc::Sender<Incoming>, generation: Arc<Generation>) {
-    use rumqttc::{ConnectReturnCode as Code, Packet, SubscribeReasonCode};
-    let mut failures = 0u32;
-    let mut connected = false;
-    loop {
-        let item = match eventloop.poll().await {
+impl EventLoop for rumqttc::EventLoop {
+    async fn poll_once(&mut self, generation: &Generation) -> Polled {
+        use rumqttc::{ConnectReturnCode as Code, Packet, SubscribeReasonCode};
+        match self.poll().await {
             Ok(rumqttc::Event::Incoming(Packet::ConnAck(connack))) => {
-                failures = 0;
-                connected = true;
-                Incoming::Connected { session_present: connack.session_present }
+                Polled::Connected { session_present: connack.session_present }
             }
             Ok(rumqttc::Event::Incoming(Packet::Publish(publish))) => {
                 let qos = publish.qos as u8;
@@ -347,7 +350,7 @@ async fn poll_v4(mut eventloop: rumqttc::EventLoop, sender: mpsc::Sender<Incomin
                     }),
                     generation: generation.get(),
                 });
-                Incoming::Message(Box::new(Message {
+                Polled::Item(Incoming::Message(Box::new(Message {
                     topic: Bytes::from(publish.topic.into_bytes()),
                     qos,
                     retain: publish.retain,
@@ -355,22 +358,43 @@ async fn poll_v4(mut eventloop: rumqttc::EventLoop, sender: mpsc::Sender<Incomin
                     payload: publish.payload,
                     user_properties: Vec::new(),
                     ack,
-                }))
+                })))
             }
-            Ok(rumqttc::Event::Incoming(Packet::SubAck(suback))) => Incoming::Subscribed(
+            Ok(rumqttc::Event::Incoming(Packet::SubAck(suback))) => Polled::Item(Incoming::Subscribed(
                 suback.return_codes.iter().map(|code| matches!(code, SubscribeReasonCode::Success(_))).collect(),
-            ),
-            Ok(_) => continue,
-            Err(error) => {
-                let failure = match &error {
-                    rumqttc::ConnectionError::ConnectionRefused(
-                        code @ (Code::BadUserNamePassword
-                        | Code::NotAuthorized
-                        | Code::RefusedProtocolVersion
-                        | Code::BadClientId),
-                    ) => Failure::Fatal(format!("the broker refused the connection: {code:?}")),
-                    other => Failure::Transient(other.to_string()),
-                };
+            )),
+            Ok(_) => Polled::Nothing,
+            Err(error) => Polled::Failed(match &error {
+                rumqttc::ConnectionError::ConnectionRefused(
+                    code @ (Code::BadUserNamePassword
+                    | Code::NotAuthorized
+                    | Code::RefusedProtocolVersion
+                    | Code::BadClientId),
+                ) => Failure::Fatal(format!("the broker refused the connection: {code:?}")),
+                other => Failure::Transient(other.to_string()),
+            }),
+        }
+    }
+
+    fn clean(&mut self) {
+        rumqttc::EventLoop::clean(self);
+    }
+}
+
+/// Polls an event loop until the receiver goes away or the broker refuses for good.
+async fn poll(mut eventloop: impl EventLoop, sender: mpsc::Sender<Incoming>, generation: Arc<Generation>) {
+    let mut failures = 0u32;
+    let mut connected = false;
+    loop {
+        let item = match eventloop.poll_once(&generation).await {
+            Polled::Connected { session_present } => {
+                failures = 0;
+                connected = true;
+                Incoming::Connected { session_present }
+            }
+            Polled::Item(item) => item,
+            Polled::Nothing => continue,
+            Polled::Failed(failure) => {
                 generation.next(|| eventloop.clean());
                 match lost(&sender, failure, &mut connected, &mut failures).await {
                     Some(wait) => tokio::time::sleep(wait).await,
