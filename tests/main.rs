@@ -1,6 +1,7 @@
 //! mqhook's end-to-end tests: one test binary (so the host is linked once), against real parts —
 //! the real wasm guests, the real `mqhook` binary, a real HTTP server on 127.0.0.1, real files.
 
+mod batching;
 #[cfg(feature = "broker")]
 mod bridge;
 #[cfg(feature = "broker")]

@@ -9,15 +9,15 @@ use crate::support::endpoint::{Behaviour, Endpoint, Recorded};
 use crate::support::{finish_with_input, mqhook, mqhook_command, ndjson_publishes, python, Scratch, Webhook};
 
 /// The current key, given through the environment.
-const CURRENT: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub(crate) const CURRENT: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// The key being rotated out, given through a file.
 const PREVIOUS: &str = "whsec_cGFzc3dvcmQtcm90YXRlZC1vdXQtMjAyNg==";
 /// A key the sender never had.
-const WRONG: &str = "whsec_d3Jvbmcta2V5LWZvci10ZXN0aW5nLW9ubHk=";
+pub(crate) const WRONG: &str = "whsec_d3Jvbmcta2V5LWZvci10ZXN0aW5nLW9ubHk=";
 const TOKEN: &str = "Bearer env-token-3e7d";
 
 /// For each request, whether `secret` verifies it, by the `standardwebhooks` package.
-fn verified_by(secret: &str, requests: &[Recorded]) -> Vec<bool> {
+pub(crate) fn verified_by(secret: &str, requests: &[Recorded]) -> Vec<bool> {
     const VERIFY: &str = r#"
 import json, sys
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError

@@ -27,11 +27,10 @@ use mqhook::config::{BridgeUrl, Config, LiveConfig, Syntax};
 use mqhook::delivery::http::HttpSink;
 use mqhook::delivery::Sink;
 use mqhook::ingest::bridge::Bridge;
-use mqhook::ingest::broker::{Broker, BrokerConfig};
 use mqhook::{GuestEngine, Runtime};
 
 mod load;
-use load::{publish, serve};
+use load::{drive, embedded_round, percentiles, serve, Round};
 
 fn main() {
     let publishers: usize = env_or("PUBLISHERS", 8);
@@ -42,39 +41,25 @@ fn main() {
         let baseline = round(false, publishers, messages, Duration::ZERO, "").await;
         let hooked = round(true, publishers, messages, Duration::ZERO, "").await;
         let sent = publishers * messages;
-        let mut latencies = hooked.latencies.clone();
-        latencies.sort_unstable();
-        let received = latencies.len();
-        let percentile =
-            |p: f64| latencies.get(((received as f64 * p) as usize).min(received.saturating_sub(1))).copied();
+        let received = hooked.latencies.len();
+        let (p50, p99) = percentiles(&hooked.latencies);
         let rate = |secs: f64| sent as f64 / secs;
         println!("publishers: {publishers}, messages each: {messages}, QoS 1, pool_size 32");
         println!("broker alone (no webhook): {:.0} publishes/s", rate(baseline.publishing));
         println!("broker + webhook:          {:.0} publishes/s", rate(hooked.publishing));
         println!("ratio with / without webhook: {:.2}", baseline.publishing / hooked.publishing);
         println!("events/s (publish start → last webhook): {:.0}", received as f64 / hooked.delivering);
-        println!(
-            "publish-to-arrival latency: p50 {} µs, p99 {} µs",
-            percentile(0.50).unwrap_or(0),
-            percentile(0.99).unwrap_or(0)
-        );
+        println!("publish-to-arrival latency: p50 {p50} µs, p99 {p99} µs");
         println!("sent {sent}, received {received}, loss {}", sent.saturating_sub(received));
         println!("runtime: {}", hooked.totals);
         match bridged(publishers, messages).await {
             Some(bridge) => {
                 let received = bridge.latencies.len();
-                let mut latencies = bridge.latencies.clone();
-                latencies.sort_unstable();
-                let at =
-                    |p: f64| latencies.get(((received as f64 * p) as usize).min(received.saturating_sub(1))).copied();
+                let (p50, p99) = percentiles(&bridge.latencies);
                 println!("mosquitto → bridge → HTTP:");
                 println!("  publishes/s to mosquitto: {:.0}", rate(bridge.publishing));
                 println!("  events/s (publish start → last webhook): {:.0}", received as f64 / bridge.delivering);
-                println!(
-                    "  publish-to-arrival latency: p50 {} µs, p99 {} µs",
-                    at(0.50).unwrap_or(0),
-                    at(0.99).unwrap_or(0)
-                );
+                println!("  publish-to-arrival latency: p50 {p50} µs, p99 {p99} µs");
                 println!("  sent {sent}, received {received}, loss {}", sent.saturating_sub(received));
                 println!("  runtime: {}", bridge.totals);
             }
@@ -83,71 +68,27 @@ fn main() {
         println!("overload: a sink at 10 ms per answer (about 3,200 webhooks/s), the same publishers");
         for (name, extra) in [("default queues (65,536)", ""), ("queue_size = 512", " queue_size = 512\n")] {
             let overloaded = round(true, publishers, messages, Duration::from_millis(10), extra).await;
-            let mut latencies = overloaded.latencies.clone();
-            latencies.sort_unstable();
-            let at = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)).copied();
+            let (p50, p99) = percentiles(&overloaded.latencies);
             println!(
-                "  {name:<24} publishes/s {:>7.0}  latency p50 {:>8} µs  p99 {:>8} µs  loss {}  rejected {}",
+                "  {name:<24} publishes/s {:>7.0}  latency p50 {p50:>8} µs  p99 {p99:>8} µs  loss {}  rejected {}",
                 rate(overloaded.publishing),
-                at(0.50).unwrap_or(0),
-                at(0.99).unwrap_or(0),
-                sent.saturating_sub(latencies.len()),
+                sent.saturating_sub(overloaded.latencies.len()),
                 overloaded.totals.rejected
             );
         }
     });
 }
 
-/// What one round measured.
-struct Round {
-    /// Seconds from the first publish to the last PUBACK.
-    publishing: f64,
-    /// Seconds from the first publish to the last webhook arrival.
-    delivering: f64,
-    /// Publish-to-arrival times (µs) of the webhooks that arrived.
-    latencies: Vec<u64>,
-    totals: mqhook::MetricsSnapshot,
-}
-
 /// Runs the publishers once through a fresh broker; with `webhooks`, every publish is a webhook.
 /// The sink answers after `delay`; `extra` lines go into the webhook block.
 async fn round(webhooks: bool, publishers: usize, messages: usize, delay: Duration, extra: &str) -> Round {
-    let epoch = Instant::now();
-    let (endpoint, arrivals) = serve(epoch, delay).await;
-    let text = format!(
-        "webhook {{\n enable = {webhooks}\n url = \"http://{endpoint}/hook\"\n pool_size = 32\n{extra} events = [{{ event = \"on_message_publish\", topic = \"bench/#\" }}]\n}}\n"
-    );
-    let config = Config::parse(&text, Path::new("bench.hcl"), Syntax::Hcl).expect("bench config");
-    let guest = GuestEngine::new().expect("engine").load(None, &config.guest, &config.filter).expect("built-in guest");
-    let live = LiveConfig::new(config);
-    let sink = Sink::Http(HttpSink::new(live.clone()).expect("sink"));
-    let pipeline = Runtime::start(live, guest, sink).expect("runtime");
-    let loopback = BrokerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), ..BrokerConfig::default() };
-    let broker = Broker::bind(loopback, pipeline.submitter()).await.expect("broker");
-    let broker_addr = broker.local_addr();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(broker.serve(async move {
-        let _ = stopped.await;
-    }));
-
-    let started = Instant::now();
-    let clients: Vec<_> =
-        (0..publishers).map(|index| tokio::spawn(publish(broker_addr, index, messages, epoch))).collect();
-    for client in clients {
-        client.await.expect("publisher");
-    }
-    let publishing = started.elapsed().as_secs_f64();
+    let config = |endpoint: SocketAddr| {
+        format!(
+            "webhook {{\n enable = {webhooks}\n url = \"http://{endpoint}/hook\"\n pool_size = 32\n{extra} events = [{{ event = \"on_message_publish\", topic = \"bench/#\" }}]\n}}\n"
+        )
+    };
     let expected = if webhooks { publishers * messages } else { 0 };
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while arrivals.lock().unwrap().len() < expected && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let delivering = started.elapsed().as_secs_f64();
-    let _ = stop.send(());
-    serving.await.expect("broker task").expect("broker");
-    let totals = pipeline.shutdown().await;
-    let latencies = arrivals.lock().unwrap().clone();
-    Round { publishing, delivering, latencies, totals }
+    embedded_round(config, publishers, messages, delay, expected).await
 }
 
 /// The bridge path: publishers → mosquitto → bridge ingest → guest → HTTP; `None` without mosquitto.
@@ -195,19 +136,8 @@ async fn bridged(publishers: usize, messages: usize) -> Option<Round> {
     while counters.subscribed.get() == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let started = Instant::now();
-    let clients: Vec<_> =
-        (0..publishers).map(|index| tokio::spawn(publish(broker_addr, index, messages, epoch))).collect();
-    for client in clients {
-        client.await.expect("publisher");
-    }
-    let publishing = started.elapsed().as_secs_f64();
     let expected = publishers * messages;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while arrivals.lock().unwrap().len() < expected && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let delivering = started.elapsed().as_secs_f64();
+    let (publishing, delivering) = drive(broker_addr, publishers, messages, epoch, &arrivals, expected).await;
     let _ = stop.send(());
     running.await.expect("bridge task").expect("bridge");
     let totals = pipeline.shutdown().await;

@@ -21,6 +21,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+// The shared bench helpers; this bench uses the publishers and the endpoint, not the rounds.
+#[allow(dead_code)]
 mod load;
 use load::{publish, publish_paced, serve, Arrivals};
 

@@ -14,14 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mqhook::config::{Config, LiveConfig, Syntax};
-use mqhook::delivery::http::HttpSink;
-use mqhook::delivery::Sink;
-use mqhook::ingest::broker::{Broker, BrokerConfig};
-use mqhook::{GuestEngine, Runtime};
-
 mod load;
-use load::{publish, serve};
+use load::{drive, serve};
 
 /// Longest any round may take to deliver its webhooks.
 const ROUND_LIMIT: Duration = Duration::from_secs(180);
@@ -84,34 +78,8 @@ struct Round {
 
 impl Round {
     fn percentiles(&self) -> (u64, u64) {
-        let mut sorted = self.arrivals.clone();
-        sorted.sort_unstable();
-        let at = |p: f64| sorted.get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1))).copied();
-        (at(0.50).unwrap_or(0), at(0.99).unwrap_or(0))
+        load::percentiles(&self.arrivals)
     }
-}
-
-/// Runs the publishers against `broker_addr` and waits for `expected` webhooks.
-async fn drive(
-    broker_addr: SocketAddr,
-    publishers: usize,
-    messages: usize,
-    epoch: Instant,
-    arrivals: &load::Arrivals,
-    expected: usize,
-) -> (f64, f64) {
-    let started = Instant::now();
-    let clients: Vec<_> =
-        (0..publishers).map(|index| tokio::spawn(publish(broker_addr, index, messages, epoch))).collect();
-    for client in clients {
-        client.await.expect("publisher");
-    }
-    let publishing = started.elapsed().as_secs_f64();
-    let deadline = Instant::now() + ROUND_LIMIT;
-    while arrivals.lock().unwrap().len() < expected && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    (publishing, started.elapsed().as_secs_f64())
 }
 
 /// A private mosquitto on a free loopback port, with the plugin when given; killed when dropped.
@@ -163,27 +131,9 @@ async fn mosquitto_round(plugin: Option<&Path>, publishers: usize, messages: usi
 }
 
 async fn embedded_round(publishers: usize, messages: usize) -> Round {
-    let epoch = Instant::now();
-    let (endpoint, arrivals) = serve(epoch, Duration::ZERO).await;
-    let config =
-        Config::parse(&webhook_config(endpoint), Path::new("bench.conf"), Syntax::Hocon).expect("bench config");
-    let guest = GuestEngine::new().expect("engine").load(None, &config.guest, &config.filter).expect("built-in guest");
-    let live = LiveConfig::new(config);
-    let pipeline =
-        Runtime::start(live.clone(), guest, Sink::Http(HttpSink::new(live).expect("sink"))).expect("runtime");
-    let loopback = BrokerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), ..BrokerConfig::default() };
-    let broker = Broker::bind(loopback, pipeline.submitter()).await.expect("broker");
-    let addr = broker.local_addr();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(broker.serve(async move {
-        let _ = stopped.await;
-    }));
-    let (publishing, delivering) = drive(addr, publishers, messages, epoch, &arrivals, publishers * messages).await;
-    let _ = stop.send(());
-    serving.await.expect("broker task").expect("broker");
-    pipeline.shutdown().await;
-    let arrivals = arrivals.lock().unwrap().clone();
-    Round { webhooks: true, publishing, delivering, arrivals }
+    let expected = publishers * messages;
+    let round = load::embedded_round(webhook_config, publishers, messages, Duration::ZERO, expected).await;
+    Round { webhooks: true, publishing: round.publishing, delivering: round.delivering, arrivals: round.latencies }
 }
 
 /// Every publish on `bench/#` POSTed to `endpoint`, through a pool of 32.

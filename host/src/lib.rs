@@ -16,8 +16,8 @@
 //!    - [`guest`]: compiling and running the filter component in a capped sandbox, and which
 //!      guest runs now;
 //!    - [`spool`]: the durable on-disk queue behind the delivery queue;
-//!    - [`delivery`]: the delivery queue, pooled HTTP (or printing, for dry runs), retries, dead
-//!      letters.
+//!    - [`delivery`]: the delivery queue, pooled HTTP (or printing, for dry runs), batches,
+//!      retries, dead letters.
 //! 3. [`runtime`]: wires the stages together: the bounded runtime queue, guest worker threads,
 //!    delivery, the drain on shutdown.
 //! 4. Around the runtime:

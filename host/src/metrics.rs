@@ -187,11 +187,13 @@ pub enum Problem {
     EndpointBackingOff,
     /// An admin request without a valid token.
     AdminUnauthorized,
+    /// An event whose body cannot join a batch (`batch.format`) was sent alone.
+    Unbatchable,
 }
 
 impl Problem {
     /// Problems the limiter keeps apart (every give-up reason shares one).
-    const COUNT: usize = 12;
+    const COUNT: usize = 13;
 
     /// The problem as a word, for the log's `problem` field.
     pub fn as_str(self) -> &'static str {
@@ -208,6 +210,7 @@ impl Problem {
             Problem::MalformedInput => "malformed_input",
             Problem::EndpointBackingOff => "endpoint_backing_off",
             Problem::AdminUnauthorized => "admin_unauthorized",
+            Problem::Unbatchable => "unbatchable",
         }
     }
 
@@ -225,6 +228,7 @@ impl Problem {
             Problem::MalformedInput => 9,
             Problem::EndpointBackingOff => 10,
             Problem::AdminUnauthorized => 11,
+            Problem::Unbatchable => 12,
         }
     }
 
@@ -323,6 +327,10 @@ pub struct Metrics {
     guest_swaps: Counter,
     guest_rollbacks: Counter,
     admin_unauthorized: Counter,
+    batches: Counter,
+    batch_splits: Counter,
+    unbatched: Counter,
+    batch_events: Histogram,
     queue_events: Gauge,
     queue_requests: Gauge,
     spool_bytes: Gauge,
@@ -480,6 +488,15 @@ impl Metrics {
             guest_swaps: counter(r, "guest_swaps", "Guests swapped in (reload or upload)"),
             guest_rollbacks: counter(r, "guest_rollbacks", "Swapped-in guests rolled back for failing"),
             admin_unauthorized: counter(r, "admin_unauthorized", "Admin requests refused for a missing or wrong token"),
+            batches: counter(r, "batches", "Batches done (delivered or given up), each once whatever its attempts"),
+            batch_splits: counter(r, "batch_splits", "Batches split in halves after a 413 answer"),
+            unbatched: counter(r, "events_unbatched", "Events sent alone because their body cannot join a batch"),
+            batch_events: {
+                // 1, 2, 4, … 1024: batch.max_events is at most 1000.
+                let histogram = Histogram::new(exponential_buckets(1.0, 2.0, 11));
+                r.register("batch_events", "Events per batch done", histogram.clone());
+                histogram
+            },
             queue_events: gauge(r, "queue_events", "Events in the runtime queue", None),
             queue_requests: gauge(r, "queue_requests", "Requests in the delivery queue's memory", None),
             spool_bytes: gauge(r, "spool", "Bytes the spool holds on disk", Some(Unit::Bytes)),
@@ -517,6 +534,18 @@ impl Metrics {
     /// The metrics of endpoint `slot` (0 the default endpoint, `i + 1` named endpoint `i`).
     pub fn endpoint(self: &Arc<Self>, slot: usize) -> EndpointMetrics {
         EndpointMetrics { counters: self.endpoints[slot].clone(), metrics: self.clone() }
+    }
+
+    /// Counts a batch of `events` events done: delivered, or given up (its events are counted
+    /// one by one as delivered or given up).
+    pub fn record_batch(&self, events: usize) {
+        self.batches.inc();
+        self.batch_events.observe(events as f64);
+    }
+
+    /// Counts a batch split in halves after a 413 answer.
+    pub fn record_batch_split(&self) {
+        self.batch_splits.inc();
     }
 
     /// Counts a request written to the spool.
@@ -575,6 +604,7 @@ impl Metrics {
             Problem::GivenUp(_) | Problem::EndpointBackingOff => self.endpoints[0].counter(problem),
             Problem::MalformedInput => Some(&self.malformed),
             Problem::AdminUnauthorized => Some(&self.admin_unauthorized),
+            Problem::Unbatchable => Some(&self.unbatched),
         };
         if let Some(counter) = counter {
             counter.inc_by(count);
@@ -640,6 +670,9 @@ impl Metrics {
             given_up_attempts: given_up(GiveUpReason::Attempts),
             given_up_age: given_up(GiveUpReason::Age),
             given_up_too_large: given_up(GiveUpReason::TooLargeToReplay),
+            batches: self.batches.get(),
+            batch_splits: self.batch_splits.get(),
+            unbatched: self.unbatched.get(),
         }
     }
 }
@@ -703,6 +736,16 @@ impl EndpointMetrics {
         }
     }
 
+    /// Counts a batch of `events` events done (see [`Metrics::record_batch`]).
+    pub fn record_batch(&self, events: usize) {
+        self.metrics.record_batch(events);
+    }
+
+    /// Counts a batch split in halves after a 413 answer.
+    pub fn record_batch_split(&self) {
+        self.metrics.record_batch_split();
+    }
+
     /// The pipeline's metrics.
     pub fn pipeline(&self) -> &Arc<Metrics> {
         &self.metrics
@@ -723,6 +766,7 @@ const PROBLEMS: [Problem; Problem::COUNT] = [
     Problem::MalformedInput,
     Problem::EndpointBackingOff,
     Problem::AdminUnauthorized,
+    Problem::Unbatchable,
 ];
 
 /// The one log limiter: per problem, a window that opens with its first line.
@@ -821,6 +865,12 @@ pub struct MetricsSnapshot {
     pub given_up_age: u64,
     /// Requests given up because their body is over `retry.max_replay_size` (part of `failed`).
     pub given_up_too_large: u64,
+    /// Batches done, delivered or given up (`batch`; 0 without it).
+    pub batches: u64,
+    /// Batches split in halves after a 413 answer.
+    pub batch_splits: u64,
+    /// Events sent alone because their body cannot join a batch.
+    pub unbatched: u64,
 }
 
 impl fmt::Display for MetricsSnapshot {
@@ -828,7 +878,7 @@ impl fmt::Display for MetricsSnapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "received={} filtered={} delivered={} failed={} guest_traps={} guest_timeouts={} rejected={} malformed={} retries={} spooled={} recovered={} dropped={} given_up_status={} given_up_tls={} given_up_attempts={} given_up_age={} given_up_too_large={}",
+            "received={} filtered={} delivered={} failed={} guest_traps={} guest_timeouts={} rejected={} malformed={} retries={} spooled={} recovered={} dropped={} given_up_status={} given_up_tls={} given_up_attempts={} given_up_age={} given_up_too_large={} batches={} batch_splits={} unbatched={}",
             self.received,
             self.filtered,
             self.delivered,
@@ -845,7 +895,10 @@ impl fmt::Display for MetricsSnapshot {
             self.given_up_tls,
             self.given_up_attempts,
             self.given_up_age,
-            self.given_up_too_large
+            self.given_up_too_large,
+            self.batches,
+            self.batch_splits,
+            self.unbatched
         )
     }
 }
@@ -882,6 +935,28 @@ mod tests {
             limiter.admit(slot, 2, start);
         }
         assert_eq!(limiter.admit(slot, 1, start + LOG_WINDOW), Admitted { log: true, held_before: Some(6) });
+    }
+
+    #[test]
+    fn batches_are_counted_with_their_sizes() {
+        let metrics = Metrics::default();
+        metrics.record_batch(10);
+        metrics.record_batch(3);
+        metrics.record_batch_split();
+        metrics.report(Problem::Unbatchable, 1, format_args!("not JSON"));
+        let snapshot = metrics.snapshot();
+        assert_eq!((snapshot.batches, snapshot.batch_splits, snapshot.unbatched, snapshot.failed), (2, 1, 1, 0));
+        let text = metrics.encode(&Depths::default());
+        for line in [
+            "mqhook_batches_total 2\n",
+            "mqhook_batch_splits_total 1\n",
+            "mqhook_events_unbatched_total 1\n",
+            "mqhook_batch_events_sum 13.0\n",
+            "mqhook_batch_events_count 2\n",
+            "mqhook_batch_events_bucket{le=\"4.0\"} 1\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in {text}");
+        }
     }
 
     #[test]

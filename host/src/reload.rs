@@ -4,9 +4,8 @@
 //! the config, builds the guest (recompiling only when its file changed), runs its `configure` with
 //! that config, and only then swaps it in through [`ActiveGuest`]; any failure is logged and the
 //! running guest stays. Rules, encoding, guest settings, URL and headers take effect at once;
-//! the pool, timeouts, retries, TLS, dead letters, the spool, ordering and queue sizes are read at
-//! start only, and a change to them
-//! is reported as needing a restart.
+//! the pool, timeouts, retries, TLS, dead letters, the spool, ordering, batching and queue sizes
+//! are read at start only, and a change to them is reported as needing a restart.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -145,7 +144,7 @@ impl Reloader {
 }
 
 /// The settings read at start only, and whether each differs between `old` and `new`.
-fn restart_only_changes(old: &Config, new: &Config) -> [(&'static str, bool); 10] {
+fn restart_only_changes(old: &Config, new: &Config) -> [(&'static str, bool); 11] {
     let (was, now) = (&old.delivery, &new.delivery);
     [
         ("pool_size", was.pool.pool_size != now.pool.pool_size),
@@ -155,6 +154,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> [(&'static str, bool); 10
         ("tls", was.tls != now.tls),
         ("dead_letter", was.dead_letter != now.dead_letter),
         ("ordering", was.ordering != now.ordering),
+        ("batch", was.batch != now.batch),
         ("spool", old.spool != new.spool),
         ("queues", old.queues != new.queues),
         ("bridge", old.bridge != new.bridge),

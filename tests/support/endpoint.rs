@@ -49,6 +49,8 @@ pub struct Behaviour {
     pub retry_after: Option<u64>,
     /// Serve HTTPS with this server configuration instead of plain HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// A body larger than this many bytes gets 413 (Payload Too Large), whatever else is set.
+    pub max_body: Option<usize>,
 }
 
 impl Behaviour {
@@ -60,7 +62,14 @@ impl Behaviour {
 
 impl Default for Behaviour {
     fn default() -> Self {
-        Behaviour { status: StatusCode::OK, delay: Duration::ZERO, fail_first: None, retry_after: None, tls: None }
+        Behaviour {
+            status: StatusCode::OK,
+            delay: Duration::ZERO,
+            fail_first: None,
+            retry_after: None,
+            tls: None,
+            max_body: None,
+        }
     }
 }
 
@@ -200,12 +209,14 @@ async fn handle(
         .map(|(name, value)| (name.to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
         .collect();
     let body = request.into_body().collect().await?.to_bytes().to_vec();
+    let too_large = behaviour.max_body.is_some_and(|max| body.len() > max);
     tokio::time::sleep(behaviour.delay).await;
     state.recorded.lock().unwrap().push(Recorded { method, path, headers, body });
     state.in_flight.fetch_sub(1, Ordering::SeqCst);
     let answered = state.answered.fetch_add(1, Ordering::SeqCst);
     let failing = *state.failing.lock().unwrap();
     let status = match (failing, behaviour.fail_first) {
+        _ if too_large => StatusCode::PAYLOAD_TOO_LARGE,
         (Some(status), _) => status,
         (None, Some(failures)) if answered >= failures => StatusCode::OK,
         (None, _) => behaviour.status,

@@ -1,7 +1,9 @@
-//! What the end-to-end benches share: raw MQTT 3.1.1 QoS 1 publishers and an HTTP endpoint that
-//! records each webhook's publish-to-arrival time.
+//! What the end-to-end benches share: raw MQTT 3.1.1 QoS 1 publishers, an HTTP endpoint that
+//! records each webhook's publish-to-arrival time (each event of a batch too), and one round
+//! through the embedded broker.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,8 +15,95 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use mqhook::config::{Config, LiveConfig, Syntax};
+use mqhook::delivery::http::HttpSink;
+use mqhook::delivery::Sink;
+use mqhook::ingest::broker::{Broker, BrokerConfig};
+use mqhook::{GuestEngine, Runtime};
+
+/// Longest a round waits for its webhooks.
+const ROUND_LIMIT: Duration = Duration::from_secs(180);
+
+/// What one round through the embedded broker measured.
+pub struct Round {
+    /// Seconds from the first publish to the last PUBACK.
+    pub publishing: f64,
+    /// Seconds from the first publish to the last webhook arrival.
+    pub delivering: f64,
+    /// Publish-to-arrival times (µs) of the webhooks that arrived, one per event.
+    pub latencies: Vec<u64>,
+    /// The runtime's counters at its end.
+    #[allow(dead_code, reason = "each bench binary has this module; the mosquitto bench reads no counters")]
+    pub totals: mqhook::MetricsSnapshot,
+}
+
+/// The 50th and 99th percentile of `latencies` (0 when there are none).
+pub fn percentiles(latencies: &[u64]) -> (u64, u64) {
+    let mut sorted = latencies.to_vec();
+    sorted.sort_unstable();
+    let at = |p: f64| sorted.get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1))).copied();
+    (at(0.50).unwrap_or(0), at(0.99).unwrap_or(0))
+}
+
+/// `publishers` × `messages` publishes through a fresh embedded broker and runtime whose config
+/// (HOCON) `config` writes for the endpoint's address; the endpoint answers after `delay`.
+/// Waits (bounded) for `expected` webhooks.
+pub async fn embedded_round(
+    config: impl Fn(SocketAddr) -> String,
+    publishers: usize,
+    messages: usize,
+    delay: Duration,
+    expected: usize,
+) -> Round {
+    let epoch = Instant::now();
+    let (endpoint, arrivals) = serve(epoch, delay).await;
+    let config = Config::parse(&config(endpoint), Path::new("bench.conf"), Syntax::Hocon).expect("bench config");
+    let guest = GuestEngine::new().expect("engine").load(None, &config.guest, &config.filter).expect("built-in guest");
+    let live = LiveConfig::new(config);
+    let sink = Sink::Http(HttpSink::new(live.clone()).expect("sink"));
+    let pipeline = Runtime::start(live, guest, sink).expect("runtime");
+    let loopback = BrokerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), ..BrokerConfig::default() };
+    let broker = Broker::bind(loopback, pipeline.submitter()).await.expect("broker");
+    let broker_addr = broker.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(broker.serve(async move {
+        let _ = stopped.await;
+    }));
+    let (publishing, delivering) = drive(broker_addr, publishers, messages, epoch, &arrivals, expected).await;
+    let _ = stop.send(());
+    serving.await.expect("broker task").expect("broker");
+    let totals = pipeline.shutdown().await;
+    let latencies = arrivals.lock().unwrap().clone();
+    Round { publishing, delivering, latencies, totals }
+}
+
 /// Publish-to-arrival times, in microseconds, one per webhook.
 pub type Arrivals = Arc<Mutex<Vec<u64>>>;
+
+/// Runs `publishers` clients of `messages` publishes each against `broker_addr` and waits
+/// (bounded) for `expected` webhooks in `arrivals`. Returns the seconds from the first publish
+/// to the last PUBACK, and to the last webhook (or the wait's end).
+pub async fn drive(
+    broker_addr: SocketAddr,
+    publishers: usize,
+    messages: usize,
+    epoch: Instant,
+    arrivals: &Arrivals,
+    expected: usize,
+) -> (f64, f64) {
+    let started = Instant::now();
+    let clients: Vec<_> =
+        (0..publishers).map(|index| tokio::spawn(publish(broker_addr, index, messages, epoch))).collect();
+    for client in clients {
+        client.await.expect("publisher");
+    }
+    let publishing = started.elapsed().as_secs_f64();
+    let deadline = Instant::now() + ROUND_LIMIT;
+    while arrivals.lock().unwrap().len() < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (publishing, started.elapsed().as_secs_f64())
+}
 
 /// One MQTT 3.1.1 client publishing `messages` QoS 1 messages, each waiting for its PUBACK.
 /// The payload is the publish time in µs since `epoch`.
@@ -83,7 +172,8 @@ async fn read_packet(stream: &mut TcpStream) {
     stream.read_exact(&mut rest).await.expect("packet body");
 }
 
-/// A keep-alive HTTP/1.1 server on 127.0.0.1 recording each body's publish-to-arrival time.
+/// A keep-alive HTTP/1.1 server on 127.0.0.1 recording each event's publish-to-arrival time: one
+/// per body, or one per member of a batch (a JSON array, or NDJSON lines).
 pub async fn serve(epoch: Instant, delay: Duration) -> (SocketAddr, Arrivals) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding 127.0.0.1:0");
     let addr = listener.local_addr().expect("local addr");
@@ -98,9 +188,8 @@ pub async fn serve(epoch: Instant, delay: Duration) -> (SocketAddr, Arrivals) {
                     async move {
                         let body = request.into_body().collect().await?.to_bytes();
                         let now = epoch.elapsed().as_micros() as u64;
-                        if let Some(sent) = sent_at(&body) {
-                            recorded.lock().unwrap().push(now.saturating_sub(sent));
-                        }
+                        let sent = sent_at(&body);
+                        recorded.lock().unwrap().extend(sent.into_iter().map(|sent| now.saturating_sub(sent)));
                         tokio::time::sleep(delay).await;
                         Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from_static(b"ok"))))
                     }
@@ -113,8 +202,17 @@ pub async fn serve(epoch: Instant, delay: Duration) -> (SocketAddr, Arrivals) {
     (addr, arrivals)
 }
 
-/// The publish time carried in a NanoMQ publish body's `payload`.
-fn sent_at(body: &[u8]) -> Option<u64> {
-    let json: serde_json::Value = serde_json::from_slice(body).ok()?;
-    json["payload"].as_str()?.parse().ok()
+/// The publish times carried in the `payload` of a NanoMQ publish body, or of each body of a batch.
+fn sent_at(body: &[u8]) -> Vec<u64> {
+    let payload = |json: &serde_json::Value| json["payload"].as_str().and_then(|p| p.parse().ok());
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Array(members)) => members.iter().filter_map(payload).collect(),
+        Ok(json) => payload(&json).into_iter().collect(),
+        // NDJSON: one body a line.
+        Err(_) => body
+            .split(|b| *b == b'\n')
+            .filter_map(|line| serde_json::from_slice(line).ok())
+            .filter_map(|json| payload(&json))
+            .collect(),
+    }
 }

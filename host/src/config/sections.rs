@@ -76,6 +76,13 @@ pub mod ranges {
     pub const BRIDGE_RECEIVE_MAXIMUM: RangeInclusive<u64> = 1..=65_535;
     /// `bridge.max_packet_size`.
     pub const BRIDGE_PACKET_SIZE: RangeInclusive<u64> = (1 << 10)..=(256 << 20);
+    /// `batch.max_events`: the members' keys travel in one header (`Idempotency-Keys`, about 25
+    /// bytes a key), which this keeps under 32 KiB.
+    pub const BATCH_EVENTS: RangeInclusive<u64> = 1..=1000;
+    /// `batch.max_bytes`: one batch's body.
+    pub const BATCH_BYTES: RangeInclusive<u64> = (1 << 10)..=(64 << 20);
+    /// `batch.linger`: how long a batch waits for more events once it has one.
+    pub const BATCH_LINGER: RangeInclusive<Duration> = Duration::from_millis(1)..=Duration::from_secs(60);
 }
 
 /// Default `pool_size`, as NanoMQ.
@@ -106,6 +113,13 @@ pub const DEFAULT_GUEST_MAX_BODY: ByteSize = ByteSize::new(16 << 20).unwrap();
 pub const DEFAULT_ROLLBACK_AFTER: NonZeroU64 = NonZeroU64::new(10).unwrap();
 /// Default cap on the spool's size on disk.
 pub const DEFAULT_SPOOL_MAX_SIZE: ByteSize = ByteSize::new(1 << 30).unwrap();
+/// Default `batch.max_events`.
+pub const DEFAULT_BATCH_EVENTS: NonZeroUsize = NonZeroUsize::new(100).unwrap();
+/// Default `batch.max_bytes`.
+pub const DEFAULT_BATCH_BYTES: ByteSize = ByteSize::new(1 << 20).unwrap();
+/// Default `batch.linger`: short beside a request's round trip, long enough to fill batches at
+/// high rates.
+pub const DEFAULT_BATCH_LINGER: Duration = Duration::from_millis(10);
 /// Default spool segment size.
 pub const DEFAULT_SPOOL_SEGMENT_SIZE: ByteSize = ByteSize::new(64 << 20).unwrap();
 /// Default fsync interval of the spool.
@@ -256,6 +270,60 @@ pub struct DeliveryConfig {
     pub ordering: DeliveryOrder,
     /// Standard Webhooks signing, when configured (`signing { secrets = [ … ] }`).
     pub signing: Option<Signing>,
+    /// Several events per request, when configured (`batch { … }`); `None` sends one request per
+    /// event.
+    pub batch: Option<BatchSettings>,
+}
+
+/// Batching: events are gathered into one request of at most `max_events` events and
+/// `max_bytes` of body, waiting at most `linger` for more once the first is there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BatchSettings {
+    /// Events in one batch at most (`batch.max_events`).
+    pub max_events: NonZeroUsize,
+    /// Bytes of one batch's body at most, framing included (`batch.max_bytes`); a larger event
+    /// goes in a batch of its own.
+    pub max_bytes: ByteSize,
+    /// How long a batch waits for more events once it has one (`batch.linger`).
+    #[serde(rename = "linger_ms", serialize_with = "serialize_millis")]
+    pub linger: Duration,
+    /// How the bodies are put together (`batch.format`).
+    pub format: BatchFormat,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        BatchSettings {
+            max_events: DEFAULT_BATCH_EVENTS,
+            max_bytes: DEFAULT_BATCH_BYTES,
+            linger: DEFAULT_BATCH_LINGER,
+            format: BatchFormat::Json,
+        }
+    }
+}
+
+/// A batch's body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchFormat {
+    /// A JSON array of the bodies, `[b1,b2,…]` (`application/json`); each body must be one JSON
+    /// value.
+    Json,
+    /// Each body followed by `\n` (`application/x-ndjson`); no body may hold a raw line break.
+    Ndjson,
+}
+
+impl BatchFormat {
+    /// Accepted spellings, for error messages.
+    pub const ACCEPTED: &'static str = "json, ndjson";
+
+    /// The `Content-Type` of a batch in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            BatchFormat::Json => "application/json",
+            BatchFormat::Ndjson => "application/x-ndjson",
+        }
+    }
 }
 
 /// Signing per the Standard Webhooks specification: each request gets `webhook-id` (its
@@ -296,6 +364,7 @@ impl Default for DeliveryConfig {
             dead_letter: None,
             ordering: DeliveryOrder::None,
             signing: None,
+            batch: None,
         }
     }
 }

@@ -14,10 +14,10 @@ use http::{HeaderName, HeaderValue};
 
 use super::tree::{Node, Value};
 use super::{
-    ranges, Backoff, BridgeConfig, BridgeUrl, BrokerLimits, ByteSize, Config, ConfigError, DeliveryConfig,
-    DeliveryOrder, FailurePolicy, FilterSettings, FsyncPolicy, FullPolicy, GuestConfig, Header, MqttVersion,
-    NamedEndpoint, PayloadEncoding, QueueConfig, RetrySettings, Rule, Secret, ServerNameCheck, ShareStrategy, Signing,
-    SigningKey, SpoolConfig, TlsFiles, WhenFull,
+    ranges, Backoff, BatchFormat, BatchSettings, BridgeConfig, BridgeUrl, BrokerLimits, ByteSize, Config, ConfigError,
+    DeliveryConfig, DeliveryOrder, FailurePolicy, FilterSettings, FsyncPolicy, FullPolicy, GuestConfig, Header,
+    MqttVersion, NamedEndpoint, PayloadEncoding, QueueConfig, RetrySettings, Rule, Secret, ServerNameCheck,
+    ShareStrategy, Signing, SigningKey, SpoolConfig, TlsFiles, WhenFull,
 };
 use crate::event::EventKind;
 
@@ -48,6 +48,7 @@ const WEBHOOK_KEYS: &[&str] = &[
     "ordering",
     "broker",
     "signing",
+    "batch",
     "bridge",
     "endpoints",
 ];
@@ -63,6 +64,7 @@ const ENDPOINT_KEYS: &[&str] = &[
     "retry",
     "dead_letter",
     "signing",
+    "batch",
 ];
 const BRIDGE_KEYS: &[&str] = &[
     "url",
@@ -86,6 +88,7 @@ const BRIDGE_KEYS: &[&str] = &[
     "from_username_property",
 ];
 const SIGNING_KEYS: &[&str] = &["secrets"];
+const BATCH_KEYS: &[&str] = &["max_events", "max_bytes", "linger", "format"];
 const BROKER_KEYS: &[&str] = &["max_packet_size", "max_connections", "max_inflight", "connect_timeout"];
 const QUEUE_KEYS: &[&str] = &["events", "requests", "request_bytes", "when_full"];
 const SPOOL_KEYS: &[&str] = &["dir", "max_size", "segment_size", "fsync", "on_full"];
@@ -244,6 +247,9 @@ impl Ctx<'_> {
         }
         if let Some(n) = node.get("signing") {
             delivery.signing = Some(self.signing(n, &key("signing"))?);
+        }
+        if let Some(n) = node.get("batch") {
+            delivery.batch = Some(self.batch(n, &key("batch"))?);
         }
         Ok(delivery)
     }
@@ -726,6 +732,35 @@ impl Ctx<'_> {
             headers.push(Header::with_secrecy(name, value, secret));
         }
         Ok(headers)
+    }
+
+    /// `batch { max_events = 100, max_bytes = 1MiB, linger = 10ms, format = json }`, each key
+    /// optional (`batch {}` takes the defaults).
+    fn batch(&self, node: &Node, parent: &str) -> Result<BatchSettings, ConfigError> {
+        let key = |name: &str| format!("{parent}.{name}");
+        let fields = self.object(node, parent)?;
+        self.reject_unknown(fields, parent, BATCH_KEYS)?;
+        let mut batch = BatchSettings::default();
+        if let Some(n) = node.get("max_events") {
+            batch.max_events = self.count(n, &key("max_events"), ranges::BATCH_EVENTS)?;
+        }
+        if let Some(n) = node.get("max_bytes") {
+            batch.max_bytes = self.size(n, &key("max_bytes"), ranges::BATCH_BYTES)?;
+        }
+        if let Some(n) = node.get("linger") {
+            batch.linger = self.duration(n, &key("linger"), ranges::BATCH_LINGER)?;
+        }
+        if let Some(n) = node.get("format") {
+            batch.format = match self.text(n, &key("format"), "a batch format")? {
+                "json" => BatchFormat::Json,
+                "ndjson" => BatchFormat::Ndjson,
+                other => {
+                    let message = format!("unknown format `{other}`; accepted: {}", BatchFormat::ACCEPTED);
+                    return Err(self.invalid(n, &key("format"), message));
+                }
+            };
+        }
+        Ok(batch)
     }
 
     /// `signing { secrets = ["whsec_…", "env:NAME", "file:PATH"] }`: at least one key.

@@ -16,7 +16,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::error::DeliveryError;
-use super::{request_builder, tls};
+use super::request_builder::{self, Framing};
+use super::tls;
 use crate::config::{DeliveryConfig, LiveConfig};
 use crate::request::Request;
 
@@ -79,14 +80,20 @@ impl HttpSink {
 
     /// One attempt: `Ok` only for a 2xx answer within `cancel_timeout`.
     pub async fn send(&self, request: &Request) -> Result<(), DeliveryError> {
-        match tokio::time::timeout(self.timeout, self.exchange(request)).await {
+        self.send_framed(request, Framing::Single).await
+    }
+
+    /// As [`HttpSink::send`], for a body framed as `framing` says (a batch).
+    pub async fn send_framed(&self, request: &Request, framing: Framing<'_>) -> Result<(), DeliveryError> {
+        match tokio::time::timeout(self.timeout, self.exchange(request, framing)).await {
             Ok(result) => result,
             Err(_elapsed) => Err(DeliveryError::Timeout(self.timeout)),
         }
     }
 
-    async fn exchange(&self, request: &Request) -> Result<(), DeliveryError> {
-        let http_request = request_builder::build(self.live.load().endpoint_delivery(self.slot), request);
+    async fn exchange(&self, request: &Request, framing: Framing<'_>) -> Result<(), DeliveryError> {
+        let http_request =
+            request_builder::build_framed(self.live.load().endpoint_delivery(self.slot), request, framing);
         let response = self.client.request(http_request).await.map_err(|e| match tls_failure(&e) {
             Some(tls) => DeliveryError::Tls(tls),
             None => DeliveryError::Transport(error_chain(&e)),

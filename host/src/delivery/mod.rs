@@ -11,7 +11,9 @@
 //! `pool_size` lanes each send one at a time); draining waits for all of them, so no accepted
 //! request is abandoned. When the endpoint fails, its [`health::EndpointHealth`] holds every
 //! request back but one probe, and no new request starts until the endpoint answers again.
+//! With `batch` configured, each of those requests carries a batch of events ([`batch`]).
 
+pub mod batch;
 pub mod dead_letter;
 pub mod error;
 pub mod health;
@@ -26,7 +28,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::config::{DeliveryConfig, DeliveryOrder, LiveConfig, QueueConfig, RetrySettings};
+use crate::config::{BatchSettings, DeliveryConfig, DeliveryOrder, LiveConfig, QueueConfig, RetrySettings};
 use crate::metrics::{EndpointMetrics, Metrics, MetricsSnapshot, Problem};
 use crate::request::Request;
 use dead_letter::DeadLetters;
@@ -102,9 +104,10 @@ pub(crate) async fn run(
     let pool_size = settings.pool.pool_size.get();
     let deliverer =
         Arc::new(Deliverer { sink, retry: settings.retry, health, dead_letters, queue: queue.clone(), metrics });
-    match settings.ordering {
-        DeliveryOrder::None => run_pooled(deliverer, pool_size).await,
-        DeliveryOrder::PerClient => run_per_client(deliverer, pool_size).await,
+    match (settings.ordering, settings.batch) {
+        (DeliveryOrder::None, None) => run_pooled(deliverer, pool_size).await,
+        (DeliveryOrder::None, Some(batch)) => batch::run_pooled(deliverer, pool_size, batch).await,
+        (DeliveryOrder::PerClient, batch) => run_per_client(deliverer, pool_size, batch).await,
     }
     queue.finish();
 }
@@ -133,16 +136,21 @@ fn reap(joined: Option<Result<(), tokio::task::JoinError>>) {
     }
 }
 
-/// `pool_size` lanes, each sending one request at a time; a client's requests always take the
-/// same lane, so they arrive in order.
-async fn run_per_client(deliverer: Arc<Deliverer>, pool_size: usize) {
+/// `pool_size` lanes, each sending one request (or, with `batch`, one batch) at a time; a
+/// client's requests always take the same lane, so they arrive in order.
+async fn run_per_client(deliverer: Arc<Deliverer>, pool_size: usize, batch: Option<BatchSettings>) {
     let lanes: Vec<_> = (0..pool_size)
         .map(|_| {
             let (lane, mut entries) = mpsc::channel::<Entry>(POP_BATCH);
             let deliverer = deliverer.clone();
             let task = tokio::spawn(async move {
-                while let Some(entry) = entries.recv().await {
-                    deliverer.deliver(entry).await;
+                match batch {
+                    Some(batch) => batch::run_lane(deliverer, entries, batch).await,
+                    None => {
+                        while let Some(entry) = entries.recv().await {
+                            deliverer.deliver(entry).await;
+                        }
+                    }
                 }
             });
             (lane, task)
@@ -186,33 +194,52 @@ impl Deliverer {
                 let attempts = Attempts { sink, settings: &self.retry, health: &self.health, metrics: &self.metrics };
                 match attempts.send(&entry.request).await {
                     Ok(()) => self.metrics.record_delivered(received_at),
-                    Err(gave_up) => self.give_up(sink, &entry.request, gave_up).await,
+                    Err(gave_up) => self.give_up(sink, &entry.request, [&entry.request], gave_up).await,
                 }
             }
         }
         in_flight.dec();
+        self.finish(entry);
+    }
+
+    /// `entry` is done: acknowledged to the queue, and its ingest's completion completed.
+    fn finish(self: &Arc<Self>, entry: Entry) {
         self.queue.ack(entry.seq);
         if let Some(done) = entry.done {
             done.complete();
         }
     }
 
-    /// Logs and counts a give-up, and writes its dead letter (file I/O, so off the async threads).
-    async fn give_up(&self, sink: &http::HttpSink, request: &Request, gave_up: GaveUp) {
-        let (action, client) = (request.kind.action(), request.client.as_deref().unwrap_or("-"));
-        let (url, reason, attempts) = (sink.loggable_url(request), gave_up.reason.as_str(), gave_up.attempts);
+    /// Logs and counts the give-up of `sent` (one request, or a batch) for each of the
+    /// `requests` it carried, and writes a dead letter for each (file I/O, so off the async
+    /// threads).
+    async fn give_up<'a>(
+        &self,
+        sink: &http::HttpSink,
+        sent: &Request,
+        requests: impl IntoIterator<Item = &'a Request>,
+        gave_up: GaveUp,
+    ) {
+        let requests: Vec<Request> = requests.into_iter().cloned().collect();
+        let (action, client) = (sent.kind.action(), sent.client.as_deref().unwrap_or("-"));
+        let (url, reason, attempts) = (sink.loggable_url(sent), gave_up.reason.as_str(), gave_up.attempts);
+        let what = match requests.len() {
+            1 => format!("{action} (client {client:?})"),
+            events => format!("a batch of {events} events ({action}, …)"),
+        };
         self.metrics.report(
             Problem::GivenUp(gave_up.reason),
-            1,
+            requests.len() as u64,
             format_args!(
-                "Delivery of {action} (client {client:?}) to {url} given up ({reason}) after {attempts} attempts: {}.",
+                "Delivery of {what} to {url} given up ({reason}) after {attempts} attempts: {}.",
                 gave_up.error
             ),
         );
         if let Some(dead_letters) = self.dead_letters.clone() {
-            let request = request.clone();
             let written = tokio::task::spawn_blocking(move || {
-                dead_letters.record(&request, &gave_up.error, gave_up.attempts);
+                for request in &requests {
+                    dead_letters.record(request, &gave_up.error, gave_up.attempts);
+                }
             });
             if written.await.is_err() {
                 tracing::error!("Writing a dead letter panicked.");

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use super::request_builder;
+use super::request_builder::{self, Framing};
 use crate::config::LiveConfig;
 use crate::request::Request;
 
@@ -21,7 +21,13 @@ impl PrintSink {
     }
 
     pub(crate) fn print(&self, request: &Request) {
-        let http_request = request_builder::build(self.live.load().endpoint_delivery(self.slot), request);
+        self.print_framed(request, Framing::Single);
+    }
+
+    /// As [`PrintSink::print`], for a body framed as `framing` says (a batch).
+    pub(crate) fn print_framed(&self, request: &Request, framing: Framing<'_>) {
+        let http_request =
+            request_builder::build_framed(self.live.load().endpoint_delivery(self.slot), request, framing);
         let path = http_request.uri().path_and_query().map_or("/", |p| p.as_str());
         let mut text = format!("POST {path} HTTP/1.1\n");
         for (name, value) in http_request.headers() {

@@ -3,17 +3,21 @@
 //! Headers go out in NanoMQ's order: `Host`, the configured headers in config order, the guest's
 //! headers, then `Content-Length`, then `Idempotency-Key`, then (with `signing`) the Standard
 //! Webhooks headers. The guest's path is appended to the URL's path; the URL's query is kept.
+//!
+//! A batch ([`Framing::Batch`]) differs in two headers: its `Content-Type` is the batch format's,
+//! right after `Host` (a configured or guest-set one is left out), and `Idempotency-Keys`, the
+//! members' keys in body order, follows its own `Idempotency-Key`.
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
-use http::header::{CONTENT_LENGTH, HOST};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use http_body_util::Full;
 use sha2::Sha256;
 
-use crate::config::{DeliveryConfig, Signing};
+use crate::config::{BatchFormat, DeliveryConfig, Signing};
 use crate::request::{Request, IDEMPOTENCY_KEY};
 
 /// The URL a request with `guest_path` goes to, without its query: `scheme://authority/path`.
@@ -70,27 +74,62 @@ pub const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-times
 /// Standard Webhooks' signature header.
 pub const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
 
+/// The header that lists a batch's members' idempotency keys, comma-separated, in body order.
+pub const IDEMPOTENCY_KEYS: HeaderName = HeaderName::from_static("idempotency-keys");
+
+/// What a request's body is.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum Framing<'a> {
+    /// One event's body, as its guest made it.
+    #[default]
+    Single,
+    /// Several events' bodies in `format`; `keys` is the `Idempotency-Keys` value.
+    Batch {
+        /// How the bodies are put together.
+        format: BatchFormat,
+        /// The members' keys, comma-separated, in body order.
+        keys: &'a HeaderValue,
+    },
+}
+
 /// The full HTTP request for one delivery to `delivery.url`.
 pub fn build(delivery: &DeliveryConfig, request: &Request) -> http::Request<Full<Bytes>> {
+    build_framed(delivery, request, Framing::Single)
+}
+
+/// As [`build`], for a body framed as `framing` says.
+pub fn build_framed(delivery: &DeliveryConfig, request: &Request, framing: Framing<'_>) -> http::Request<Full<Bytes>> {
     let url = &delivery.url;
     let authority = url.authority().map_or("", |a| a.as_str());
     let uri = match url.query() {
         Some(query) => format!("{}?{query}", url_without_query(url, request.path.as_deref())),
         None => url_without_query(url, request.path.as_deref()),
     };
-    let mut headers = HeaderMap::with_capacity(delivery.headers.len() + request.headers.len() + 3);
+    let mut headers = HeaderMap::with_capacity(delivery.headers.len() + request.headers.len() + 5);
     if let Ok(host) = HeaderValue::from_str(authority) {
         headers.insert(HOST, host);
     }
-    for header in &delivery.headers {
+    let batch = match framing {
+        Framing::Single => None,
+        Framing::Batch { format, keys } => {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+            Some(keys)
+        }
+    };
+    // A batch's content type is its format's, whatever the configuration or the guest says.
+    let kept = |name: &HeaderName| batch.is_none() || *name != CONTENT_TYPE;
+    for header in delivery.headers.iter().filter(|header| kept(&header.name)) {
         headers.append(header.name.clone(), header.value.clone());
     }
-    for (name, value) in &request.headers {
+    for (name, value) in request.headers.iter().filter(|(name, _)| kept(name)) {
         headers.append(name.clone(), value.clone());
     }
     headers.insert(CONTENT_LENGTH, HeaderValue::from(request.body.len()));
     if let Some(key) = request.idempotency_key.as_deref().and_then(|key| HeaderValue::from_str(key).ok()) {
         headers.insert(IDEMPOTENCY_KEY, key);
+    }
+    if let Some(keys) = batch {
+        headers.insert(IDEMPOTENCY_KEYS, keys.clone());
     }
     if let (Some(signing), Some(id)) = (&delivery.signing, request.idempotency_key.as_deref()) {
         sign(signing, id, unix_seconds(), &request.body, &mut headers);
@@ -106,7 +145,44 @@ pub fn build(delivery: &DeliveryConfig, request: &Request) -> http::Request<Full
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::SigningKey;
+    use crate::config::{Header, SigningKey};
+    use crate::event::EventKind;
+
+    #[test]
+    fn a_batch_has_its_formats_content_type_after_host_and_its_keys_after_its_key() {
+        let header =
+            |name: &'static str, value: &'static str| (HeaderName::from_static(name), HeaderValue::from_static(value));
+        let delivery = DeliveryConfig {
+            url: Uri::from_static("http://example.test/hooks"),
+            headers: [header("content-type", "text/plain"), header("x-token", "t")]
+                .map(|(name, value)| Header::new(name, value))
+                .to_vec(),
+            ..DeliveryConfig::default()
+        };
+        let request = Request {
+            kind: EventKind::MessagePublish,
+            body: Bytes::from_static(b"[1,2]"),
+            headers: vec![header("content-type", "application/cloudevents+json"), header("x-guest", "g")],
+            path: Some("/a".into()),
+            client: None,
+            idempotency_key: Some("batch-00".into()),
+            received_at: None,
+        };
+        let keys = HeaderValue::from_static("k-1,k-2");
+        let built = build_framed(&delivery, &request, Framing::Batch { format: BatchFormat::Ndjson, keys: &keys });
+        let names: Vec<&str> = built.headers().iter().map(|(name, _)| name.as_str()).collect();
+        let order =
+            ["host", "content-type", "x-token", "x-guest", "content-length", "idempotency-key", "idempotency-keys"];
+        assert_eq!(names, order);
+        assert_eq!(built.headers()[CONTENT_TYPE], "application/x-ndjson");
+        assert_eq!(built.headers()[IDEMPOTENCY_KEYS], "k-1,k-2");
+        assert_eq!(built.uri(), "http://example.test/hooks/a");
+        // One event, as before: the configured and the guest's content types, in order.
+        let single = build(&delivery, &request);
+        let types: Vec<_> = single.headers().get_all(CONTENT_TYPE).iter().collect();
+        assert_eq!(types, ["text/plain", "application/cloudevents+json"]);
+        assert!(!single.headers().contains_key(IDEMPOTENCY_KEYS));
+    }
 
     #[test]
     fn signatures_match_the_standard_webhooks_test_vector() {

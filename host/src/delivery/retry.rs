@@ -18,6 +18,7 @@ use http::StatusCode;
 use super::error::DeliveryError;
 use super::health::{EndpointHealth, Turn};
 use super::http::HttpSink;
+use super::request_builder::Framing;
 use crate::config::RetrySettings;
 use crate::metrics::{EndpointMetrics, GiveUpReason};
 use crate::request::Request;
@@ -74,6 +75,11 @@ impl Attempts<'_> {
     /// Sends `request` until it is delivered or given up; each attempt waits for its turn (see
     /// [`EndpointHealth`]).
     pub async fn send(&self, request: &Request) -> Result<(), GaveUp> {
+        self.send_framed(request, Framing::Single).await
+    }
+
+    /// As [`Attempts::send`], for a body framed as `framing` says: a batch is retried as one.
+    pub async fn send_framed(&self, request: &Request, framing: Framing<'_>) -> Result<(), GaveUp> {
         let first_attempt = tokio::time::Instant::now();
         let mut attempts = 0;
         let mut last_error = None;
@@ -88,7 +94,7 @@ impl Attempts<'_> {
                 }
             }
             attempts += 1;
-            let error = match self.sink.send(request).await {
+            let error = match self.sink.send_framed(request, framing).await {
                 Ok(()) => {
                     self.health.succeeded();
                     return Ok(());
