@@ -283,6 +283,7 @@ impl GuestModule {
             refused: false,
         };
         let state = HostState { guest: name.clone(), wasi, table: ResourceTable::new(), limits };
+        let _calling = self.compiled.engine.calling();
         let mut store = Store::new(self.compiled.engine.engine(), state);
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(self.deadline_ticks);
@@ -304,6 +305,7 @@ impl GuestModule {
                 max_body: self.max_body,
                 endpoints: self.endpoints.clone(),
                 stats: self.stats.clone(),
+                engine: self.compiled.engine.clone(),
             }),
             Ok(Err(message)) => Err(GuestError::Rejected { guest: name.to_string(), message }),
             Err(e) => Err(classify(e, &mut store, self.timeout)),
@@ -423,6 +425,8 @@ pub struct GuestInstance {
     max_body: usize,
     endpoints: Arc<[String]>,
     stats: Arc<GuestStats>,
+    /// Keeps the epoch ticking while a call runs.
+    engine: GuestEngine,
 }
 
 impl GuestInstance {
@@ -437,9 +441,11 @@ impl GuestInstance {
         let count = batch.len();
         // guest.timeout is per event.
         let ticks = self.deadline_ticks.saturating_mul(u64::try_from(count).unwrap_or(u64::MAX));
+        let calling = self.engine.calling();
         self.store.set_epoch_deadline(ticks);
         let started = std::time::Instant::now();
         let called = self.filter.call_handle_batch(&mut self.store, &batch.events);
+        drop(calling);
         let took = started.elapsed() / u32::try_from(count.max(1)).unwrap_or(u32::MAX);
         // A failed batch is not counted: its events are retried one by one, and counted then.
         let answers = called.map_err(|error| classify(error, &mut self.store, self.timeout))?;
@@ -462,9 +468,11 @@ impl GuestInstance {
     /// Runs the guest's `handle` on event `index` of `batch`. On an `Err` other than
     /// [`GuestError::InvalidDelivery`] the instance must be dropped.
     pub fn handle(&mut self, batch: &Batch, index: usize) -> Result<Option<GuestDelivery>, GuestError> {
+        let calling = self.engine.calling();
         self.store.set_epoch_deadline(self.deadline_ticks);
         let started = std::time::Instant::now();
         let called = self.filter.call_handle(&mut self.store, &batch.events[index]);
+        drop(calling);
         let took = started.elapsed();
         let result = match called {
             Ok(answer) => self.delivery(batch, index, answer),
