@@ -59,6 +59,12 @@ fn main() {
         row("threads, saturated", &|r| r.saturated.memory.threads.to_string());
         row(&format!("CPU per publish, {rate} publishes/s"), &|r| format!("{:.1} µs", r.steady.cpu_per_publish()));
         row("CPU per publish, saturated", &|r| format!("{:.1} µs", r.saturated.cpu_per_publish()));
+        row(&format!("context switches per publish, {rate} publishes/s"), &|r| {
+            format!("{:.1}", r.steady.switches as f64 / r.steady.publishes as f64)
+        });
+        row("context switches per publish, saturated", &|r| {
+            format!("{:.1}", r.saturated.switches as f64 / r.saturated.publishes as f64)
+        });
         row("publishes/s, saturated", &|r| format!("{:.0}", r.saturated.publishes as f64 / r.saturated.seconds));
         row("webhooks delivered (steady / saturated)", &|r| {
             format!("{} / {}", r.steady.delivered, r.saturated.delivered)
@@ -111,6 +117,8 @@ struct Phase {
     publishes: usize,
     delivered: usize,
     cpu_seconds: f64,
+    /// Voluntary and involuntary context switches of the threads alive at both ends of the phase.
+    switches: u64,
     seconds: f64,
     memory: Memory,
 }
@@ -211,6 +219,7 @@ impl Mqhook {
     ) -> Phase {
         let before = arrivals.lock().unwrap().len();
         let cpu = cpu_seconds(self.child.id());
+        let switches = context_switches(self.child.id());
         let started = Instant::now();
         for publisher in spawn() {
             publisher.await.expect("publisher");
@@ -222,8 +231,12 @@ impl Mqhook {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let cpu_seconds = cpu_seconds(self.child.id()) - cpu;
+        let switches = context_switches(self.child.id())
+            .iter()
+            .map(|(thread, count)| count - switches.get(thread).copied().unwrap_or(0))
+            .sum();
         let delivered = arrivals.lock().unwrap().len() - before;
-        Phase { publishes, delivered, cpu_seconds, seconds, memory: memory(self.child.id()) }
+        Phase { publishes, delivered, cpu_seconds, switches, seconds, memory: memory(self.child.id()) }
     }
 }
 
@@ -260,6 +273,25 @@ fn cpu_seconds(pid: u32) -> f64 {
     let fields: Vec<&str> = stat.rsplit_once(')').expect("a stat line").1.split_whitespace().collect();
     let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
     ticks as f64 / TICKS_PER_SECOND
+}
+
+/// Each thread's context switches so far (voluntary: it waited; involuntary: it was preempted),
+/// from `/proc/<pid>/task/<tid>/status`: the wake-ups a hand-off between threads costs.
+fn context_switches(pid: u32) -> std::collections::HashMap<u64, u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/<pid>/task");
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| {
+            let thread = task.file_name().to_str()?.parse().ok()?;
+            let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+            let count = status
+                .lines()
+                .filter(|line| line.contains("ctxt_switches:"))
+                .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum();
+            Some((thread, count))
+        })
+        .collect()
 }
 
 fn free_port() -> u16 {
