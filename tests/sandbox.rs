@@ -63,6 +63,28 @@ async fn hostile_calls_are_contained_and_later_events_delivered() {
     assert!(run.stderr.contains("guest stderr"), "the guest's panic message reaches the host log via stderr");
 }
 
+/// An event is run by the ingest that submits it when nothing waits (no thread hand-off); a
+/// guest version whose call took too long there is run by the guest workers from then on, so a
+/// stalling guest holds an ingest's (a broker's) thread once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_that_stalls_an_ingest_thread_once_is_run_on_the_workers_after() {
+    let endpoint = Endpoint::start(Behaviour::default()).await;
+    let scratch = Scratch::new();
+    let config = scratch.file("hostile.hcl", &hostile_config(&endpoint.url(), ""));
+    let topics = ["hostile/loop", "hostile/loop", "hostile/loop", "ok/1"];
+    let input: String = topics.iter().enumerate().map(|(i, t)| publish_line(t, i as u64) + "\n").collect();
+    let run = mqhook(
+        &["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap(), "--guest", HOSTILE_GUEST],
+        &input,
+    )
+    .await;
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!(run.summary("guest_timeouts"), 3, "every looping call is stopped by its deadline: {}", run.stderr);
+    assert_eq!(run.summary("delivered"), 1, "{}", run.stderr);
+    let moved = run.stderr.lines().filter(|line| line.contains("run on the guest workers only")).count();
+    assert_eq!(moved, 1, "the first stall moves the guest to the workers, once:\n{}", run.stderr);
+}
+
 #[test]
 fn a_guest_that_rejects_its_configuration_does_not_start() {
     let config =

@@ -84,6 +84,8 @@ struct State {
     /// Reused buffer for framing records.
     frames: Vec<u8>,
     closed: bool,
+    /// Pushers waiting on `writable` (a notification is a system call even when nobody waits).
+    pushers_waiting: usize,
 }
 
 impl DeliveryQueue {
@@ -115,6 +117,7 @@ impl DeliveryQueue {
             done: BTreeSet::new(),
             frames: Vec::new(),
             closed: false,
+            pushers_waiting: 0,
         };
         let mut queue = DeliveryQueue::with_state(state, queues, metrics);
         queue.on_full = spool_config.on_full;
@@ -134,6 +137,7 @@ impl DeliveryQueue {
             done: BTreeSet::new(),
             frames: Vec::new(),
             closed: false,
+            pushers_waiting: 0,
         };
         DeliveryQueue::with_state(state, queues, metrics)
     }
@@ -168,6 +172,29 @@ impl DeliveryQueue {
     /// on disk, or what the spool refused is counted as dropped); without one each goes with
     /// its request to delivery.
     pub(crate) fn push_with(&self, batch: Vec<Request>, completions: Vec<Option<Completion>>) {
+        self.push_entries(batch, completions, true);
+    }
+
+    /// Whether a push would neither wait nor touch the disk now: memory only, open, with room.
+    /// A caller that must not block (an ingest's own thread) asks before it makes requests, then
+    /// pushes them with [`DeliveryQueue::push_now`].
+    pub(crate) fn takes_without_waiting(&self) -> bool {
+        if self.spooled {
+            return false;
+        }
+        let state = self.lock();
+        !state.closed && state.has_room(self.bound, self.bound_bytes)
+    }
+
+    /// As [`DeliveryQueue::push_with`] on a memory-only queue, but never waits: what a full
+    /// queue cannot take is kept beyond its bound. Only after
+    /// [`DeliveryQueue::takes_without_waiting`] said yes, so the bound is passed only by what
+    /// concurrent pushers made meanwhile.
+    pub(crate) fn push_now(&self, batch: Vec<Request>, completions: Vec<Option<Completion>>) {
+        self.push_entries(batch, completions, false);
+    }
+
+    fn push_entries(&self, batch: Vec<Request>, completions: Vec<Option<Completion>>, wait: bool) {
         let mut state = self.lock();
         if state.spool.is_some() {
             let mut pending = VecDeque::from(batch);
@@ -182,7 +209,9 @@ impl DeliveryQueue {
                         "The spool is full: new requests wait until delivery frees room (spool.on_full = block)."
                     ),
                 );
+                state.pushers_waiting += 1;
                 state = self.writable.wait_timeout(state, FULL_SPOOL_RECHECK).unwrap_or_else(PoisonError::into_inner).0;
+                state.pushers_waiting -= 1;
                 // Acknowledgements are written down lazily; a waiting pusher may not wait for that.
                 let acked = state.acked;
                 if let Err(error) = state.spool.as_mut().expect("a spooled queue").release(acked, true) {
@@ -194,8 +223,10 @@ impl DeliveryQueue {
         } else {
             let mut completions = completions.into_iter();
             for mut request in batch {
-                while !state.has_room(self.bound, self.bound_bytes) {
+                while wait && !state.has_room(self.bound, self.bound_bytes) {
+                    state.pushers_waiting += 1;
                     state = self.writable.wait(state).unwrap_or_else(PoisonError::into_inner);
+                    state.pushers_waiting -= 1;
                 }
                 let seq = state.take_seq(&mut request);
                 state.keep(Entry { seq, request, done: completions.next().flatten() });
@@ -301,8 +332,11 @@ impl DeliveryQueue {
                     let take = max.min(state.memory.len());
                     let entries: Vec<Entry> = state.memory.drain(..take).collect();
                     state.memory_bytes -= entries.iter().map(|e| e.request.body.len()).sum::<usize>();
+                    let pushers_waiting = state.pushers_waiting > 0;
                     drop(state);
-                    self.writable.notify_all();
+                    if pushers_waiting {
+                        self.writable.notify_all();
+                    }
                     return Some(entries);
                 }
                 if state.closed {
@@ -386,13 +420,13 @@ impl DeliveryQueue {
     /// wait for room in a full spool.
     fn release(&self) {
         let mut state = self.lock();
-        let acked = state.acked;
+        let (acked, pushers_waiting) = (state.acked, state.pushers_waiting > 0);
         if let Some(spool) = state.spool.as_mut() {
             let before = spool.bytes();
             if let Err(error) = spool.release(acked, false) {
                 tracing::error!("Cannot record delivered requests in the spool: {error}.");
             }
-            if spool.bytes() < before {
+            if spool.bytes() < before && pushers_waiting {
                 self.writable.notify_all();
             }
         }

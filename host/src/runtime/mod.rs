@@ -3,8 +3,9 @@
 //! - **Receives** events through [`Submitter`]s, which put them on the runtime queue (bounded).
 //!   Event kinds no rule selects are counted as filtered right there, without a trip through the
 //!   sandbox.
-//! - **Owns** the wiring: the runtime queue, the guest worker threads (one guest instance each,
-//!   fed in batches, started as the load needs them, up to `guest.workers`), and per endpoint
+//! - **Owns** the wiring: the runtime queue, the guest stage (its lanes, one guest instance each;
+//!   worker threads fed in batches, started as the load needs them, up to `guest.workers`; and
+//!   when nothing waits, the submitting thread runs the event itself), and per endpoint
 //!   (the default one at `webhook.url`, then each named one) a delivery queue, its health and its
 //!   delivery task, so that a slow or dead endpoint holds up only its own requests; and the
 //!   dead-letter files the workers and delivery write to.
@@ -38,7 +39,7 @@ use crate::spool::SpoolError;
 mod queue;
 mod worker;
 use queue::{EventQueue, Refused};
-use worker::Worker;
+use worker::GuestStage;
 
 /// Why an event was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +75,8 @@ pub enum StartError {
 #[derive(Clone)]
 pub struct Submitter {
     queue: Arc<EventQueue>,
+    /// Runs an event on the submitting thread when the queue is idle.
+    guests: Arc<GuestStage>,
     /// What [`Submitter::submit`] does on a full queue (`queues.when_full`).
     when_full: WhenFull,
     live: LiveConfig,
@@ -102,6 +105,12 @@ impl Submitter {
         self.outcome(self.queue.try_push((event, None)))
     }
 
+    /// Runs `queued` through the guest right here when that costs no wait (see
+    /// [`GuestStage::run_inline`]), else hands it back for the queue.
+    fn run_inline(&self, queued: queue::Submission) -> Option<queue::Submission> {
+        self.guests.run_inline(&self.queue, queued)
+    }
+
     /// Accepts an event as `queues.when_full` says: by default waiting for room, without blocking
     /// the thread, so a broker hook slows down only its own client's connection task. A bounded
     /// wait that runs out, or `drop_new`, hands the event back and counts it as `rejected`.
@@ -124,6 +133,7 @@ impl Submitter {
             }
             return Ok(());
         }
+        let Some(queued) = self.run_inline(queued) else { return Ok(()) };
         let pushed = match self.when_full {
             WhenFull::Block => self.queue.push(queued, None).await,
             WhenFull::Wait(limit) => self.queue.push(queued, Some(limit)).await,
@@ -138,7 +148,8 @@ impl Submitter {
         if !self.admit(&event) {
             return Ok(());
         }
-        self.outcome(self.queue.push_blocking((event, None)))
+        let Some(queued) = self.run_inline((event, None)) else { return Ok(()) };
+        self.outcome(self.queue.push_blocking(queued))
     }
 
     fn outcome(&self, pushed: Result<(), Refused>) -> Result<(), SubmitError> {
@@ -189,6 +200,7 @@ pub struct Runtime {
     submitter: Submitter,
     active: ActiveGuest,
     events: Arc<EventQueue>,
+    guests: Arc<GuestStage>,
     endpoints: Arc<[EndpointDelivery]>,
     deliveries: Vec<tokio::task::JoinHandle<()>>,
     /// Logs what the log limiter held back, once a window; stopped with the runtime.
@@ -332,18 +344,15 @@ impl Runtime {
             DeliveryOrder::None => config.guest.workers.get(),
         };
         let queues: Arc<[Arc<DeliveryQueue>]> = endpoints.iter().map(|endpoint| endpoint.requests.clone()).collect();
-        // Worker threads start as the load needs them (see `queue`), the first one now.
+        let guests = Arc::new(GuestStage::new(active.clone(), queues, dead_letters, metrics.clone(), worker_count));
+        // Worker threads start as the load needs them (see `queue`).
         let spawn_worker: queue::SpawnWorker = {
-            let (active, dead_letters, metrics) = (active.clone(), dead_letters.clone(), metrics.clone());
+            let guests = guests.clone();
             Box::new(move |index, events| {
-                let worker = Worker {
-                    active: active.clone(),
-                    events,
-                    requests: queues.clone(),
-                    dead_letters: dead_letters.clone(),
-                    metrics: metrics.clone(),
-                };
-                std::thread::Builder::new().name(format!("mqhook-guest-{index}")).spawn(move || worker.run())
+                let guests = guests.clone();
+                std::thread::Builder::new()
+                    .name(format!("mqhook-guest-{index}"))
+                    .spawn(move || guests.work(index, &events))
             })
         };
         events.start_workers(worker_count, spawn_worker);
@@ -357,9 +366,14 @@ impl Runtime {
                 }
             }))
         };
-        let submitter =
-            Submitter { queue: events.clone(), when_full: config.queues.when_full, live, metrics: metrics.clone() };
-        Ok(Runtime { submitter, active, events, endpoints, deliveries, flusher, metrics })
+        let submitter = Submitter {
+            queue: events.clone(),
+            guests: guests.clone(),
+            when_full: config.queues.when_full,
+            live,
+            metrics: metrics.clone(),
+        };
+        Ok(Runtime { submitter, active, events, guests, endpoints, deliveries, flusher, metrics })
     }
 
     /// A read-only view for the admin API.
@@ -390,17 +404,19 @@ impl Runtime {
     /// Stops accepting events (every `Submitter` now answers `Closed`) and waits until every
     /// accepted event is delivered, failed or filtered.
     pub async fn shutdown(self) -> MetricsSnapshot {
-        let Runtime { events, endpoints, deliveries, flusher, metrics, .. } = self;
-        // No event enters after this; workers drain what is queued, then stop.
+        let Runtime { events, guests, endpoints, deliveries, flusher, metrics, .. } = self;
+        // No event enters after this (nor runs inline); workers drain what is queued, then stop.
         events.close();
         let workers = events.take_workers();
-        // Workers drain the queue and exit; joining them blocks, so off the executor.
+        // Workers drain the queue and exit, an inline run under way finishes; waiting for them
+        // blocks, so off the executor.
         let joined = tokio::task::spawn_blocking(move || {
             for worker in workers {
                 if worker.join().is_err() {
                     tracing::error!("A guest worker thread panicked.");
                 }
             }
+            guests.wait_for_lanes();
         })
         .await;
         if joined.is_err() {

@@ -6,10 +6,11 @@
 //! for a notification, so that the publisher is slowed down instead of its events dropped. Workers
 //! take events in batches and wake whoever waits for room.
 //!
-//! The queue also starts its guest workers, as the load needs them: one at first, then one more
-//! (up to `guest.workers`) whenever an event has waited longer than [`GROW_AFTER`] with no worker
-//! free. A light load is handled by one thread and one guest instance; a worker once started runs
-//! until the queue closes.
+//! The queue also starts its guest workers, as the load needs them: the first when an event is
+//! first queued, then one more (up to `guest.workers`) whenever an event has waited longer than
+//! [`GROW_AFTER`] with no worker free. A light load is handled by one thread and one guest
+//! instance, or by none, when every event is run where it was submitted (see
+//! [`EventQueue::is_idle`]); a worker once started runs until the queue closes.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
@@ -81,12 +82,16 @@ struct State {
     closed: bool,
     /// Workers waiting in [`EventQueue::pop_batch`] for an event.
     idle: usize,
+    /// Workers started (counted before their thread runs).
+    workers: usize,
+    /// Blocking submitters waiting for room.
+    blocked: usize,
 }
 
 impl EventQueue {
     pub(super) fn new(capacity: usize) -> EventQueue {
         EventQueue {
-            state: Mutex::new(State { events: VecDeque::new(), closed: false, idle: 0 }),
+            state: Mutex::new(State { events: VecDeque::new(), closed: false, idle: 0, workers: 0, blocked: 0 }),
             capacity,
             readable: Condvar::new(),
             writable: Condvar::new(),
@@ -96,13 +101,19 @@ impl EventQueue {
         }
     }
 
-    /// Starts the first worker with `spawn`; up to `max` in all are started as events wait (see
-    /// the module docs). Called once.
+    /// Sets how workers are started: with `spawn`, up to `max` in all, as events wait (see the
+    /// module docs). Called once, before the first push.
     pub(super) fn start_workers(self: &Arc<Self>, max: usize, spawn: SpawnWorker) {
-        // Without one worker nothing would ever leave the queue.
-        let first = spawn(0, self.clone()).expect("spawning a guest worker thread");
-        let workers = Workers { max, spawn, queue: Arc::downgrade(self), started: Mutex::new(Some(vec![first])) };
+        let workers = Workers { max, spawn, queue: Arc::downgrade(self), started: Mutex::new(Some(Vec::new())) };
         assert!(self.workers.set(workers).is_ok(), "the workers are started once");
+    }
+
+    /// Whether nothing waits and every worker started waits for events: then an event may be
+    /// run at once by whoever submits it, without overtaking one queued or in a worker's hands
+    /// (so per-client order holds). `false` once closed.
+    pub(super) fn is_idle(&self) -> bool {
+        let state = self.lock();
+        !state.closed && state.events.is_empty() && state.idle == state.workers
     }
 
     /// The worker threads started so far, for the drain to join; none is started after this.
@@ -113,14 +124,13 @@ impl EventQueue {
             .unwrap_or_default()
     }
 
-    /// Whether another worker should start: no worker is free and the oldest event has waited
-    /// longer than [`GROW_AFTER`].
+    /// Whether another worker should start: no worker is free and an event waits, with none
+    /// started yet or for longer than [`GROW_AFTER`].
     fn short_of_workers(&self, state: &State) -> bool {
         state.idle == 0
-            && state
-                .events
-                .front()
-                .is_some_and(|oldest| oldest.received_at.elapsed().is_ok_and(|waited| waited > self.grow_after))
+            && state.events.front().is_some_and(|oldest| {
+                state.workers == 0 || oldest.received_at.elapsed().is_ok_and(|waited| waited > self.grow_after)
+            })
     }
 
     /// Starts one more worker, unless `max` run already or the drain has begun.
@@ -129,13 +139,18 @@ impl EventQueue {
         let mut started = workers.started.lock().unwrap_or_else(PoisonError::into_inner);
         let (Some(started), Some(queue)) = (started.as_mut(), workers.queue.upgrade()) else { return };
         if started.len() < workers.max {
+            // Counted first, so that the new worker is never seen idle beyond the count.
+            self.lock().workers += 1;
             match (workers.spawn)(started.len(), queue) {
                 Ok(thread) => {
                     started.push(thread);
                     tracing::debug!(workers = started.len(), "Events wait for the guest: one more worker.");
                 }
-                // The running workers go on; the next wait tries again.
-                Err(error) => tracing::warn!("Cannot start another guest worker: {error}."),
+                // The running workers go on; the next push or wait tries again.
+                Err(error) => {
+                    self.lock().workers -= 1;
+                    tracing::warn!("Cannot start a guest worker: {error}.");
+                }
             }
         }
     }
@@ -165,7 +180,9 @@ impl EventQueue {
     pub(super) fn push_blocking(&self, event: Submission) -> Result<(), Refused> {
         let mut state = self.lock();
         while !state.closed && state.events.len() >= self.capacity {
+            state.blocked += 1;
             state = self.writable.wait(state).unwrap_or_else(PoisonError::into_inner);
+            state.blocked -= 1;
         }
         let pushed = self.push_locked(&mut state, event);
         self.grow_if_short(state);
@@ -204,7 +221,10 @@ impl EventQueue {
         }
         let (event, done) = event;
         state.events.push_back(Queued { received_at: SystemTime::now(), event, done });
-        self.readable.notify_one();
+        // A notification is a system call even when nobody waits.
+        if state.idle > 0 {
+            self.readable.notify_one();
+        }
         Ok(())
     }
 
@@ -225,9 +245,12 @@ impl EventQueue {
         if state.events.is_empty() && state.events.capacity() > KEPT_CAPACITY {
             state.events.shrink_to(KEPT_CAPACITY);
         }
+        let blocked = state.blocked > 0;
         // What is left waits for the next free worker; start one if none is.
         self.grow_if_short(state);
-        self.writable.notify_all();
+        if blocked {
+            self.writable.notify_all();
+        }
         self.room.notify_waiters();
         true
     }
@@ -279,7 +302,7 @@ mod tests {
     }
 
     #[test]
-    fn a_second_worker_starts_only_once_an_event_has_waited_with_every_worker_busy() {
+    fn the_first_worker_starts_with_the_first_event_and_a_second_once_an_event_has_waited() {
         use std::sync::atomic::{AtomicUsize, Ordering};
         use std::sync::mpsc;
         // Long enough that no stall of a busy test machine passes for a wait.
@@ -305,13 +328,16 @@ mod tests {
             })
         };
         queue.start_workers(2, spawn);
-        assert_eq!(started.load(Ordering::SeqCst), 1, "one worker to begin with");
+        assert_eq!(started.load(Ordering::SeqCst), 0, "no worker before an event is queued");
+        assert!(queue.is_idle(), "with no worker and no event, an event may run where it is submitted");
         queue.try_push(event(0)).unwrap();
+        assert_eq!(started.load(Ordering::SeqCst), 1, "the first event queued starts a worker at once");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while queue.len() > 0 {
             assert!(std::time::Instant::now() < deadline, "worker 0 never took its event");
             std::thread::yield_now();
         }
+        assert!(!queue.is_idle(), "worker 0 holds event 0: an event run elsewhere could overtake it");
         queue.try_push(event(1)).unwrap();
         assert_eq!(started.load(Ordering::SeqCst), 1, "an event that has not waited yet starts no worker");
         // The condition under test is an age: let event 1 grow older than the threshold.

@@ -1,17 +1,27 @@
-//! One guest worker: an OS thread with its own guest instance, fed from the shared queue.
+//! The guest stage: events through the guest, requests to their endpoints' delivery queues.
 //!
-//! It takes events in batches (a busy worker never sleeps between events), gives each batch to
-//! the guest version current at that batch in one `handle-batch` call, routes each delivery to
-//! its endpoints, and hands each endpoint's requests to its delivery queue at once. When the
-//! batch call fails, every event of the batch is given to `handle` on its own, on a fresh
-//! instance after each failure, so a trap costs only the event that causes it. After a failed
-//! event it hands the event to the built-in guest when `guest.on_failure` says so (to deliver,
-//! or to write to the dead-letter file), and rolls a newly swapped guest back when it keeps
-//! failing.
+//! Its work is done in *lanes*, one per guest worker (`guest.workers`, or one with per-client
+//! order), each with its own guest instance. A worker is an OS thread that takes events off the
+//! runtime queue in batches (a busy worker never sleeps between events) and runs them in its
+//! lane. When nothing waits in the queue and no worker holds an event, the ingest that submits
+//! an event runs it itself in a free lane ([`GuestStage::run_inline`]): at everyday rates an
+//! event then never changes threads before delivery, which would cost two wake-ups (the worker's
+//! and then the delivery task's) per event. A guest version whose inline run took longer than
+//! [`INLINE_LIMIT`] is not run inline again, so a slow guest costs the ingest's thread once.
+//!
+//! In a lane, each batch goes to the guest version current at that batch in one `handle-batch`
+//! call; each delivery is routed to its endpoints, and each endpoint's requests are handed to its
+//! delivery queue at once. When the batch call fails, every event of the batch is given to
+//! `handle` on its own, on a fresh instance after each failure, so a trap costs only the event
+//! that causes it. After a failed event the lane hands the event to the built-in guest when
+//! `guest.on_failure` says so (to deliver, or to write to the dead-letter file), and rolls a newly
+//! swapped guest back when it keeps failing.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::time::{Duration, Instant, SystemTime};
 
-use super::queue::{EventQueue, Queued};
+use super::queue::{EventQueue, Queued, Submission};
 use crate::completion::Completion;
 use crate::config::{Config, FailurePolicy};
 use crate::delivery::dead_letter::DeadLetters;
@@ -23,15 +33,30 @@ use crate::request::Request;
 /// Most events a worker takes off the queue at once.
 const BATCH: usize = 256;
 
-/// One guest worker's inputs and outputs.
-pub(super) struct Worker {
+/// How long an inline run (one event, on an ingest's thread) may take before its guest version
+/// is run by the workers only: far above a usual call (a few µs, a first instance under 5 ms),
+/// short enough that a slow guest stalls an ingest thread once, briefly.
+pub(super) const INLINE_LIMIT: Duration = Duration::from_millis(20);
+
+/// The guest stage's lanes, and what every lane hands its results to.
+pub(super) struct GuestStage {
     pub active: ActiveGuest,
-    /// Closed when the runtime shuts down: drain it, then stop.
-    pub events: Arc<EventQueue>,
     /// Each endpoint's delivery queue: the default endpoint's first, then the named ones'.
     pub requests: Arc<[Arc<DeliveryQueue>]>,
     pub dead_letters: Option<Arc<DeadLetters>>,
     pub metrics: Arc<Metrics>,
+    /// Worker `i` runs in lane `i`; an inline run takes any free one.
+    lanes: Box<[Mutex<Lane>]>,
+    /// The guest generation not to run inline (one of its inline runs was too slow).
+    slow_generation: AtomicU64,
+}
+
+/// One lane's guest instances and buffers.
+struct Lane {
+    /// Made on first use.
+    current: Option<Current>,
+    batch: Batch,
+    outgoing: Outgoing,
 }
 
 /// What to do with a failed call's event, and this worker's instance of the built-in guest.
@@ -86,63 +111,150 @@ struct Outgoing {
     completions: Vec<Vec<Option<Completion>>>,
 }
 
-impl Worker {
-    pub(super) fn run(self) {
-        let (generation, guest) = self.active.current();
-        let mut current = Current { generation, running: Running::new(guest), fallback: self.fallback() };
+impl GuestStage {
+    /// A stage of `lanes` lanes (one per worker that may run).
+    pub(super) fn new(
+        active: ActiveGuest,
+        requests: Arc<[Arc<DeliveryQueue>]>,
+        dead_letters: Option<Arc<DeadLetters>>,
+        metrics: Arc<Metrics>,
+        lanes: usize,
+    ) -> GuestStage {
+        let lanes = (0..lanes.max(1))
+            .map(|_| {
+                let outgoing = Outgoing {
+                    requests: requests.iter().map(|_| Vec::new()).collect(),
+                    completions: requests.iter().map(|_| Vec::new()).collect(),
+                };
+                Mutex::new(Lane { current: None, batch: Batch::new(), outgoing })
+            })
+            .collect();
+        GuestStage { active, requests, dead_letters, metrics, lanes, slow_generation: AtomicU64::new(u64::MAX) }
+    }
+
+    /// Worker `index`'s loop: batches off `events` through its lane until the queue is closed
+    /// and drained.
+    pub(super) fn work(&self, index: usize, events: &EventQueue) {
         let mut queued = Vec::with_capacity(BATCH);
-        let mut batch = Batch::new();
-        let mut outgoing = Outgoing {
-            requests: self.requests.iter().map(|_| Vec::new()).collect(),
-            completions: self.requests.iter().map(|_| Vec::new()).collect(),
+        while events.pop_batch(BATCH, &mut queued) {
+            let mut lane = self.lanes[index % self.lanes.len()].lock().unwrap_or_else(PoisonError::into_inner);
+            self.run(&mut lane, queued.drain(..), true);
+        }
+    }
+
+    /// Runs `submission` here, on the submitting thread, when that overtakes nothing and waits
+    /// for nothing: the runtime queue is idle (see [`EventQueue::is_idle`]), a lane is free,
+    /// every delivery queue is memory only and has room, and the guest version has not been too
+    /// slow for it. Hands the submission back otherwise, for the queue.
+    pub(super) fn run_inline(&self, events: &EventQueue, submission: Submission) -> Option<Submission> {
+        let generation = self.active.generation();
+        if self.slow_generation.load(Ordering::Relaxed) == generation
+            || !self.requests.iter().all(|queue| queue.takes_without_waiting())
+        {
+            return Some(submission);
+        }
+        // The lane first: the drain waits for every lane after closing the queue, so a run that
+        // then finds the queue open finishes before delivery closes.
+        let Some(mut lane) = self.free_lane() else { return Some(submission) };
+        if !events.is_idle() {
+            return Some(submission);
+        }
+        let started = Instant::now();
+        let (event, done) = submission;
+        self.run(&mut lane, std::iter::once(Queued { received_at: SystemTime::now(), event, done }), false);
+        let took = started.elapsed();
+        if took > INLINE_LIMIT {
+            self.slow_generation.store(generation, Ordering::Relaxed);
+            tracing::info!(
+                "A guest call took {} ms; this guest version is run on the guest workers only from now on.",
+                took.as_millis()
+            );
+        }
+        None
+    }
+
+    fn free_lane(&self) -> Option<MutexGuard<'_, Lane>> {
+        self.lanes.iter().find_map(|lane| match lane.try_lock() {
+            Ok(lane) => Some(lane),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        })
+    }
+
+    /// Runs `queued` through the guest in `lane` and hands the requests to their endpoints'
+    /// queues: waiting for room when `may_wait`, else at once (see
+    /// [`DeliveryQueue::push_now`]).
+    fn run(&self, lane: &mut Lane, queued: impl Iterator<Item = Queued>, may_wait: bool) {
+        let Lane { current, batch, outgoing } = lane;
+        let current = match current {
+            Some(current) => {
+                self.follow(current);
+                current
+            }
+            None => current.insert(self.current()),
         };
-        while self.events.pop_batch(BATCH, &mut queued) {
-            self.follow(&mut current);
-            let config = self.active.config();
-            let mut events = queued.drain(..).peekable();
-            while events.peek().is_some() {
-                let mut arrivals = Vec::new();
-                // Filled up to the guest's payload bound for one call (at least one event).
-                while !batch.is_full(&current.running.guest) {
-                    let Some(Queued { received_at, event, done }) = events.next() else { break };
-                    batch.push(event);
-                    arrivals.push((received_at, done));
-                }
-                let started = std::time::Instant::now();
-                let deliveries = self.deliveries(&mut current, &batch);
-                self.metrics.record_guest_calls(started.elapsed(), batch.len());
-                for (index, (delivery, (received_at, done))) in deliveries.into_iter().zip(arrivals).enumerate() {
-                    match delivery {
-                        Some(mut delivery) => {
-                            delivery.request.received_at = Some(received_at);
-                            self.route(&config, &batch, index, delivery, done, &mut outgoing);
-                        }
-                        // Filtered, or failed for good: the event is done with.
-                        None => {
-                            if let Some(done) = done {
-                                done.complete();
-                            }
+        let config = self.active.config();
+        let mut events = queued.peekable();
+        while events.peek().is_some() {
+            let mut arrivals = Vec::new();
+            // Filled up to the guest's payload bound for one call (at least one event).
+            while !batch.is_full(&current.running.guest) {
+                let Some(Queued { received_at, event, done }) = events.next() else { break };
+                batch.push(event);
+                arrivals.push((received_at, done));
+            }
+            let started = Instant::now();
+            let deliveries = self.deliveries(current, batch);
+            self.metrics.record_guest_calls(started.elapsed(), batch.len());
+            for (index, (delivery, (received_at, done))) in deliveries.into_iter().zip(arrivals).enumerate() {
+                match delivery {
+                    Some(mut delivery) => {
+                        delivery.request.received_at = Some(received_at);
+                        self.route(&config, batch, index, delivery, done, outgoing);
+                    }
+                    // Filtered, or failed for good: the event is done with.
+                    None => {
+                        if let Some(done) = done {
+                            done.complete();
                         }
                     }
                 }
-                batch.clear();
-                self.roll_back_if_failing(&mut current);
             }
-            for ((queue, requests), completions) in
-                self.requests.iter().zip(&mut outgoing.requests).zip(&mut outgoing.completions)
-            {
-                if !requests.is_empty() {
-                    queue.push_with(std::mem::take(requests), std::mem::take(completions));
+            batch.clear();
+            self.roll_back_if_failing(current);
+        }
+        for ((queue, requests), completions) in
+            self.requests.iter().zip(&mut outgoing.requests).zip(&mut outgoing.completions)
+        {
+            if !requests.is_empty() {
+                let (requests, completions) = (std::mem::take(requests), std::mem::take(completions));
+                if may_wait {
+                    queue.push_with(requests, completions);
+                } else {
+                    queue.push_now(requests, completions);
                 }
             }
+        }
+    }
+
+    /// The guest version current now, with its fallback.
+    fn current(&self) -> Current {
+        let (generation, guest) = self.active.current();
+        Current { generation, running: Running::new(guest), fallback: self.fallback() }
+    }
+
+    /// Waits until no lane runs events (for the drain: after the queue is closed, no inline run
+    /// starts, and one under way finishes its pushes before delivery closes).
+    pub(super) fn wait_for_lanes(&self) {
+        for lane in self.lanes.iter() {
+            drop(lane.lock().unwrap_or_else(PoisonError::into_inner));
         }
     }
 
     /// Switches to the guest version swapped in since, if any: one atomic load.
     fn follow(&self, current: &mut Current) {
         if self.active.generation() != current.generation {
-            let (generation, guest) = self.active.current();
-            *current = Current { generation, running: Running::new(guest), fallback: self.fallback() };
+            *current = self.current();
         }
     }
 
