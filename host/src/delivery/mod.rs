@@ -112,21 +112,36 @@ pub(crate) async fn run(
     queue.finish();
 }
 
-/// Up to `pool_size` requests in flight, in any order, one task each. During an outage the
-/// tasks wait for the endpoint's health (holding no connection) and the rest stay queued.
+/// Up to `pool_size` requests in flight, in any order. During an outage they wait for the
+/// endpoint's health (holding no connection) and the rest stay queued.
+///
+/// This task polls the requests in flight itself rather than spawning a task for each: a task
+/// spawned while another waits to run makes tokio wake a second worker thread to take it, a
+/// wake-up per request that an everyday rate would pay. A panicking request is caught and logged,
+/// as a panicking task would be.
 async fn run_pooled(deliverer: Arc<Deliverer>, pool_size: usize) {
-    let mut tasks = tokio::task::JoinSet::new();
-    while let Some(entries) = deliverer.queue.pop(POP_BATCH).await {
-        for entry in entries {
-            while tasks.len() >= pool_size {
-                reap(tasks.join_next().await);
-            }
-            let deliverer = deliverer.clone();
-            tasks.spawn(async move { deliverer.deliver(entry).await });
+    use futures_util::{FutureExt, StreamExt};
+    let mut in_flight = futures_util::stream::FuturesUnordered::new();
+    let mut waiting = std::collections::VecDeque::new();
+    let mut open = true;
+    loop {
+        while in_flight.len() < pool_size {
+            let Some(entry) = waiting.pop_front() else { break };
+            in_flight.push(std::panic::AssertUnwindSafe(deliverer.deliver(entry)).catch_unwind());
         }
-    }
-    while let Some(joined) = tasks.join_next().await {
-        reap(Some(joined));
+        tokio::select! {
+            // Taken only when it can start; `pop` takes nothing unless it returns.
+            popped = deliverer.queue.pop(POP_BATCH), if open && waiting.is_empty() => match popped {
+                Some(entries) => waiting.extend(entries),
+                None => open = false,
+            },
+            Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                if done.is_err() {
+                    tracing::error!("A delivery panicked; its request is abandoned.");
+                }
+            }
+            else => break,
+        }
     }
 }
 
