@@ -182,13 +182,40 @@ impl FilterSettings {
         self.rules.iter().any(|rule| rule.selects(kind, topic))
     }
 
-    /// The event kinds some rule selects, indexed by [`EventKind::index`].
-    pub fn wanted_kinds(&self) -> [bool; 12] {
-        let mut wanted = [false; 12];
+    /// What the rules select of each event kind, indexed by [`EventKind::index`].
+    pub fn kind_rules(&self) -> [KindRules; 12] {
+        let mut kinds = [KindRules::None; 12];
         for rule in &self.rules {
-            wanted[rule.event.index()] = true;
+            let kind = &mut kinds[rule.event.index()];
+            *kind = match (rule.topic.as_ref(), *kind) {
+                (None, _) | (_, KindRules::EveryTopic) => KindRules::EveryTopic,
+                (Some(_), _) => KindRules::ByTopic,
+            };
         }
-        wanted
+        kinds
+    }
+}
+
+/// What the rules select of one event kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum KindRules {
+    /// No rule names the kind.
+    None = 0,
+    /// Some rule without a topic filter names it: every event of the kind is selected.
+    EveryTopic = 1,
+    /// Only rules with a topic filter name it.
+    ByTopic = 2,
+}
+
+impl KindRules {
+    /// The value `self as u8` gave.
+    pub(crate) fn from_u8(value: u8) -> KindRules {
+        match value {
+            1 => KindRules::EveryTopic,
+            2 => KindRules::ByTopic,
+            _ => KindRules::None,
+        }
     }
 }
 
