@@ -8,7 +8,7 @@ use mqhook::guest::Batch;
 use mqhook::{Event, GuestError};
 
 use crate::support::endpoint::{Behaviour, Endpoint};
-use crate::support::{load_guest, message, mqhook, start_runtime, Scratch, HOSTILE_GUEST};
+use crate::support::{load_guest, message, mqhook, start_runtime, Run, Scratch, HOSTILE_GUEST};
 
 fn publish_line(topic: &str, ts: u64) -> String {
     format!(
@@ -29,19 +29,21 @@ fn hostile_config(url: &str, settings: &str) -> String {
     )
 }
 
+/// `mqhook run` with the hostile guest over NDJSON, one publish per topic, delivering to `endpoint`.
+async fn run_hostile(endpoint: &Endpoint, topics: &[&str]) -> Run {
+    let scratch = Scratch::new();
+    let config = scratch.file("hostile.hcl", &hostile_config(&endpoint.url(), ""));
+    let input: String = topics.iter().enumerate().map(|(i, t)| publish_line(t, i as u64) + "\n").collect();
+    mqhook(&["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap(), "--guest", HOSTILE_GUEST], &input)
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_calls_are_contained_and_later_events_delivered() {
     let endpoint = Endpoint::start(Behaviour::default()).await;
-    let scratch = Scratch::new();
-    let config = scratch.file("hostile.hcl", &hostile_config(&endpoint.url(), ""));
     let topics =
         ["ok/1", "hostile/loop", "ok/2", "hostile/alloc", "ok/3", "hostile/trap", "ok/4", "hostile/log", "ok/5"];
-    let input: String = topics.iter().enumerate().map(|(i, t)| publish_line(t, i as u64) + "\n").collect();
-    let run = mqhook(
-        &["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap(), "--guest", HOSTILE_GUEST],
-        &input,
-    )
-    .await;
+    let run = run_hostile(&endpoint, &topics).await;
     assert!(run.status.success(), "{}", run.stderr);
     let mut delivered: Vec<String> = endpoint.recorded().iter().map(|r| r.body_text()).collect();
     delivered.sort();
@@ -69,15 +71,7 @@ async fn hostile_calls_are_contained_and_later_events_delivered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_that_stalls_an_ingest_thread_once_is_run_on_the_workers_after() {
     let endpoint = Endpoint::start(Behaviour::default()).await;
-    let scratch = Scratch::new();
-    let config = scratch.file("hostile.hcl", &hostile_config(&endpoint.url(), ""));
-    let topics = ["hostile/loop", "hostile/loop", "hostile/loop", "ok/1"];
-    let input: String = topics.iter().enumerate().map(|(i, t)| publish_line(t, i as u64) + "\n").collect();
-    let run = mqhook(
-        &["run", "--ingest", "ndjson:-", "--config", config.to_str().unwrap(), "--guest", HOSTILE_GUEST],
-        &input,
-    )
-    .await;
+    let run = run_hostile(&endpoint, &["hostile/loop", "hostile/loop", "hostile/loop", "ok/1"]).await;
     assert!(run.status.success(), "{}", run.stderr);
     assert_eq!(run.summary("guest_timeouts"), 3, "every looping call is stopped by its deadline: {}", run.stderr);
     assert_eq!(run.summary("delivered"), 1, "{}", run.stderr);
