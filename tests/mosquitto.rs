@@ -106,8 +106,11 @@ impl Mosquitto {
             .await
             .unwrap_or_else(|_| panic!("mosquitto did not stop within {limit:?}:\n{}", self.log.text()))
             .unwrap();
+        let took = started.elapsed();
+        // The last lines (the plugin's summary) may still be in the pipe.
+        self.log.wait_for_end().await;
         assert!(status.success(), "mosquitto exited with {status}:\n{}", self.log.text());
-        started.elapsed()
+        took
     }
 
     /// `mosquitto_pub`/`mosquitto_sub` (`program`) against this broker; returns whether it

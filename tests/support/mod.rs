@@ -190,7 +190,14 @@ pub fn mqhook_command(args: &[&str]) -> tokio::process::Command {
 
 /// A child's stderr, collected as it is written, so that a test can wait for a log line.
 #[derive(Clone)]
-pub struct StderrLog(std::sync::Arc<std::sync::Mutex<String>>);
+pub struct StderrLog(std::sync::Arc<Collected>);
+
+#[derive(Default)]
+struct Collected {
+    text: std::sync::Mutex<String>,
+    /// The pipe reached its end (the child closed it, or exited).
+    ended: std::sync::atomic::AtomicBool,
+}
 
 impl StderrLog {
     /// Takes `child`'s piped stderr and collects it from now on.
@@ -201,22 +208,29 @@ impl StderrLog {
         let collected = log.clone();
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
-                let mut text = collected.0.lock().unwrap();
+                let mut text = collected.0.text.lock().unwrap();
                 text.push_str(&line);
                 text.push('\n');
             }
+            collected.0.ended.store(true, std::sync::atomic::Ordering::SeqCst);
         });
         log
     }
 
     /// What was written so far.
     pub fn text(&self) -> String {
-        self.0.lock().unwrap().clone()
+        self.0.text.lock().unwrap().clone()
     }
 
     /// Waits, bounded, until a line containing `part` was written.
     pub async fn wait_for(&self, part: &str) {
         wait_until(&format!("the log says {part:?}"), async || self.text().contains(part)).await;
+    }
+
+    /// Waits, bounded, until everything the child wrote is read: after it exited, the last lines
+    /// may still be in the pipe.
+    pub async fn wait_for_end(&self) {
+        wait_until("the log is read to its end", async || self.0.ended.load(std::sync::atomic::Ordering::SeqCst)).await;
     }
 }
 
