@@ -6,7 +6,7 @@
 //! lane. When nothing waits in the queue and no worker holds an event, the ingest that submits
 //! an event runs it itself in a free lane ([`GuestStage::run_inline`]): at everyday rates an
 //! event then never changes threads before delivery, which would cost two wake-ups (the worker's
-//! and then the delivery task's) per event. A guest version whose inline run took longer than
+//! and then the delivery task's) per event. A guest version whose calls in an inline run took longer than
 //! [`INLINE_LIMIT`] is not run inline again, so a slow guest costs the ingest's thread once.
 //!
 //! In a lane, each batch goes to the guest version current at that batch in one `handle-batch`
@@ -159,10 +159,8 @@ impl GuestStage {
         if !events.is_idle() {
             return Some(submission);
         }
-        let started = Instant::now();
         let (event, done) = submission;
-        self.run(&mut lane, std::iter::once(Queued { received_at: SystemTime::now(), event, done }), false);
-        let took = started.elapsed();
+        let took = self.run(&mut lane, std::iter::once(Queued { received_at: SystemTime::now(), event, done }), false);
         if took > INLINE_LIMIT {
             self.slow_generation.store(generation, Ordering::Relaxed);
             tracing::info!(
@@ -183,8 +181,9 @@ impl GuestStage {
 
     /// Runs `queued` through the guest in `lane` and hands the requests to their endpoints'
     /// queues: waiting for room when `may_wait`, else at once (see
-    /// [`DeliveryQueue::push_now`]).
-    fn run(&self, lane: &mut Lane, queued: impl Iterator<Item = Queued>, may_wait: bool) {
+    /// [`DeliveryQueue::push_now`]). Returns the time the guest calls took (with any instance
+    /// they had to make).
+    fn run(&self, lane: &mut Lane, queued: impl Iterator<Item = Queued>, may_wait: bool) -> Duration {
         let Lane { current, batch, outgoing } = lane;
         let current = match current {
             Some(current) => {
@@ -194,6 +193,7 @@ impl GuestStage {
             None => current.insert(self.current()),
         };
         let config = self.active.config();
+        let mut in_guest = Duration::ZERO;
         let mut events = queued.peekable();
         while events.peek().is_some() {
             let mut arrivals = Vec::new();
@@ -205,7 +205,9 @@ impl GuestStage {
             }
             let started = Instant::now();
             let deliveries = self.deliveries(current, batch);
-            self.metrics.record_guest_calls(started.elapsed(), batch.len());
+            let took = started.elapsed();
+            in_guest += took;
+            self.metrics.record_guest_calls(took, batch.len());
             for (index, (delivery, (received_at, done))) in deliveries.into_iter().zip(arrivals).enumerate() {
                 match delivery {
                     Some(mut delivery) => {
@@ -235,6 +237,7 @@ impl GuestStage {
                 }
             }
         }
+        in_guest
     }
 
     /// The guest version current now, with its fallback.
