@@ -16,9 +16,12 @@ use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use mqhook::config::{Config, Syntax};
-use mqhook::event::{Client, Disconnection, Message};
+use mqhook::event::{Client, Disconnection};
 use mqhook::guest::Batch;
 use mqhook::{Event, GuestEngine};
+
+mod sample;
+use sample::publish as host_publish;
 
 /// Events per `handle-batch` call in the batched benchmarks.
 const BATCH: usize = 64;
@@ -35,19 +38,6 @@ fn config(encoding: &str) -> Config {
 fn payload(size: usize) -> Vec<u8> {
     // Printable ASCII, so plain stays plain; deterministic.
     (0..size).map(|i| b'a' + (i * 7 % 26) as u8).collect()
-}
-
-fn host_publish(topic: &str, payload: Vec<u8>) -> Event {
-    Event::MessagePublish(Message {
-        ts: 1706703724960,
-        topic: topic.into(),
-        qos: 1,
-        retain: false,
-        from_clientid: Some("sensor-1".into()),
-        from_username: Some("alice".into()),
-        receiver: None,
-        payload,
-    })
 }
 
 fn native_filter(encoding: native::PayloadEncoding) -> native::Filter {

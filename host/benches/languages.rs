@@ -19,8 +19,10 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use mqhook::config::{Config, Syntax};
-use mqhook::event::Message;
-use mqhook::{Event, GuestEngine, GuestModule};
+use mqhook::{GuestEngine, GuestModule};
+
+mod sample;
+use sample::publish;
 
 // The tests' builder of the Python and JavaScript guests, shared so that both build them alike.
 #[path = "../../tests/support/guests.rs"]
@@ -52,19 +54,6 @@ fn payload(size: usize) -> Vec<u8> {
     payload.extend((0..size - head.len() - 2).map(|i| b'a' + (i * 7 % 26) as u8));
     payload.extend(b"\"}");
     payload
-}
-
-fn publish(topic: &str, payload: Vec<u8>) -> Event {
-    Event::MessagePublish(Message {
-        ts: 1706703724960,
-        topic: topic.into(),
-        qos: 1,
-        retain: false,
-        from_clientid: Some("sensor-1".into()),
-        from_username: Some("alice".into()),
-        receiver: None,
-        payload,
-    })
 }
 
 /// The process's resident memory, bytes.
