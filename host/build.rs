@@ -24,7 +24,7 @@ fn main() {
     for watched in ["guest", "wit", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", workspace.join(watched).display());
     }
-    pack_relocations_of_dist(&out_dir);
+    link_dist(&out_dir, &manifest_dir);
     let target_dir = guest_target_dir(&workspace, &out_dir);
     build(&workspace, &target_dir, GUESTS);
     for guest in GUESTS {
@@ -92,16 +92,47 @@ fn guest_target_dir(workspace: &Path, out_dir: &Path) -> PathBuf {
         .join("guest-build")
 }
 
-/// The shipped binary (`--profile dist`: OUT_DIR under `<target>/dist/`) packs its relative
-/// relocations (DT_RELR): at start ld.so then reads 14 KiB of them instead of 1.3 MiB, pages that
-/// otherwise stay resident (BENCHMARKS.md: footprint). Such a binary needs glibc 2.36 or later;
-/// `MQHOOK_DIST_PORTABLE=1` builds one without, for older systems.
-fn pack_relocations_of_dist(out_dir: &Path) {
-    println!("cargo:rerun-if-env-changed=MQHOOK_DIST_PORTABLE");
-    let profile = out_dir.ancestors().nth(3).and_then(Path::file_name);
+/// The shipped binary (`--profile dist`: OUT_DIR under `<target>/dist/`) is linked for a small
+/// footprint (BENCHMARKS.md: footprint):
+/// - stripped here rather than by the profile, so that `MQHOOK_DIST_SYMBOLS=1` builds the same
+///   binary with its symbols (the same names: cargo hashes the profile into them), which
+///   `scripts/dist-symbol-order` runs to write `dist-symbol-order.txt`;
+/// - the functions that a start and the first webhooks run laid out together, in that file's
+///   order, so that they fill few pages; x86_64 only, where rustc links with rust-lld;
+/// - its relative relocations packed (DT_RELR): at start ld.so reads 14 KiB of them instead of
+///   1.3 MiB, pages that otherwise stay resident. Such a binary needs glibc 2.36 or later;
+///   `MQHOOK_DIST_PORTABLE=1` builds one without, for older systems.
+fn link_dist(out_dir: &Path, manifest_dir: &Path) {
+    for var in ["MQHOOK_DIST_PORTABLE", "MQHOOK_DIST_SYMBOLS"] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    if out_dir.ancestors().nth(3).and_then(Path::file_name) != Some("dist".as_ref()) {
+        return;
+    }
     let target = |key: &str| std::env::var(key).unwrap_or_default();
     let gnu_linux = target("CARGO_CFG_TARGET_OS") == "linux" && target("CARGO_CFG_TARGET_ENV") == "gnu";
-    if profile == Some("dist".as_ref()) && gnu_linux && std::env::var_os("MQHOOK_DIST_PORTABLE").is_none() {
-        println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
+    let mut link_args = Vec::new();
+    if std::env::var_os("MQHOOK_DIST_SYMBOLS").is_none() {
+        link_args.push("--strip-all".to_owned());
+    }
+    if gnu_linux && target("CARGO_CFG_TARGET_ARCH") == "x86_64" {
+        let order = manifest_dir.join("dist-symbol-order.txt");
+        println!("cargo:rerun-if-changed={}", order.display());
+        // Linked from a copy named by its contents: a new order changes the link's arguments,
+        // which is what makes cargo link again.
+        let names = std::fs::read(&order).unwrap_or_else(|e| panic!("reading {}: {e}", order.display()));
+        let mut hasher = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(&names, &mut hasher);
+        let copy = out_dir.join(format!("symbol-order-{:016x}.txt", std::hash::Hasher::finish(&hasher)));
+        std::fs::write(&copy, &names).unwrap_or_else(|e| panic!("writing {}: {e}", copy.display()));
+        // A name the file has and the binary lacks (code changed since it was written) is skipped.
+        link_args.push(format!("--symbol-ordering-file={}", copy.display()));
+        link_args.push("--no-warn-symbol-ordering".to_owned());
+    }
+    if gnu_linux && std::env::var_os("MQHOOK_DIST_PORTABLE").is_none() {
+        link_args.push("-z,pack-relative-relocs".to_owned());
+    }
+    for arg in link_args {
+        println!("cargo:rustc-link-arg-bins=-Wl,{arg}");
     }
 }
