@@ -6,8 +6,9 @@
 //! lane. When nothing waits in the queue and no worker holds an event, the ingest that submits
 //! an event runs it itself in a free lane ([`GuestStage::run_inline`]): at everyday rates an
 //! event then never changes threads before delivery, which would cost two wake-ups (the worker's
-//! and then the delivery task's) per event. A guest version whose calls in an inline run took longer than
-//! [`INLINE_LIMIT`] is not run inline again, so a slow guest costs the ingest's thread once.
+//! and then the delivery task's) per event. A guest version whose calls in an inline run took
+//! longer than [`INLINE_LIMIT`] is not run inline again, so a slow guest costs the ingest's
+//! thread once.
 //!
 //! In a lane, each batch goes to the guest version current at that batch in one `handle-batch`
 //! call; each delivery is routed to its endpoints, and each endpoint's requests are handed to its
