@@ -2,7 +2,11 @@
 //! resident memory (VmHWM) and CPU time (utime + stime from `/proc/<pid>/stat`) of the process
 //! alone, idle, at a steady 2,000 publishes/s and saturated. The baseline, in the same run: the
 //! same binary with the webhook disabled (`enable = false`: the broker takes the same publishes,
-//! no rule selects them), so the CPU the webhook adds per event is the difference.
+//! no rule selects them), so the CPU the webhook adds per event is the difference; and a bare
+//! hyper client (this bench binary again, as a child process on tokio's default runtime, as mqhook
+//! runs) that reads one byte per event from a TCP socket, paced here at the same rate, and posts a
+//! publish body of the same size to the same endpoint for each: what the least webhook, one wake
+//! on a socket and one HTTP exchange per event, costs on this machine.
 //!
 //! Load: raw MQTT 3.1.1 publishers in this process (QoS 1, each waiting for its PUBACK), a
 //! keep-alive HTTP server here too; only the child's CPU and memory are counted. "Cold" is the
@@ -26,11 +30,17 @@ use std::time::{Duration, Instant};
 mod load;
 use load::{publish, publish_paced, serve, Arrivals};
 
+/// Set to `<endpoint> <trigger> <requests>`, this bench binary is the bare hyper client.
+const BARE_CLIENT: &str = "FOOTPRINT_BARE_CLIENT";
+
 /// USER_HZ: the unit of utime and stime in `/proc/<pid>/stat` (100 on every Linux architecture
 /// with a stable ABI).
 const TICKS_PER_SECOND: f64 = 100.0;
 
 fn main() {
+    if let Ok(args) = std::env::var(BARE_CLIENT) {
+        return bare_client(&args);
+    }
     let rate = env_or("RATE", 2000);
     let seconds = env_or("SECONDS", 10);
     let publishers = env_or("PUBLISHERS", 8);
@@ -46,6 +56,7 @@ fn main() {
         let load = Load { rate, steady: rate * seconds, publishers, saturated: messages };
         let baseline = measure(&binary, false, &load).await;
         let hooked = measure(&binary, true, &load).await;
+        let bare = measure_bare_client(rate, rate * seconds).await;
         println!("| | broker alone (webhook disabled) | broker + webhook |\n|---|---|---|");
         let row = |name: &str, f: &dyn Fn(&Run) -> String| println!("| {name} | {} | {} |", f(&baseline), f(&hooked));
         let mib = |kib: u64| format!("{:.1} MiB", kib as f64 / 1024.0);
@@ -80,6 +91,18 @@ fn main() {
                 added / with.delivered.max(1) as f64
             );
         }
+        let bare_per_request = bare.cpu_seconds * 1e6 / bare.delivered.max(1) as f64;
+        let added = (hooked.steady.cpu_seconds
+            - baseline.steady.cpu_seconds * hooked.steady.publishes as f64 / baseline.steady.publishes as f64)
+            * 1e6
+            / hooked.steady.delivered.max(1) as f64;
+        println!(
+            "bare hyper client, one POST per event at {rate}/s: {bare_per_request:.1} µs CPU per request \
+             ({} answered, {:.1} context switches per request); the webhook's share over it: {:.2}",
+            bare.delivered,
+            bare.switches as f64 / bare.delivered.max(1) as f64,
+            added / bare_per_request
+        );
     });
 }
 
@@ -127,6 +150,98 @@ impl Phase {
     fn cpu_per_publish(&self) -> f64 {
         self.cpu_seconds * 1e6 / self.publishes as f64
     }
+}
+
+/// Runs this bench binary as the bare hyper client against a fresh endpoint, and measures the
+/// child's CPU from its first trigger to its last answer.
+async fn measure_bare_client(rate: usize, requests: usize) -> Phase {
+    let (endpoint, arrivals) = serve(Instant::now(), Duration::ZERO).await;
+    let triggers = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding 127.0.0.1:0");
+    let trigger = triggers.local_addr().expect("local addr");
+    let mut child = Command::new(std::env::current_exe().expect("this bench's path"))
+        .env(BARE_CLIENT, format!("{endpoint} {trigger} {requests}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting the bare client");
+    let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+    let mut next_line =
+        move || tokio::task::block_in_place(|| lines.next().and_then(Result::ok)).expect("a line from the bare client");
+    let (mut stream, _) = triggers.accept().await.expect("the bare client connects");
+    assert_eq!(next_line(), "ready");
+    let (cpu, switches) = (cpu_seconds(child.id()), context_switches(child.id()));
+    let started = Instant::now();
+    let arrived = arrivals.lock().unwrap().len();
+    let mut pace = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    for _ in 0..requests {
+        pace.tick().await;
+        tokio::io::AsyncWriteExt::write_all(&mut stream, b"e").await.expect("triggering the bare client");
+    }
+    assert_eq!(next_line(), "done");
+    let stdin = child.stdin.take().expect("piped stdin");
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu_seconds = cpu_seconds(child.id()) - cpu;
+    let switches = context_switches(child.id())
+        .iter()
+        .map(|(thread, count)| count - switches.get(thread).copied().unwrap_or(0))
+        .sum();
+    let memory = memory(child.id());
+    drop(stdin);
+    child.wait().expect("the bare client's exit");
+    let delivered = arrivals.lock().unwrap().len() - arrived;
+    Phase { publishes: requests, delivered, cpu_seconds, switches, seconds, memory }
+}
+
+/// The bare client: hyper-util's pooled client on tokio's default runtime (mqhook's own), in a
+/// task on its workers; one POST of a NanoMQ publish body for each byte read from the trigger
+/// socket, after the last answer. Says `ready` after a first request (connection made), `done`
+/// after `requests` more, and exits when its stdin closes.
+fn bare_client(args: &str) {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    let mut args = args.split_whitespace();
+    let mut arg = || args.next().expect("FOOTPRINT_BARE_CLIENT=<endpoint> <trigger> <requests>");
+    let (endpoint, trigger, requests): (SocketAddr, SocketAddr, usize) =
+        (arg().parse().unwrap(), arg().parse().unwrap(), arg().parse().unwrap());
+    // The body the built-in guest writes for a load publish (its payload is a number: the
+    // endpoint parses it as the send time).
+    let body = Bytes::from_static(
+        br#"{"ts":1706703724960,"topic":"bench/0","retain":false,"qos":1,"action":"message_publish","from_username":"undefined","from_client_id":"bench-0","payload":"0"}"#,
+    );
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let task = runtime.spawn(async move {
+        let mut trigger = tokio::net::TcpStream::connect(trigger).await.expect("connecting to the trigger");
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let uri: hyper::Uri = format!("http://{endpoint}/webhook").parse().unwrap();
+        let post = || {
+            let request = hyper::Request::post(uri.clone())
+                .header("content-type", "application/json")
+                .body(Full::new(body.clone()))
+                .unwrap();
+            let client = client.clone();
+            async move {
+                let response = client.request(request).await.expect("the endpoint answers");
+                http_body_util::BodyExt::collect(response.into_body()).await.expect("the answer's body");
+            }
+        };
+        post().await;
+        println!("ready");
+        let (mut posted, mut bytes) = (0, [0u8; 64]);
+        while posted < requests {
+            let read = tokio::io::AsyncReadExt::read(&mut trigger, &mut bytes).await.expect("reading the trigger");
+            assert_ne!(read, 0, "the trigger closed after {posted} of {requests} events");
+            for _ in 0..read {
+                post().await;
+            }
+            posted += read;
+        }
+        println!("done");
+    });
+    runtime.block_on(task).expect("the bare client's task");
+    std::io::stdin().lines().for_each(drop);
 }
 
 /// Starts the binary twice with the same fresh home (so a cold, then a warm guest cache) and
