@@ -261,3 +261,98 @@ fn rules_are_ored_and_deliver_at_most_once() {
     let disconnected = Event::ClientDisconnected(Disconnection { client: client("c", None), reason: "normal".into() });
     assert!(instance.handle_event(disconnected).unwrap().is_none(), "no rule selects it");
 }
+
+/// The same publish as the native library's type, for [`one_instance_answers_every_call_as_the_native_library_does`].
+fn native_publish(message: &Message) -> mqhook_guest_nanomq::Event {
+    mqhook_guest_nanomq::Event::MessagePublish(mqhook_guest_nanomq::Message {
+        ts: message.ts,
+        topic: message.topic.clone(),
+        qos: message.qos,
+        retain: message.retain,
+        from_clientid: message.from_clientid.clone(),
+        from_username: message.from_username.clone(),
+        receiver: None,
+        payload: message.payload.clone(),
+    })
+}
+
+/// One instance across thousands of calls, one by one and in batches of every size, with payloads
+/// from empty to past the guest's per-call arena (and not UTF-8 now and then): every body is the
+/// one the same library writes natively, so no call's memory is reused while still live.
+#[test]
+fn one_instance_answers_every_call_as_the_native_library_does() {
+    use mqhook::guest::Batch;
+    use mqhook_guest_nanomq as native;
+
+    for (encoding, native_encoding) in
+        [("plain", native::PayloadEncoding::Plain), ("base64", native::PayloadEncoding::Base64)]
+    {
+        let config = config("[{ event = \"on_message_publish\", topic = \"s/+/t\" }]", encoding);
+        let module = compiled().with_config(&config.guest, &config.filter).unwrap();
+        let mut instance = module.instance().unwrap();
+        let filter = native::Filter::new(native::FilterConfig {
+            rules: vec![native::Rule {
+                event: native::EventKind::MessagePublish,
+                topic: Some("s/+/t".into()),
+                endpoint: None,
+            }],
+            encoding: native_encoding,
+            settings: Vec::new(),
+            endpoints: Vec::new(),
+        })
+        .unwrap();
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut events = 0;
+        for round in 0..300 {
+            let batch_len = 1 + (next() % 64) as usize;
+            let messages: Vec<Message> = (0..batch_len)
+                .map(|_| {
+                    // Past the arena only in calls of one event, which batches would cap.
+                    let size = match next() % 8 {
+                        0 => 0,
+                        1 if round % 3 == 0 => 300_000,
+                        _ => (next() % 9000) as usize,
+                    } / if round % 2 == 0 { 1 } else { 64 };
+                    let mut payload: Vec<u8> = (0..size).map(|_| b' ' + (next() % 95) as u8).collect();
+                    if next() % 10 == 0 && !payload.is_empty() {
+                        payload[0] = 0xff;
+                    }
+                    let mut message = publish(&format!("s/{}/t", next() % 1000), &payload);
+                    message.ts = next() >> 20;
+                    message
+                })
+                .collect();
+            let expected: Vec<Vec<u8>> =
+                messages.iter().map(|message| filter.handle(&native_publish(message)).expect("selected")).collect();
+            let bodies: Vec<Vec<u8>> = if round % 3 == 0 {
+                messages
+                    .into_iter()
+                    .map(|message| {
+                        let answer = instance.handle_event(Event::MessagePublish(message)).unwrap();
+                        answer.expect("selected").request.body.to_vec()
+                    })
+                    .collect()
+            } else {
+                let mut batch = Batch::new();
+                messages.into_iter().for_each(|message| batch.push(Event::MessagePublish(message)));
+                let answers = instance.handle_batch(&batch).unwrap();
+                answers.into_iter().map(|answer| answer.unwrap().expect("selected").request.body.to_vec()).collect()
+            };
+            assert_eq!(bodies.len(), expected.len());
+            for (index, (body, expected)) in bodies.iter().zip(&expected).enumerate() {
+                assert!(
+                    body == expected,
+                    "{encoding}, round {round}, event {index}: the body differs from the native one"
+                );
+            }
+            events += expected.len();
+        }
+        assert!(events > 5_000, "{events} events");
+    }
+}

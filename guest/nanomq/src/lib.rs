@@ -16,6 +16,7 @@ mod bindings {
 }
 pub use bindings::*;
 
+pub mod arena;
 mod body;
 pub mod encoding;
 pub mod event;
@@ -103,6 +104,9 @@ macro_rules! export_guest {
                 fn configure(config: FilterConfig) -> Result<(), String> {
                     let logic = <$logic as GuestLogic>::configure(config)?;
                     LOGIC.with(|slot| *slot.borrow_mut() = Some(logic));
+                    // The guest's state came from the system allocator; each call's memory now
+                    // comes from the arena.
+                    mqhook_guest_nanomq::arena::start();
                     Ok(())
                 }
 
