@@ -1,7 +1,8 @@
 //! A tiny writer for compact JSON objects whose keys come out in the order they are written.
 //!
 //! Webhook bodies are flat objects with a fixed key order (spec §2), so a general JSON library
-//! would only add size to the component. Strings are escaped exactly as spec §2 says: `"` and `\`
+//! would only add size to the component. Keys are literals that need no escape; string values are
+//! escaped exactly as spec §2 says: `"` and `\`
 //! get a backslash, `\b \f \n \r \t` their short escapes, every other byte below 0x20 becomes
 //! `\u00xx` in lower-case hex, and everything else — `/`, 0x7F, non-ASCII UTF-8 — is written as it
 //! is. Rust strings are valid UTF-8, so the output is always valid JSON text.
@@ -23,14 +24,16 @@ impl JsonObject {
     }
 
     /// Adds `"key":"value"`.
-    pub fn string(&mut self, key: &str, value: &str) -> &mut Self {
+    #[inline]
+    pub fn string(&mut self, key: &'static str, value: &str) -> &mut Self {
         self.key(key);
         write_string(&mut self.out, value);
         self
     }
 
     /// Adds `"key":"value"` when there is a value, else `"key":null`.
-    pub fn string_or_null(&mut self, key: &str, value: Option<&str>) -> &mut Self {
+    #[inline]
+    pub fn string_or_null(&mut self, key: &'static str, value: Option<&str>) -> &mut Self {
         match value {
             Some(value) => self.string(key, value),
             None => self.null(key),
@@ -38,28 +41,32 @@ impl JsonObject {
     }
 
     /// Adds `"key":123`.
-    pub fn number(&mut self, key: &str, value: u64) -> &mut Self {
+    #[inline]
+    pub fn number(&mut self, key: &'static str, value: u64) -> &mut Self {
         self.key(key);
         write_decimal(&mut self.out, value);
         self
     }
 
     /// Adds `"key":true` or `"key":false`.
-    pub fn bool(&mut self, key: &str, value: bool) -> &mut Self {
+    #[inline]
+    pub fn bool(&mut self, key: &'static str, value: bool) -> &mut Self {
         self.key(key);
         self.out.extend_from_slice(if value { b"true" } else { b"false" });
         self
     }
 
     /// Adds `"key":null`.
-    pub fn null(&mut self, key: &str) -> &mut Self {
+    #[inline]
+    pub fn null(&mut self, key: &'static str) -> &mut Self {
         self.key(key);
         self.out.extend_from_slice(b"null");
         self
     }
 
     /// Adds `"key":{…}` with a finished nested object.
-    pub fn object(&mut self, key: &str, value: JsonObject) -> &mut Self {
+    #[inline]
+    pub fn object(&mut self, key: &'static str, value: JsonObject) -> &mut Self {
         self.key(key);
         self.out.extend_from_slice(&value.finish());
         self
@@ -71,13 +78,20 @@ impl JsonObject {
         self.out
     }
 
-    fn key(&mut self, key: &str) {
+    /// Writes `,"key":` (no comma first). Keys are the bodies' own literals, none of which needs an
+    /// escape, so they are written as they are; inlined, each is a copy of known size, which a
+    /// wasm guest does with a few stores instead of a `memory.copy` call into the host.
+    #[inline(always)]
+    fn key(&mut self, key: &'static str) {
+        debug_assert_eq!(clean_prefix(key.as_bytes()), key.len(), "the key {key:?} needs an escape");
+        self.out.reserve(key.len() + 4);
         if self.has_members {
             self.out.push(b',');
         }
         self.has_members = true;
-        write_string(&mut self.out, key);
-        self.out.push(b':');
+        self.out.push(b'"');
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.extend_from_slice(b"\":");
     }
 }
 
@@ -137,43 +151,68 @@ const ESCAPES: [u8; 256] = {
 };
 
 /// How many bytes at the start of `bytes` need no escape. Eight bytes are tested at a time
-/// (a word-at-a-time test that is exact for "some byte in the word needs one"), then the word
-/// that has one byte by byte: a payload is mostly long runs, and this loop is most of a body's
-/// cost, in the guest even more than natively.
+/// (a word-at-a-time test that is exact for "some byte in the word needs one"); when every whole
+/// word is clean, the last eight bytes, overlapping the last word, stand for the tail; only a word
+/// that has a byte to escape, or a string shorter than a word, is searched byte by byte. A payload
+/// is mostly long runs, and this loop is most of a body's cost, in the guest even more than
+/// natively.
 fn clean_prefix(bytes: &[u8]) -> usize {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-    // Bit 7 of a byte is set where that byte of `word` is below `limit` (`limit` ≤ 0x80), when
-    // no lower byte borrowed: exact for "any byte below", which is all this asks.
-    let below = |word: u64, limit: u8| word.wrapping_sub(ONES * u64::from(limit)) & !word;
+    let word = |chunk: &[u8]| {
+        u64::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3], chunk[4], chunk[5], chunk[6], chunk[7]])
+    };
     let mut clean = 0;
     for chunk in bytes.chunks_exact(8) {
-        let word = u64::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3], chunk[4], chunk[5], chunk[6], chunk[7]]);
-        let control = below(word, 0x20);
-        let quote = below(word ^ (ONES * u64::from(b'"')), 1);
-        let backslash = below(word ^ (ONES * u64::from(b'\\')), 1);
-        if (control | quote | backslash) & HIGHS != 0 {
+        if needs_escape(word(chunk)) {
             break;
         }
         clean += 8;
+    }
+    if clean == bytes.len() {
+        return clean;
+    }
+    if clean == bytes.len() & !7 && clean >= 8 && !needs_escape(word(&bytes[bytes.len() - 8..])) {
+        return bytes.len();
     }
     let tail = &bytes[clean..];
     clean + tail.iter().position(|&byte| ESCAPES[usize::from(byte)] != 0).unwrap_or(tail.len())
 }
 
+/// Whether some byte of `word` needs an escape: a control byte, `"` or `\`.
+fn needs_escape(word: u64) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    // Bit 7 of a byte is set where that byte of `word` is below `limit` (`limit` ≤ 0x80), when
+    // no lower byte borrowed: exact for "any byte below", which is all this asks.
+    let below = |word: u64, limit: u8| word.wrapping_sub(ONES * u64::from(limit)) & !word;
+    let control = below(word, 0x20);
+    let quote = below(word ^ (ONES * u64::from(b'"')), 1);
+    let backslash = below(word ^ (ONES * u64::from(b'\\')), 1);
+    (control | quote | backslash) & HIGHS != 0
+}
+
 /// Appends `value` in decimal.
-fn write_decimal(out: &mut Vec<u8>, mut value: u64) {
+fn write_decimal(out: &mut Vec<u8>, value: u64) {
     // u64::MAX has 20 digits.
     let mut digits = [0u8; 20];
     let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            break;
+    let mut put = |mut low: u32, at_least: usize| {
+        let end = start;
+        while low != 0 || end - start < at_least {
+            // low / 10, exact for every u32, as a multiply: LLVM keeps division instructions in
+            // wasm (tens of cycles each) where natively it would multiply.
+            let tenth = ((u64::from(low) * 0xCCCC_CCCD) >> 35) as u32;
+            start -= 1;
+            digits[start] = b'0' + (low - tenth * 10) as u8;
+            low = tenth;
         }
+    };
+    // Eight digits at a time split off in u64 (one division each), then digit by digit in u32.
+    let mut high = value;
+    while high >= 100_000_000 {
+        put((high % 100_000_000) as u32, 8);
+        high /= 100_000_000;
     }
+    put(high as u32, 1);
     out.extend_from_slice(&digits[start..]);
 }
 
@@ -206,6 +245,21 @@ mod tests {
             String::from_utf8(object.finish()).unwrap(),
             r#"{"z":0,"a":"x","t":true,"f":false,"n":null,"s":"y","o":null,"opts":{"qos":1},"max":18446744073709551615}"#
         );
+    }
+
+    #[test]
+    fn numbers_are_written_in_decimal_with_no_leading_zeros() {
+        let mut values = vec![0, 1, 9, 10, 99_999_999, 100_000_000, 100_000_001, 1_706_703_724_960, u64::MAX];
+        values.extend((0..20).map(|exponent| 10u64.pow(exponent)));
+        values.extend((1..20).map(|exponent| 10u64.pow(exponent) - 1));
+        values.extend((0..64).map(|shift| 1u64 << shift));
+        values.extend([u64::from(u32::MAX), 4_294_967_290, 99_999_990, 1_999_999_999_999]);
+        values.extend((0..=u64::from(u32::MAX)).step_by(99_991));
+        for value in values {
+            let mut out = Vec::new();
+            write_decimal(&mut out, value);
+            assert_eq!(String::from_utf8(out).unwrap(), value.to_string());
+        }
     }
 
     #[test]
@@ -264,6 +318,24 @@ mod tests {
                 assert_eq!(escaped(&value), escaped_char_by_char(&value), "byte {byte:#04x} at {place}");
                 let twice = format!("{value}{value}");
                 assert_eq!(escaped(&twice), escaped_char_by_char(&twice), "byte {byte:#04x} at {place}, twice");
+            }
+        }
+    }
+
+    #[test]
+    fn an_escape_anywhere_in_strings_of_every_length_up_to_three_words_is_found() {
+        // Covers strings shorter than a word (byte by byte), whole words, and the overlapping last
+        // word that stands for a tail.
+        for len in 0..=24 {
+            for place in 0..=len {
+                for byte in [b'"', b'\\', 0x00, 0x1f, b' ', b'a', 0x7f] {
+                    let mut value = vec![b'x'; len];
+                    if place < len {
+                        value[place] = byte;
+                    }
+                    let value = String::from_utf8(value).unwrap();
+                    assert_eq!(escaped(&value), escaped_char_by_char(&value), "{byte:#04x} at {place} of {len}");
+                }
             }
         }
     }
