@@ -6,7 +6,8 @@
 //! hyper client (this bench binary again, as a child process on tokio's default runtime, as mqhook
 //! runs) that reads one byte per event from a TCP socket, paced here at the same rate, and posts a
 //! publish body of the same size to the same endpoint for each: what the least webhook, one wake
-//! on a socket and one HTTP exchange per event, costs on this machine.
+//! on a socket and one HTTP exchange per event, costs on this machine; and the same child reading
+//! the same bytes without posting, so that the exchange's own cost is the difference.
 //!
 //! Load: raw MQTT 3.1.1 publishers in this process (QoS 1, each waiting for its PUBACK), a
 //! keep-alive HTTP server here too; only the child's CPU and memory are counted. "Cold" is the
@@ -30,7 +31,8 @@ use std::time::{Duration, Instant};
 mod load;
 use load::{publish, publish_paced, serve, Arrivals};
 
-/// Set to `<endpoint> <trigger> <requests>`, this bench binary is the bare hyper client.
+/// Set to `<endpoint> <trigger> <requests> <post|read>`, this bench binary is the bare hyper
+/// client (`read`: it only reads its triggers).
 const BARE_CLIENT: &str = "FOOTPRINT_BARE_CLIENT";
 
 /// USER_HZ: the unit of utime and stime in `/proc/<pid>/stat` (100 on every Linux architecture
@@ -56,7 +58,8 @@ fn main() {
         let load = Load { rate, steady: rate * seconds, publishers, saturated: messages };
         let baseline = measure(&binary, false, &load).await;
         let hooked = measure(&binary, true, &load).await;
-        let bare = measure_bare_client(rate, rate * seconds).await;
+        let bare = measure_bare_client(rate, rate * seconds, true).await;
+        let triggers_alone = measure_bare_client(rate, rate * seconds, false).await;
         println!("| | broker alone (webhook disabled) | broker + webhook |\n|---|---|---|");
         let row = |name: &str, f: &dyn Fn(&Run) -> String| println!("| {name} | {} | {} |", f(&baseline), f(&hooked));
         let mib = |kib: u64| format!("{:.1} MiB", kib as f64 / 1024.0);
@@ -91,17 +94,23 @@ fn main() {
                 added / with.delivered.max(1) as f64
             );
         }
-        let bare_per_request = bare.cpu_seconds * 1e6 / bare.delivered.max(1) as f64;
+        assert_eq!(bare.delivered, bare.publishes, "the bare client's requests were all answered");
+        let bare_per_request = bare.cpu_seconds * 1e6 / bare.publishes as f64;
+        let trigger_per_event = triggers_alone.cpu_seconds * 1e6 / triggers_alone.publishes as f64;
+        let exchange = bare_per_request - trigger_per_event;
         let added = (hooked.steady.cpu_seconds
             - baseline.steady.cpu_seconds * hooked.steady.publishes as f64 / baseline.steady.publishes as f64)
             * 1e6
             / hooked.steady.delivered.max(1) as f64;
         println!(
-            "bare hyper client, one POST per event at {rate}/s: {bare_per_request:.1} µs CPU per request \
-             ({} answered, {:.1} context switches per request); the webhook's share over it: {:.2}",
-            bare.delivered,
-            bare.switches as f64 / bare.delivered.max(1) as f64,
-            added / bare_per_request
+            "bare hyper client at {rate}/s: {bare_per_request:.1} µs CPU per event read and posted \
+             ({:.1} context switches each), {trigger_per_event:.1} µs per event only read ({:.1}): one \
+             HTTP exchange {exchange:.1} µs; the webhook's share over the broker is {:.2} of a bare \
+             read and post, {:.2} of a bare exchange",
+            bare.switches as f64 / bare.publishes as f64,
+            triggers_alone.switches as f64 / triggers_alone.publishes as f64,
+            added / bare_per_request,
+            added / exchange
         );
     });
 }
@@ -153,13 +162,14 @@ impl Phase {
 }
 
 /// Runs this bench binary as the bare hyper client against a fresh endpoint, and measures the
-/// child's CPU from its first trigger to its last answer.
-async fn measure_bare_client(rate: usize, requests: usize) -> Phase {
+/// child's CPU from its first trigger to its last answer (or, when it does not `post`, to its
+/// last trigger read).
+async fn measure_bare_client(rate: usize, requests: usize, post: bool) -> Phase {
     let (endpoint, arrivals) = serve(Instant::now(), Duration::ZERO).await;
     let triggers = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding 127.0.0.1:0");
     let trigger = triggers.local_addr().expect("local addr");
     let mut child = Command::new(std::env::current_exe().expect("this bench's path"))
-        .env(BARE_CLIENT, format!("{endpoint} {trigger} {requests}"))
+        .env(BARE_CLIENT, format!("{endpoint} {trigger} {requests} {}", if post { "post" } else { "read" }))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -194,8 +204,8 @@ async fn measure_bare_client(rate: usize, requests: usize) -> Phase {
 
 /// The bare client: hyper-util's pooled client on tokio's default runtime (mqhook's own), in a
 /// task on its workers; one POST of a NanoMQ publish body for each byte read from the trigger
-/// socket, after the last answer. Says `ready` after a first request (connection made), `done`
-/// after `requests` more, and exits when its stdin closes.
+/// socket, after the last answer (`read`: none, the bytes are only read). Says `ready` after a
+/// first request (connection made), `done` after `requests` more, and exits when its stdin closes.
 fn bare_client(args: &str) {
     use http_body_util::Full;
     use hyper::body::Bytes;
@@ -203,9 +213,10 @@ fn bare_client(args: &str) {
     use hyper_util::rt::TokioExecutor;
 
     let mut args = args.split_whitespace();
-    let mut arg = || args.next().expect("FOOTPRINT_BARE_CLIENT=<endpoint> <trigger> <requests>");
+    let mut arg = || args.next().expect("FOOTPRINT_BARE_CLIENT=<endpoint> <trigger> <requests> <post|read>");
     let (endpoint, trigger, requests): (SocketAddr, SocketAddr, usize) =
         (arg().parse().unwrap(), arg().parse().unwrap(), arg().parse().unwrap());
+    let posts = arg() == "post";
     // The body the built-in guest writes for a load publish (its payload is a number: the
     // endpoint parses it as the send time).
     let body = Bytes::from_static(
@@ -234,7 +245,9 @@ fn bare_client(args: &str) {
             let read = tokio::io::AsyncReadExt::read(&mut trigger, &mut bytes).await.expect("reading the trigger");
             assert_ne!(read, 0, "the trigger closed after {posted} of {requests} events");
             for _ in 0..read {
-                post().await;
+                if posts {
+                    post().await;
+                }
             }
             posted += read;
         }
