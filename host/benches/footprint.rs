@@ -19,6 +19,7 @@
 //! saturated, default 2000; `MQHOOK_BIN` to measure another build, e.g. `target/dist/mqhook`; `GUEST_WORKERS` sets
 //! `guest.workers`, and the child inherits `TOKIO_WORKER_THREADS`).
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -74,11 +75,9 @@ fn main() {
         row(&format!("CPU per publish, {rate} publishes/s"), &|r| format!("{:.1} µs", r.steady.cpu_per_publish()));
         row("CPU per publish, saturated", &|r| format!("{:.1} µs", r.saturated.cpu_per_publish()));
         row(&format!("context switches per publish, {rate} publishes/s"), &|r| {
-            format!("{:.1}", r.steady.switches as f64 / r.steady.publishes as f64)
+            format!("{:.1}", r.steady.switches_per_publish())
         });
-        row("context switches per publish, saturated", &|r| {
-            format!("{:.1}", r.saturated.switches as f64 / r.saturated.publishes as f64)
-        });
+        row("context switches per publish, saturated", &|r| format!("{:.1}", r.saturated.switches_per_publish()));
         row("publishes/s, saturated", &|r| format!("{:.0}", r.saturated.publishes as f64 / r.saturated.seconds));
         row("webhooks delivered (steady / saturated)", &|r| {
             format!("{} / {}", r.steady.delivered, r.saturated.delivered)
@@ -87,28 +86,24 @@ fn main() {
             (format!("{rate} publishes/s"), &baseline.steady, &hooked.steady),
             ("saturated".to_owned(), &baseline.saturated, &hooked.saturated),
         ] {
-            let added = (with.cpu_seconds - base.cpu_seconds * with.publishes as f64 / base.publishes as f64) * 1e6;
             println!(
                 "CPU per delivered event, {name}: {:.1} µs in all, {:.1} µs of it the webhook's (over the baseline)",
                 with.cpu_seconds * 1e6 / with.delivered.max(1) as f64,
-                added / with.delivered.max(1) as f64
+                webhook_share(base, with)
             );
         }
         assert_eq!(bare.delivered, bare.publishes, "the bare client's requests were all answered");
-        let bare_per_request = bare.cpu_seconds * 1e6 / bare.publishes as f64;
-        let trigger_per_event = triggers_alone.cpu_seconds * 1e6 / triggers_alone.publishes as f64;
+        let bare_per_request = bare.cpu_per_publish();
+        let trigger_per_event = triggers_alone.cpu_per_publish();
         let exchange = bare_per_request - trigger_per_event;
-        let added = (hooked.steady.cpu_seconds
-            - baseline.steady.cpu_seconds * hooked.steady.publishes as f64 / baseline.steady.publishes as f64)
-            * 1e6
-            / hooked.steady.delivered.max(1) as f64;
+        let added = webhook_share(&baseline.steady, &hooked.steady);
         println!(
             "bare hyper client at {rate}/s: {bare_per_request:.1} µs CPU per event read and posted \
              ({:.1} context switches each), {trigger_per_event:.1} µs per event only read ({:.1}): one \
              HTTP exchange {exchange:.1} µs; the webhook's share over the broker is {:.2} of a bare \
              read and post, {:.2} of a bare exchange",
-            bare.switches as f64 / bare.publishes as f64,
-            triggers_alone.switches as f64 / triggers_alone.publishes as f64,
+            bare.switches_per_publish(),
+            triggers_alone.switches_per_publish(),
             added / bare_per_request,
             added / exchange
         );
@@ -159,6 +154,17 @@ impl Phase {
     fn cpu_per_publish(&self) -> f64 {
         self.cpu_seconds * 1e6 / self.publishes as f64
     }
+
+    fn switches_per_publish(&self) -> f64 {
+        self.switches as f64 / self.publishes as f64
+    }
+}
+
+/// The CPU the webhook adds per delivered event (µs): the run with it, less the baseline's CPU
+/// scaled to the same publishes.
+fn webhook_share(base: &Phase, with: &Phase) -> f64 {
+    (with.cpu_seconds - base.cpu_seconds * with.publishes as f64 / base.publishes as f64) * 1e6
+        / with.delivered.max(1) as f64
 }
 
 /// Runs this bench binary as the bare hyper client against a fresh endpoint, and measures the
@@ -191,10 +197,7 @@ async fn measure_bare_client(rate: usize, requests: usize, post: bool) -> Phase 
     let stdin = child.stdin.take().expect("piped stdin");
     let seconds = started.elapsed().as_secs_f64();
     let cpu_seconds = cpu_seconds(child.id()) - cpu;
-    let switches = context_switches(child.id())
-        .iter()
-        .map(|(thread, count)| count - switches.get(thread).copied().unwrap_or(0))
-        .sum();
+    let switches = switches_since(child.id(), &switches);
     let memory = memory(child.id());
     drop(stdin);
     child.wait().expect("the bare client's exit");
@@ -359,10 +362,7 @@ impl Mqhook {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let cpu_seconds = cpu_seconds(self.child.id()) - cpu;
-        let switches = context_switches(self.child.id())
-            .iter()
-            .map(|(thread, count)| count - switches.get(thread).copied().unwrap_or(0))
-            .sum();
+        let switches = switches_since(self.child.id(), &switches);
         let delivered = arrivals.lock().unwrap().len() - before;
         Phase { publishes, delivered, cpu_seconds, switches, seconds, memory: memory(self.child.id()) }
     }
@@ -405,7 +405,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 
 /// Each thread's context switches so far (voluntary: it waited; involuntary: it was preempted),
 /// from `/proc/<pid>/task/<tid>/status`: the wake-ups a hand-off between threads costs.
-fn context_switches(pid: u32) -> std::collections::HashMap<u64, u64> {
+fn context_switches(pid: u32) -> HashMap<u64, u64> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/<pid>/task");
     tasks
         .filter_map(Result::ok)
@@ -420,6 +420,11 @@ fn context_switches(pid: u32) -> std::collections::HashMap<u64, u64> {
             Some((thread, count))
         })
         .collect()
+}
+
+/// Context switches since `before` ([`context_switches`]) of the threads alive now.
+fn switches_since(pid: u32, before: &HashMap<u64, u64>) -> u64 {
+    context_switches(pid).iter().map(|(thread, count)| count - before.get(thread).copied().unwrap_or(0)).sum()
 }
 
 fn free_port() -> u16 {

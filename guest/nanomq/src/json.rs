@@ -2,10 +2,10 @@
 //!
 //! Webhook bodies are flat objects with a fixed key order (spec §2), so a general JSON library
 //! would only add size to the component. Keys are literals that need no escape; string values are
-//! escaped exactly as spec §2 says: `"` and `\`
-//! get a backslash, `\b \f \n \r \t` their short escapes, every other byte below 0x20 becomes
-//! `\u00xx` in lower-case hex, and everything else — `/`, 0x7F, non-ASCII UTF-8 — is written as it
-//! is. Rust strings are valid UTF-8, so the output is always valid JSON text.
+//! escaped exactly as spec §2 says: `"` and `\` get a backslash, `\b \f \n \r \t` their short
+//! escapes, every other byte below 0x20 becomes `\u00xx` in lower-case hex, and everything else —
+//! `/`, 0x7F, non-ASCII UTF-8 — is written as it is. Rust strings are valid UTF-8, so the output
+//! is always valid JSON text.
 #![forbid(unsafe_code)]
 
 /// A JSON object being written: `{` is already out, members follow in call order.
@@ -78,7 +78,7 @@ impl JsonObject {
         self.out
     }
 
-    /// Writes `,"key":` (no comma first). Keys are the bodies' own literals, none of which needs an
+    /// Writes `"key":`, after a comma unless it is the first member. Keys are the bodies' own literals, none of which needs an
     /// escape, so they are written as they are; inlined, each is a copy of known size, which a
     /// wasm guest does with a few stores instead of a `memory.copy` call into the host.
     #[inline(always)]
