@@ -107,6 +107,32 @@ fn the_memory_cap_is_what_stops_the_allocating_guest() {
     assert!(fresh.handle_event(event("ok")).unwrap().is_some());
 }
 
+/// guest.timeout (200 ms here) is when a looping call is stopped: not before, and not much after
+/// (the epoch tick, an eighth of it). In a batch it is per event: three events get three times it.
+#[test]
+fn a_looping_call_is_stopped_at_its_deadline() {
+    let config = Config::parse(&hostile_config("http://127.0.0.1:9", ""), Path::new("h.hcl"), Syntax::Hcl).unwrap();
+    let module = load_guest(Some(HOSTILE_GUEST), &config).unwrap();
+    let timeout = std::time::Duration::from_millis(200);
+    let started = std::time::Instant::now();
+    let stopped = module.instance().unwrap().handle_event(publish_event("hostile/loop"));
+    let took = started.elapsed();
+    assert!(matches!(stopped, Err(GuestError::Timeout(t)) if t == timeout), "{stopped:?}");
+    assert!(took >= timeout, "stopped after {took:?}, before its deadline");
+    // Generous for a loaded machine; the tick alone adds 25 ms.
+    assert!(took < 5 * timeout, "stopped only after {took:?}");
+    let mut batch = Batch::new();
+    for topic in ["ok/1", "ok/2", "hostile/loop"] {
+        batch.push(publish_event(topic));
+    }
+    let started = std::time::Instant::now();
+    let stopped = module.instance().unwrap().handle_batch(&batch);
+    let took = started.elapsed();
+    assert!(matches!(stopped, Err(GuestError::Timeout(_))), "{:?}", stopped.map(|answers| answers.len()));
+    assert!(took >= 3 * timeout, "a batch of three stopped after {took:?}");
+    assert!(took < 8 * timeout, "a batch of three stopped only after {took:?}");
+}
+
 #[test]
 fn guests_see_no_clock_environment_arguments_or_files() {
     // The test process has an environment, arguments and a clock; none of it may reach the guest.

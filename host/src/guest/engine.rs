@@ -4,26 +4,29 @@
 //! same engine, so they share its code cache and one ticker thread. The ticker stops when the last
 //! clone of the [`GuestEngine`] (held by each loaded guest) is dropped.
 //!
-//! Deadlines only matter while a call runs, so the ticker parks once no call has run for
-//! [`IDLE_TICKS`] ticks, and the next call wakes it ([`GuestEngine::calling`]): an idle process does
-//! not wake 200 times a second, and a busy one never parks, so a call pays two atomic adds.
+//! A call's deadline is an [`Instant`] in its store; each epoch tick makes the running calls
+//! compare it with the clock ([`Deadline::callback`]), so the tick sets only how late past its
+//! deadline a call may be stopped, not the deadline. The tick is an eighth of the shortest
+//! `guest.timeout` (5 ms to 1 s; 125 ms by default): a busy process wakes 8 times a second for
+//! the ticker, not 200. The ticker ticks only while a call runs: it parks when a tick finds none,
+//! and the next call wakes it ([`GuestEngine::calling`]), so a call pays two atomic adds.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use wasmtime::Engine;
+use wasmtime::{Engine, StoreContextMut, UpdateDeadline};
 
 use super::{GuestError, GuestModule, DEFAULT_GUEST};
 use crate::config::{FilterSettings, GuestConfig};
 
-/// How often the epoch advances; call deadlines are counted in these ticks.
-pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
+/// The shortest tick: a call with a timeout below 40 ms may run up to this long past it.
+const MIN_TICK: Duration = Duration::from_millis(5);
 
-/// Ticks without a call after which the ticker parks (100 ms).
-const IDLE_TICKS: u32 = 20;
+/// The longest tick, that of an engine no guest has been configured on yet.
+const MAX_TICK: Duration = Duration::from_secs(1);
 
 /// Compiles guests; cheap to clone, one per process.
 #[derive(Clone)]
@@ -83,6 +86,15 @@ impl GuestEngine {
         &self.0.engine
     }
 
+    /// Makes the tick short enough for calls capped at `timeout`: an eighth of it, within
+    /// [`MIN_TICK`]..=[`MAX_TICK`]. The tick only ever shortens, so a guest configured earlier
+    /// keeps its precision after a swap to a longer timeout.
+    pub(crate) fn tick_for(&self, timeout: Duration) {
+        let tick = (timeout / 8).clamp(MIN_TICK, MAX_TICK);
+        let nanos = u64::try_from(tick.as_nanos()).unwrap_or(u64::MAX);
+        self.0.ticker.state.tick_nanos.fetch_min(nanos, Ordering::Relaxed);
+    }
+
     /// Marks a guest call (or instantiation) as running until the guard is dropped, so that the
     /// epoch advances and its deadline can pass.
     pub(crate) fn calling(&self) -> Calling<'_> {
@@ -105,20 +117,45 @@ impl Drop for Calling<'_> {
     }
 }
 
+/// When a store's running call must stop; set before each call, checked on each epoch tick.
+pub(crate) struct Deadline(Option<Instant>);
+
+impl Deadline {
+    /// `timeout` from `now` (no deadline if that is past what the clock can hold).
+    pub(crate) fn after(now: Instant, timeout: Duration) -> Deadline {
+        Deadline(now.checked_add(timeout))
+    }
+
+    /// What the store does on an epoch tick: stop the call once past its deadline, else go on
+    /// until the next tick. Give it to `Store::epoch_deadline_callback` with
+    /// `set_epoch_deadline(1)`.
+    pub(crate) fn callback<T>(
+        deadline: impl Fn(&T) -> &Deadline + Send + Sync + 'static,
+    ) -> impl FnMut(StoreContextMut<'_, T>) -> wasmtime::Result<UpdateDeadline> + Send + Sync + 'static {
+        move |store| {
+            Ok(match deadline(store.data()).0 {
+                Some(at) if Instant::now() >= at => UpdateDeadline::Interrupt,
+                _ => UpdateDeadline::Continue(1),
+            })
+        }
+    }
+}
+
 /// What the ticker and the calls share.
-#[derive(Default)]
 struct TickerState {
     stop: AtomicBool,
     /// Calls running now.
     calls: AtomicUsize,
-    /// The ticker waits on `wake` (or is about to).
+    /// The tick, nanoseconds (see [`GuestEngine::tick_for`]).
+    tick_nanos: AtomicU64,
+    /// The ticker waits on `wake` for a call (or is about to).
     parked: AtomicBool,
     lock: Mutex<()>,
     wake: Condvar,
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] while calls run (and for [`IDLE_TICKS`]
-/// after); stopped and joined on drop.
+/// Advances the engine's epoch one tick after a call started, and each tick after while calls
+/// run; stopped and joined on drop.
 struct EpochTicker {
     state: Arc<TickerState>,
     thread: Option<JoinHandle<()>>,
@@ -126,21 +163,21 @@ struct EpochTicker {
 
 impl EpochTicker {
     fn start(engine: Engine) -> Self {
-        let state = Arc::new(TickerState::default());
+        let state = Arc::new(TickerState {
+            stop: AtomicBool::new(false),
+            calls: AtomicUsize::new(0),
+            tick_nanos: AtomicU64::new(u64::try_from(MAX_TICK.as_nanos()).unwrap_or(u64::MAX)),
+            parked: AtomicBool::new(false),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
+        });
         let shared = state.clone();
         let thread = std::thread::Builder::new()
             .name("mqhook-epoch".into())
             .spawn(move || {
-                let mut idle = 0;
-                while !shared.stop.load(Ordering::SeqCst) {
-                    if idle >= IDLE_TICKS {
-                        park(&shared);
-                        idle = 0;
-                        continue;
-                    }
-                    std::thread::sleep(EPOCH_TICK);
+                while park(&shared) {
+                    sleep_one_tick(&shared);
                     engine.increment_epoch();
-                    idle = if shared.calls.load(Ordering::SeqCst) == 0 { idle + 1 } else { 0 };
                 }
             })
             .expect("spawning the epoch thread");
@@ -148,16 +185,24 @@ impl EpochTicker {
     }
 }
 
-/// Waits until a call starts or the ticker is stopped. A call raises `calls` before it reads
-/// `parked`, and the ticker raises `parked` before it reads `calls` (and waits under the lock
-/// that the call's notification takes), so no call goes unseen.
-fn park(state: &TickerState) {
+/// Waits until a call runs; `false` once the ticker is stopped. A call raises `calls` before it
+/// reads `parked`, and the ticker raises `parked` before it reads `calls` (and waits under the
+/// lock that the call's notification takes), so no call goes unseen.
+fn park(state: &TickerState) -> bool {
     let mut lock = state.lock.lock().unwrap_or_else(PoisonError::into_inner);
     state.parked.store(true, Ordering::SeqCst);
     while state.calls.load(Ordering::SeqCst) == 0 && !state.stop.load(Ordering::SeqCst) {
         lock = state.wake.wait(lock).unwrap_or_else(PoisonError::into_inner);
     }
     state.parked.store(false, Ordering::SeqCst);
+    !state.stop.load(Ordering::SeqCst)
+}
+
+/// Sleeps one tick, or less when the ticker is stopped meanwhile.
+fn sleep_one_tick(state: &TickerState) {
+    let tick = Duration::from_nanos(state.tick_nanos.load(Ordering::Relaxed));
+    let lock = state.lock.lock().unwrap_or_else(PoisonError::into_inner);
+    let _ = state.wake.wait_timeout_while(lock, tick, |_| !state.stop.load(Ordering::SeqCst));
 }
 
 impl Drop for EpochTicker {
@@ -165,7 +210,7 @@ impl Drop for EpochTicker {
         self.state.stop.store(true, Ordering::SeqCst);
         {
             let _lock = self.state.lock.lock().unwrap_or_else(PoisonError::into_inner);
-            self.state.wake.notify_one();
+            self.state.wake.notify_all();
         }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -175,23 +220,24 @@ impl Drop for EpochTicker {
 
 #[cfg(test)]
 mod tests {
+    use wasmtime::AsContextMut;
+
     use super::*;
 
-    /// Waits, bounded, until the ticker's `parked` flag is `parked`.
+    /// Waits, bounded (a few of the longest ticks), until the ticker's `parked` flag is `parked`.
     fn wait_parked(engine: &GuestEngine, parked: bool) {
         let state = &engine.0.ticker.state;
-        for _ in 0..400 {
-            if state.parked.load(Ordering::SeqCst) == parked {
-                return;
-            }
-            std::thread::sleep(EPOCH_TICK);
+        let give_up = Instant::now() + 5 * MAX_TICK;
+        while state.parked.load(Ordering::SeqCst) != parked {
+            assert!(Instant::now() < give_up, "the ticker's parked flag never became {parked}");
+            std::thread::sleep(MIN_TICK);
         }
-        panic!("the ticker's parked flag never became {parked}");
     }
 
     #[test]
     fn the_ticker_parks_when_no_call_runs_and_a_call_wakes_it() {
         let engine = GuestEngine::new().unwrap();
+        engine.tick_for(Duration::from_millis(80));
         wait_parked(&engine, true);
         let calling = engine.calling();
         wait_parked(&engine, false);
@@ -199,5 +245,35 @@ mod tests {
         wait_parked(&engine, true);
         // Dropping the engine stops a parked ticker too (the test would hang otherwise).
         drop(engine);
+    }
+
+    #[test]
+    fn the_tick_is_an_eighth_of_the_shortest_timeout_within_bounds() {
+        let engine = GuestEngine::new().unwrap();
+        let tick = || Duration::from_nanos(engine.0.ticker.state.tick_nanos.load(Ordering::Relaxed));
+        assert_eq!(tick(), MAX_TICK);
+        engine.tick_for(Duration::from_secs(600));
+        assert_eq!(tick(), MAX_TICK);
+        engine.tick_for(Duration::from_secs(1));
+        assert_eq!(tick(), Duration::from_millis(125));
+        engine.tick_for(Duration::from_secs(2));
+        assert_eq!(tick(), Duration::from_millis(125), "a longer timeout keeps the shorter tick");
+        engine.tick_for(Duration::from_millis(1));
+        assert_eq!(tick(), MIN_TICK);
+    }
+
+    /// A store stops at its deadline and not before: the callback compares the clock on each
+    /// tick, so the tick is how late, never how early.
+    #[test]
+    fn a_tick_stops_a_call_only_past_its_deadline() {
+        let now = Instant::now();
+        let mut callback = Deadline::callback(|deadline: &Deadline| deadline);
+        let engine = Engine::default();
+        let mut store = wasmtime::Store::new(&engine, Deadline::after(now, Duration::from_secs(60)));
+        assert!(matches!(callback(store.as_context_mut()).unwrap(), UpdateDeadline::Continue(1)));
+        *store.data_mut() = Deadline::after(now, Duration::ZERO);
+        assert!(matches!(callback(store.as_context_mut()).unwrap(), UpdateDeadline::Interrupt));
+        *store.data_mut() = Deadline::after(now, Duration::MAX);
+        assert!(matches!(callback(store.as_context_mut()).unwrap(), UpdateDeadline::Continue(1)), "no deadline");
     }
 }

@@ -34,7 +34,7 @@ use stats::CallOutcome;
 pub use stats::{GuestStats, GuestStatsSnapshot};
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use mqhook_guest_nanomq as nanomq;
 use nanomq::encoding::{BASE62_MAX_INPUT, ENCODING_MAX_INPUT};
@@ -44,7 +44,7 @@ use wasmtime::{ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use self::bindings::{encoding, log, wit, Filter, FilterPre, WIT_VERSION};
-use self::engine::EPOCH_TICK;
+use self::engine::Deadline;
 use crate::config::{FilterSettings, GuestConfig};
 use crate::event::{Event, EventKind};
 use crate::request::Request;
@@ -147,7 +147,6 @@ pub struct GuestModule {
     max_instances: usize,
     max_body: usize,
     timeout: Duration,
-    deadline_ticks: u64,
     rollback_after: u64,
     stats: Arc<GuestStats>,
 }
@@ -219,6 +218,7 @@ impl GuestModule {
         filter: &FilterSettings,
     ) -> Result<GuestModule, GuestError> {
         let timeout = guest.timeout;
+        compiled.engine.tick_for(timeout);
         let module = GuestModule {
             compiled,
             filter_config: convert::filter_config(filter, &guest.settings),
@@ -228,8 +228,6 @@ impl GuestModule {
             max_instances: guest.max_instances.get(),
             max_body: guest.max_body.as_usize(),
             timeout,
-            // One extra tick because the first may arrive at once.
-            deadline_ticks: u64::try_from(timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos())).unwrap_or(u64::MAX) + 1,
             rollback_after: guest.rollback_after.get(),
             stats: Arc::default(),
         };
@@ -282,11 +280,13 @@ impl GuestModule {
             limit: self.memory_limit,
             refused: false,
         };
-        let state = HostState { guest: name.clone(), wasi, table: ResourceTable::new(), limits };
+        let deadline = Deadline::after(Instant::now(), self.timeout);
+        let state = HostState { guest: name.clone(), wasi, table: ResourceTable::new(), limits, deadline };
         let _calling = self.compiled.engine.calling();
         let mut store = Store::new(self.compiled.engine.engine(), state);
         store.limiter(|state| &mut state.limits);
-        store.set_epoch_deadline(self.deadline_ticks);
+        store.epoch_deadline_callback(Deadline::callback(|state: &HostState| &state.deadline));
+        store.set_epoch_deadline(1);
         let filter = self.compiled.pre.instantiate(&mut store).map_err(|e| {
             // wasmtime says so only in its message; the host names the setting that lifts the cap.
             let message = format!("{e:#}");
@@ -295,12 +295,11 @@ impl GuestModule {
             }
             classify(e, &mut store, self.timeout)
         })?;
-        store.set_epoch_deadline(self.deadline_ticks);
+        store.data_mut().deadline = Deadline::after(Instant::now(), self.timeout);
         match filter.call_configure(&mut store, &self.filter_config) {
             Ok(Ok(())) => Ok(GuestInstance {
                 store,
                 filter,
-                deadline_ticks: self.deadline_ticks,
                 timeout: self.timeout,
                 max_body: self.max_body,
                 endpoints: self.endpoints.clone(),
@@ -420,7 +419,6 @@ impl Default for Batch {
 pub struct GuestInstance {
     store: Store<HostState>,
     filter: Filter,
-    deadline_ticks: u64,
     timeout: Duration,
     max_body: usize,
     endpoints: Arc<[String]>,
@@ -439,11 +437,8 @@ impl GuestInstance {
         batch: &Batch,
     ) -> Result<Vec<Result<Option<GuestDelivery>, GuestError>>, GuestError> {
         let count = batch.len();
-        // guest.timeout is per event.
-        let ticks = self.deadline_ticks.saturating_mul(u64::try_from(count).unwrap_or(u64::MAX));
+        let started = self.start_call(count);
         let calling = self.engine.calling();
-        self.store.set_epoch_deadline(ticks);
-        let started = std::time::Instant::now();
         let called = self.filter.call_handle_batch(&mut self.store, &batch.events);
         drop(calling);
         let took = started.elapsed() / u32::try_from(count.max(1)).unwrap_or(u32::MAX);
@@ -468,9 +463,8 @@ impl GuestInstance {
     /// Runs the guest's `handle` on event `index` of `batch`. On an `Err` other than
     /// [`GuestError::InvalidDelivery`] the instance must be dropped.
     pub fn handle(&mut self, batch: &Batch, index: usize) -> Result<Option<GuestDelivery>, GuestError> {
+        let started = self.start_call(1);
         let calling = self.engine.calling();
-        self.store.set_epoch_deadline(self.deadline_ticks);
-        let started = std::time::Instant::now();
         let called = self.filter.call_handle(&mut self.store, &batch.events[index]);
         drop(calling);
         let took = started.elapsed();
@@ -487,6 +481,16 @@ impl GuestInstance {
         let mut batch = Batch::new();
         batch.push(event);
         self.handle(&batch, 0)
+    }
+
+    /// Sets the deadline of a call on `events` events (`guest.timeout` is per event) and returns
+    /// when the call starts.
+    fn start_call(&mut self, events: usize) -> Instant {
+        let now = Instant::now();
+        let timeout = self.timeout.saturating_mul(u32::try_from(events).unwrap_or(u32::MAX));
+        self.store.data_mut().deadline = Deadline::after(now, timeout);
+        self.store.set_epoch_deadline(1);
+        now
     }
 
     /// Checks the guest's answer for event `index` and makes it a [`GuestDelivery`].
@@ -515,6 +519,8 @@ struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: MemoryCap,
+    /// When the running call must stop.
+    deadline: Deadline,
 }
 
 /// The store's limits, noting when a memory growth was refused: a trap right after one is the
