@@ -78,9 +78,10 @@ impl JsonObject {
         self.out
     }
 
-    /// Writes `"key":`, after a comma unless it is the first member. Keys are the bodies' own literals, none of which needs an
-    /// escape, so they are written as they are; inlined, each is a copy of known size, which a
-    /// wasm guest does with a few stores instead of a `memory.copy` call into the host.
+    /// Writes `"key":`, after a comma unless it is the first member. Keys are the bodies' own
+    /// literals, none of which needs an escape, so they are written as they are; inlined, each is
+    /// a copy of known size, which a wasm guest does with a few stores instead of a `memory.copy`
+    /// call into the host.
     #[inline(always)]
     fn key(&mut self, key: &'static str) {
         debug_assert_eq!(clean_prefix(key.as_bytes()), key.len(), "the key {key:?} needs an escape");
