@@ -70,6 +70,7 @@ fn main() {
         row("threads, idle", &|r| r.idle.threads.to_string());
         row(&format!("peak RSS, {rate} publishes/s"), &|r| mib(r.steady.memory.hwm));
         row(&format!("RSS after {rate} publishes/s"), &|r| mib(r.steady.memory.rss));
+        row("  of it anonymous / file", &|r| format!("{} / {}", mib(r.steady.memory.anon), mib(r.steady.memory.file)));
         row("peak RSS, saturated", &|r| mib(r.saturated.memory.hwm));
         row("threads, saturated", &|r| r.saturated.memory.threads.to_string());
         row(&format!("CPU per publish, {rate} publishes/s"), &|r| format!("{:.1} µs", r.steady.cpu_per_publish()));
