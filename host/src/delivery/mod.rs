@@ -9,9 +9,9 @@
 //!
 //! At most `pool_size` requests are in flight, polled by the delivery task itself (or, with
 //! per-client order, `pool_size` lanes each send one at a time); draining waits for all of them,
-//! so no accepted request is abandoned. When the endpoint fails, its [`health::EndpointHealth`] holds every
-//! request back but one probe, and no new request starts until the endpoint answers again.
-//! With `batch` configured, each of those requests carries a batch of events ([`batch`]).
+//! so no accepted request is abandoned. When the endpoint fails, its [`health::EndpointHealth`]
+//! holds every request back but one probe, and no new request starts until the endpoint answers
+//! again. With `batch` configured, each of those requests carries a batch of events ([`batch`]).
 
 pub mod batch;
 pub mod dead_letter;

@@ -9,11 +9,10 @@
 //! deadline a call may be stopped, not the deadline. The tick is an eighth of the shortest
 //! `guest.timeout` (5 ms to 1 s; 125 ms by default): a busy process wakes 8 times a second for
 //! the ticker, not 200. The ticker ticks only while calls run or start: it parks after a tick in
-//! which none ran or started, and the next call wakes it ([`GuestEngine::calling`]). So at an
-//! everyday rate, with calls of a few µs every millisecond, it ticks on without parking and a
-//! call pays three atomic operations; it used to park whenever a tick found no call running at
-//! that instant, and then every call woke it (a futex wake on the calling thread, a switch to the
-//! ticker, which found the call already over and parked again).
+//! which none ran or started, and the next call wakes it ([`GuestEngine::calling`]). Counting
+//! starts, not only running calls, matters at everyday rates: calls of a few µs are rarely running
+//! when a tick looks, and a ticker parked on that would be woken by every call (a futex wake on
+//! the calling thread) only to park again. So it ticks on, and a call pays three atomic operations.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
