@@ -24,13 +24,14 @@ use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 // The shared bench helpers; this bench uses the publishers and the endpoint, not the rounds.
 #[allow(dead_code)]
 mod load;
-use load::{publish, publish_paced, serve, Arrivals};
+use load::{publish, publish_paced, serve, Arrivals, ACCEPTED};
 
 /// Set to `<endpoint> <trigger> <requests> <post|read>`, this bench binary is the bare hyper
 /// client (`read`: it only reads its triggers).
@@ -83,6 +84,9 @@ fn main() {
         row("webhooks delivered (steady / saturated)", &|r| {
             format!("{} / {}", r.steady.delivered, r.saturated.delivered)
         });
+        row("connections to the endpoint opened (steady / saturated)", &|r| {
+            format!("{} / {}", r.steady.connections, r.saturated.connections)
+        });
         for (name, base, with) in [
             (format!("{rate} publishes/s"), &baseline.steady, &hooked.steady),
             ("saturated".to_owned(), &baseline.saturated, &hooked.saturated),
@@ -100,10 +104,11 @@ fn main() {
         let added = webhook_share(&baseline.steady, &hooked.steady);
         println!(
             "bare hyper client at {rate}/s: {bare_per_request:.1} µs CPU per event read and posted \
-             ({:.1} context switches each), {trigger_per_event:.1} µs per event only read ({:.1}): one \
+             ({:.1} context switches each, {} connections), {trigger_per_event:.1} µs per event only read ({:.1}): one \
              HTTP exchange {exchange:.1} µs; the webhook's share over the broker is {:.2} of a bare \
              read and post, {:.2} of a bare exchange",
             bare.switches_per_publish(),
+            bare.connections,
             triggers_alone.switches_per_publish(),
             added / bare_per_request,
             added / exchange
@@ -149,6 +154,8 @@ struct Phase {
     switches: u64,
     seconds: f64,
     memory: Memory,
+    /// Connections the endpoint accepted during the phase (the bare client's: all it opened).
+    connections: usize,
 }
 
 impl Phase {
@@ -173,6 +180,7 @@ fn webhook_share(base: &Phase, with: &Phase) -> f64 {
 /// last trigger read).
 async fn measure_bare_client(rate: usize, requests: usize, post: bool) -> Phase {
     let (endpoint, arrivals) = serve(Instant::now(), Duration::ZERO).await;
+    let accepted = ACCEPTED.load(Ordering::Relaxed);
     let triggers = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding 127.0.0.1:0");
     let trigger = triggers.local_addr().expect("local addr");
     let mut child = Command::new(std::env::current_exe().expect("this bench's path"))
@@ -203,7 +211,8 @@ async fn measure_bare_client(rate: usize, requests: usize, post: bool) -> Phase 
     drop(stdin);
     child.wait().expect("the bare client's exit");
     let delivered = arrivals.lock().unwrap().len() - arrived;
-    Phase { publishes: requests, delivered, cpu_seconds, switches, seconds, memory }
+    let connections = ACCEPTED.load(Ordering::Relaxed) - accepted;
+    Phase { publishes: requests, delivered, cpu_seconds, switches, seconds, memory, connections }
 }
 
 /// The bare client: hyper-util's pooled client on tokio's default runtime (mqhook's own), in a
@@ -350,6 +359,7 @@ impl Mqhook {
         spawn: impl FnOnce() -> Vec<tokio::task::JoinHandle<()>>,
     ) -> Phase {
         let before = arrivals.lock().unwrap().len();
+        let accepted = ACCEPTED.load(Ordering::Relaxed);
         let cpu = cpu_seconds(self.child.id());
         let switches = context_switches(self.child.id());
         let started = Instant::now();
@@ -365,7 +375,8 @@ impl Mqhook {
         let cpu_seconds = cpu_seconds(self.child.id()) - cpu;
         let switches = switches_since(self.child.id(), &switches);
         let delivered = arrivals.lock().unwrap().len() - before;
-        Phase { publishes, delivered, cpu_seconds, switches, seconds, memory: memory(self.child.id()) }
+        let connections = ACCEPTED.load(Ordering::Relaxed) - accepted;
+        Phase { publishes, delivered, cpu_seconds, switches, seconds, memory: memory(self.child.id()), connections }
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -174,6 +175,9 @@ async fn read_packet(stream: &mut TcpStream) {
 
 /// A keep-alive HTTP/1.1 server on 127.0.0.1 recording each event's publish-to-arrival time: one
 /// per body, or one per member of a batch (a JSON array, or NDJSON lines).
+/// Connections the endpoints of [`serve`] have accepted, all of them together.
+pub static ACCEPTED: AtomicUsize = AtomicUsize::new(0);
+
 pub async fn serve(epoch: Instant, delay: Duration) -> (SocketAddr, Arrivals) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding 127.0.0.1:0");
     let addr = listener.local_addr().expect("local addr");
@@ -181,6 +185,7 @@ pub async fn serve(epoch: Instant, delay: Duration) -> (SocketAddr, Arrivals) {
     let recorded = arrivals.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
+            ACCEPTED.fetch_add(1, Ordering::Relaxed);
             let recorded = recorded.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |request: Request<hyper::body::Incoming>| {
