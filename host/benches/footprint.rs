@@ -16,7 +16,8 @@
 //!
 //! Run: `cargo bench -p mqhook --bench footprint` (env `RATE` publishes/s, default 2000;
 //! `SECONDS` of steady load, default 10; `PUBLISHERS`, default 8; `MESSAGES` per publisher when
-//! saturated, default 2000; `MQHOOK_BIN` to measure another build, e.g. `target/dist/mqhook`; `GUEST_WORKERS` sets
+//! saturated, default 2000; `ROUNDS` of the broker alone and with the webhook, default 1, for
+//! medians; `MQHOOK_BIN` to measure another build, e.g. `target/dist/mqhook`; `GUEST_WORKERS` sets
 //! `guest.workers`, and the child inherits `TOKIO_WORKER_THREADS`).
 
 use std::collections::HashMap;
@@ -49,6 +50,7 @@ fn main() {
     let seconds = env_or("SECONDS", 10);
     let publishers = env_or("PUBLISHERS", 8);
     let messages = env_or("MESSAGES", 2000);
+    let rounds = env_or("ROUNDS", 1).max(1);
     let binary =
         std::env::var_os("MQHOOK_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_mqhook")), PathBuf::from);
     // Read whole into the page cache first: the kernel maps (faults around) only the pages it has
@@ -58,12 +60,17 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     runtime.block_on(async move {
         let load = Load { rate, steady: rate * seconds, publishers, saturated: messages };
-        let baseline = measure(&binary, false, &load).await;
-        let hooked = measure(&binary, true, &load).await;
+        // Each round measures the baseline and then the webhook; the table shows the first round.
+        let mut rounds_measured = Vec::with_capacity(rounds);
+        for _ in 0..rounds {
+            let baseline = measure(&binary, false, &load).await;
+            rounds_measured.push((baseline, measure(&binary, true, &load).await));
+        }
+        let (baseline, hooked) = &rounds_measured[0];
         let bare = measure_bare_client(rate, rate * seconds, true).await;
         let triggers_alone = measure_bare_client(rate, rate * seconds, false).await;
         println!("| | broker alone (webhook disabled) | broker + webhook |\n|---|---|---|");
-        let row = |name: &str, f: &dyn Fn(&Run) -> String| println!("| {name} | {} | {} |", f(&baseline), f(&hooked));
+        let row = |name: &str, f: &dyn Fn(&Run) -> String| println!("| {name} | {} | {} |", f(baseline), f(hooked));
         let mib = |kib: u64| format!("{:.1} MiB", kib as f64 / 1024.0);
         row("peak RSS, idle, cold cache", &|r| mib(r.cold_idle.hwm));
         row("peak RSS, idle, warm cache", &|r| mib(r.idle.hwm));
@@ -113,6 +120,22 @@ fn main() {
             added / bare_per_request,
             added / exchange
         );
+        if rounds > 1 {
+            let each = |f: &dyn Fn(&Run, &Run) -> f64| -> String {
+                let mut values: Vec<f64> = rounds_measured.iter().map(|(base, with)| f(base, with)).collect();
+                let listed = values.iter().map(|v| format!("{v:.1}")).collect::<Vec<_>>().join(" / ");
+                values.sort_by(f64::total_cmp);
+                format!("{:.1} ({listed})", values[values.len() / 2])
+            };
+            println!(
+                "{rounds} rounds at {rate}/s, median (each round): peak RSS {} MiB; CPU per delivered event {} µs \
+                 in all, {} µs of it the webhook's; {} connections",
+                each(&|_, with| with.steady.memory.hwm as f64 / 1024.0),
+                each(&|_, with| with.steady.cpu_seconds * 1e6 / with.steady.delivered.max(1) as f64),
+                each(&|base, with| webhook_share(&base.steady, &with.steady)),
+                each(&|_, with| with.steady.connections as f64),
+            );
+        }
     });
 }
 
