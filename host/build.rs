@@ -102,6 +102,25 @@ fn guest_target_dir(workspace: &Path, out_dir: &Path) -> PathBuf {
 /// - its relative relocations packed (DT_RELR): at start ld.so reads 14 KiB of them instead of
 ///   1.3 MiB, pages that otherwise stay resident. Such a binary needs glibc 2.36 or later;
 ///   `MQHOOK_DIST_PORTABLE=1` builds one without, for older systems.
+/// How `host/dist-symbol-order.txt` starts: this, then the [`order_fingerprint`] it was written
+/// for, in hex.
+const FINGERPRINT_LINE: &str = "# written for ";
+
+/// What the names in `host/dist-symbol-order.txt` depend on besides the code: every mangled name
+/// carries a hash of its crate's dependencies, manifest and compiler. FNV-1a over `Cargo.lock`,
+/// `Cargo.toml`, `host/Cargo.toml` and `rustc -V`; `scripts/dist-symbol-order` computes the same.
+fn order_fingerprint(workspace: &Path) -> u64 {
+    let mut inputs = Vec::new();
+    for file in ["Cargo.lock", "Cargo.toml", "host/Cargo.toml"] {
+        inputs.extend(std::fs::read(workspace.join(file)).unwrap_or_default());
+    }
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    if let Ok(version) = Command::new(rustc).arg("-V").output() {
+        inputs.extend(version.stdout);
+    }
+    inputs.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3))
+}
+
 fn link_dist(out_dir: &Path, manifest_dir: &Path) {
     for var in ["MQHOOK_DIST_PORTABLE", "MQHOOK_DIST_SYMBOLS"] {
         println!("cargo:rerun-if-env-changed={var}");
@@ -117,10 +136,23 @@ fn link_dist(out_dir: &Path, manifest_dir: &Path) {
     }
     if gnu_linux && target("CARGO_CFG_TARGET_ARCH") == "x86_64" {
         let order = manifest_dir.join("dist-symbol-order.txt");
-        println!("cargo:rerun-if-changed={}", order.display());
+        for watched in [order.clone(), manifest_dir.join("Cargo.toml"), manifest_dir.join("../Cargo.toml")] {
+            println!("cargo:rerun-if-changed={}", watched.display());
+        }
         // Linked from a copy named by its contents: a new order changes the link's arguments,
         // which is what makes cargo link again.
-        let names = std::fs::read(&order).unwrap_or_else(|e| panic!("reading {}: {e}", order.display()));
+        let text = std::fs::read_to_string(&order).unwrap_or_else(|e| panic!("reading {}: {e}", order.display()));
+        let workspace = manifest_dir.parent().expect("host/ is in the workspace");
+        let written_for = text.lines().next().and_then(|line| line.strip_prefix(FINGERPRINT_LINE));
+        if written_for != Some(&format!("{:016x}", order_fingerprint(workspace))) {
+            println!(
+                "cargo:warning=host/dist-symbol-order.txt was written for other dependencies or another compiler, \
+                 so its names miss this build's and the code is laid out as it comes (1-3 MiB more resident \
+                 memory): run scripts/dist-symbol-order"
+            );
+        }
+        let names: String =
+            text.lines().filter(|line| !line.starts_with('#')).map(|line| format!("{line}\n")).collect();
         let mut hasher = std::hash::DefaultHasher::new();
         std::hash::Hash::hash(&names, &mut hasher);
         let copy = out_dir.join(format!("symbol-order-{:016x}.txt", std::hash::Hasher::finish(&hasher)));
