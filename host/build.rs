@@ -92,16 +92,6 @@ fn guest_target_dir(workspace: &Path, out_dir: &Path) -> PathBuf {
         .join("guest-build")
 }
 
-/// The shipped binary (`--profile dist`: OUT_DIR under `<target>/dist/`) is linked for a small
-/// footprint (BENCHMARKS.md: footprint):
-/// - stripped here rather than by the profile, so that `MQHOOK_DIST_SYMBOLS=1` builds the same
-///   binary with its symbols (the same names: cargo hashes the profile into them), which
-///   `scripts/dist-symbol-order` runs to write `dist-symbol-order.txt`;
-/// - the functions that a start and the first webhooks run laid out together, in that file's
-///   order, so that they fill few pages; x86_64 only, where rustc links with rust-lld;
-/// - its relative relocations packed (DT_RELR): at start ld.so reads 14 KiB of them instead of
-///   1.3 MiB, pages that otherwise stay resident. Such a binary needs glibc 2.36 or later;
-///   `MQHOOK_DIST_PORTABLE=1` builds one without, for older systems.
 /// How `host/dist-symbol-order.txt` starts: this, then the [`order_fingerprint`] it was written
 /// for, in hex.
 const FINGERPRINT_LINE: &str = "# written for ";
@@ -121,6 +111,17 @@ fn order_fingerprint(workspace: &Path) -> u64 {
     inputs.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3))
 }
 
+/// The shipped binary (`--profile dist`: OUT_DIR under `<target>/dist/`) is linked for a small
+/// footprint (BENCHMARKS.md: footprint):
+/// - stripped here rather than by the profile, so that `MQHOOK_DIST_SYMBOLS=1` builds the same
+///   binary with its symbols (the same names: cargo hashes the profile into them), which
+///   `scripts/dist-symbol-order` runs to write `dist-symbol-order.txt`;
+/// - the functions that a start and the first webhooks run laid out together, in that file's
+///   order, so that they fill few pages (with a warning when the file is stale: see
+///   [`order_fingerprint`]); x86_64 only, where rustc links with rust-lld;
+/// - its relative relocations packed (DT_RELR): at start ld.so reads 14 KiB of them instead of
+///   1.3 MiB, pages that otherwise stay resident. Such a binary needs glibc 2.36 or later;
+///   `MQHOOK_DIST_PORTABLE=1` builds one without, for older systems.
 fn link_dist(out_dir: &Path, manifest_dir: &Path) {
     for var in ["MQHOOK_DIST_PORTABLE", "MQHOOK_DIST_SYMBOLS"] {
         println!("cargo:rerun-if-env-changed={var}");
