@@ -136,6 +136,22 @@ fn main() {
                 each(&|_, with| with.steady.connections as f64),
             );
         }
+        if rate == 2000 {
+            // Issue 18's goals, for the webhook run in the table (10 MB is 10^6 bytes times ten).
+            let mb = |kib: u64| kib as f64 * 1024.0 / 1e6;
+            let verdict = |value: f64, goal: f64| {
+                format!("{value:.2} of ≤ {goal} {}", if value <= goal { "met" } else { "NOT met" })
+            };
+            let per_event = hooked.steady.cpu_seconds * 1e6 / hooked.steady.delivered.max(1) as f64;
+            println!(
+                "issue 18's goals: peak RSS idle (MB) {}; at 2000/s (MB) {}; saturated (MB) {}; CPU per delivered \
+                 event at 2000/s (µs) {}",
+                verdict(mb(hooked.idle.hwm), 10.0),
+                verdict(mb(hooked.steady.memory.hwm), 10.0),
+                verdict(mb(hooked.saturated.memory.hwm), 40.0),
+                verdict(per_event, 35.0),
+            );
+        }
     });
 }
 

@@ -173,11 +173,11 @@ async fn read_packet(stream: &mut TcpStream) {
     stream.read_exact(&mut rest).await.expect("packet body");
 }
 
-/// A keep-alive HTTP/1.1 server on 127.0.0.1 recording each event's publish-to-arrival time: one
-/// per body, or one per member of a batch (a JSON array, or NDJSON lines).
 /// Connections the endpoints of [`serve`] have accepted, all of them together.
 pub static ACCEPTED: AtomicUsize = AtomicUsize::new(0);
 
+/// A keep-alive HTTP/1.1 server on 127.0.0.1 recording each event's publish-to-arrival time: one
+/// per body, or one per member of a batch (a JSON array, or NDJSON lines).
 pub async fn serve(epoch: Instant, delay: Duration) -> (SocketAddr, Arrivals) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding 127.0.0.1:0");
     let addr = listener.local_addr().expect("local addr");
