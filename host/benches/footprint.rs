@@ -17,8 +17,9 @@
 //! Run: `cargo bench -p mqhook --bench footprint` (env `RATE` publishes/s, default 2000;
 //! `SECONDS` of steady load, default 10; `PUBLISHERS`, default 8; `MESSAGES` per publisher when
 //! saturated, default 2000; `ROUNDS` of the broker alone and with the webhook, default 1, for
-//! medians; `MQHOOK_BIN` to measure another build, e.g. `target/dist/mqhook`; `GUEST_WORKERS` sets
-//! `guest.workers`, and the child inherits `TOKIO_WORKER_THREADS`).
+//! medians; `MQHOOK_BIN` to measure another build, an absolute path (cargo runs benches in
+//! `host/`), e.g. `$PWD/target/dist/mqhook`; `GUEST_WORKERS` sets `guest.workers`, and the child
+//! inherits `TOKIO_WORKER_THREADS`).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -100,7 +101,7 @@ fn main() {
         ] {
             println!(
                 "CPU per delivered event, {name}: {:.1} µs in all, {:.1} µs of it the webhook's (over the baseline)",
-                with.cpu_seconds * 1e6 / with.delivered.max(1) as f64,
+                with.cpu_per_delivered(),
                 webhook_share(base, with)
             );
         }
@@ -131,7 +132,7 @@ fn main() {
                 "{rounds} rounds at {rate}/s, median (each round): peak RSS {} MiB; CPU per delivered event {} µs \
                  in all, {} µs of it the webhook's; {} connections",
                 each(&|_, with| with.steady.memory.hwm as f64 / 1024.0),
-                each(&|_, with| with.steady.cpu_seconds * 1e6 / with.steady.delivered.max(1) as f64),
+                each(&|_, with| with.steady.cpu_per_delivered()),
                 each(&|base, with| webhook_share(&base.steady, &with.steady)),
                 each(&|_, with| with.steady.connections as f64),
             );
@@ -142,7 +143,7 @@ fn main() {
             let verdict = |value: f64, goal: f64| {
                 format!("{value:.2} of ≤ {goal} {}", if value <= goal { "met" } else { "NOT met" })
             };
-            let per_event = hooked.steady.cpu_seconds * 1e6 / hooked.steady.delivered.max(1) as f64;
+            let per_event = hooked.steady.cpu_per_delivered();
             println!(
                 "issue 18's goals: peak RSS idle (MB) {}; at 2000/s (MB) {}; saturated (MB) {}; CPU per delivered \
                  event at 2000/s (µs) {}",
@@ -200,6 +201,10 @@ struct Phase {
 impl Phase {
     fn cpu_per_publish(&self) -> f64 {
         self.cpu_seconds * 1e6 / self.publishes as f64
+    }
+
+    fn cpu_per_delivered(&self) -> f64 {
+        self.cpu_seconds * 1e6 / self.delivered.max(1) as f64
     }
 
     fn switches_per_publish(&self) -> f64 {
