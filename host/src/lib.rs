@@ -24,7 +24,8 @@
 //!    - [`ingest`]: event sources (the embedded broker, NDJSON, the bridge to a broker you run;
 //!      a broker embeds through [`Submitter`]);
 //!    - [`reload`]: swapping a changed guest or config in while events flow;
-//!    - [`admin`]: the loopback HTTP API to read or upload the guest.
+//!    - [`admin`]: the loopback HTTP API to read or upload the guest;
+//!    - [`memory`]: the process's resident pages after start-up (the binary calls it).
 //! 5. The `mqhook` binary (`main.rs`): the command line over all of it.
 //!
 //! # Embedding
@@ -52,6 +53,7 @@ pub mod delivery;
 pub mod event;
 pub mod guest;
 pub mod ingest;
+pub mod memory;
 pub mod metrics;
 pub mod reload;
 pub mod request;

@@ -219,9 +219,11 @@ fn run(args: RunArgs) -> Result<()> {
                 let (settings, filter) = bridge;
                 let bridge = mqhook::ingest::bridge::Bridge::new(settings, url, &filter, submitter)
                     .with_context(|| format!("in {}", args.config.display()))?;
+                release_start_up_memory();
                 bridge.run(stop_signal()).await?;
             }
             Ingest::Ndjson(source) => {
+                release_start_up_memory();
                 // Reading may block on a pipe, so it runs on its own thread and waits for queue room.
                 let reader = tokio::task::spawn_blocking(move || source.read_into(&submitter));
                 tokio::select! {
@@ -267,8 +269,19 @@ async fn serve_broker(
     use mqhook::ingest::broker::{Broker, BrokerConfig};
     let broker = Broker::bind(BrokerConfig { listen, limits }, submitter).await?;
     tracing::info!(listen = %broker.local_addr(), "MQTT broker listening; SIGINT or SIGTERM stops it.");
+    release_start_up_memory();
     broker.serve(stop_signal()).await?;
     Ok(())
+}
+
+/// Start-up is over: the pages only it touched are given back (`mqhook::memory`).
+fn release_start_up_memory() {
+    match mqhook::memory::release_start_up_pages() {
+        Ok(released) => {
+            tracing::debug!(mappings = released.mappings, bytes = released.bytes, "Start-up pages released.")
+        }
+        Err(error) => tracing::debug!("Cannot release the start-up pages: {error}."),
+    }
 }
 
 /// Completes on the next SIGINT (Ctrl-C) or SIGTERM.

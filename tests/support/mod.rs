@@ -243,9 +243,19 @@ pub async fn signal(child: &tokio::process::Child, name: &str) {
 
 /// A process's peak resident memory (VmHWM), in KiB, from `/proc`.
 pub fn peak_rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM")
+}
+
+/// A process's resident memory now (VmRSS), in KiB, from `/proc`.
+pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS")
+}
+
+/// One of the `… kB` fields of `/proc/<pid>/status`.
+fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/<pid>/status");
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("a VmHWM line");
-    line.split_whitespace().nth(1).and_then(|kib| kib.parse().ok()).expect("VmHWM in KiB")
+    let line = status.lines().find(|l| l.split(':').next() == Some(field)).unwrap_or_else(|| panic!("a {field} line"));
+    line.split_whitespace().nth(1).and_then(|kib| kib.parse().ok()).unwrap_or_else(|| panic!("{field} in KiB"))
 }
 
 /// A free loopback address: bound, then released for the process under test to take.
