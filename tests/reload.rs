@@ -12,8 +12,8 @@ use tokio::time::{sleep, timeout, Instant};
 
 use crate::support::endpoint::{Behaviour, Endpoint, Recorded};
 use crate::support::{
-    admin, free_loopback_addr, load_guest, message, spawn_mqhook, start_runtime, wait_for_listener, wait_until,
-    Scratch, StderrLog, Webhook, HOSTILE_GUEST, WAIT_LIMIT,
+    admin, free_loopback_addr, load_guest, message, mqhook_command, rss_kib, spawn_mqhook, start_runtime,
+    wait_for_listener, wait_until, Scratch, StderrLog, Webhook, HOSTILE_GUEST, WAIT_LIMIT,
 };
 
 const EVENTS: u64 = 6000;
@@ -157,6 +157,51 @@ async fn the_binary_swaps_on_a_guest_file_change_and_on_sighup() {
     assert_eq!(endpoint.recorded().len() as u64, received, "every event delivered once");
     assert!(stderr.contains("the running guest stays"), "the broken component was refused: {stderr}");
     assert!(stderr.contains("is not a valid mqhook filter component"), "{stderr}");
+}
+
+/// Resident memory once a swap that compiled its guest is in place: the binary then releases the
+/// compiler's code pages and the heap the compile freed (mqhook::memory). The release build
+/// measured 10.2 MiB here, and 25 MiB without that.
+const RESIDENT_AFTER_SWAP_BOUND_MIB: u64 = 16;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swap_that_compiles_its_guest_does_not_stay_resident() {
+    let endpoint = Endpoint::start(Behaviour::default()).await;
+    let scratch = Scratch::new();
+    let config = Webhook::new(&endpoint.url()).publishes().write(&scratch, "nanomq.conf");
+    let guest = scratch.0.path().join("guest.wasm");
+    std::fs::copy(env!("MQHOOK_GUEST_BUILTIN"), &guest).unwrap();
+    let mut child = mqhook_command(&[
+        "run",
+        "--ingest",
+        "ndjson:-",
+        "--config",
+        config.to_str().unwrap(),
+        "--guest",
+        guest.to_str().unwrap(),
+    ])
+    .env("XDG_CACHE_HOME", scratch.0.path().join("cache"))
+    .spawn()
+    .expect("starting mqhook");
+    let log = StderrLog::capture(&mut child);
+    let mut stdin = child.stdin.take().unwrap();
+    let line = r#"{"event":"message_publish","from_client_id":"c","topic":"swap/x","qos":0,"retain":false,"payload":"hello","ts":1}"#;
+    probe_until(&mut stdin, &endpoint, line, |body| body.ends_with(r#""payload":"hello"}"#)).await;
+
+    // A guest this cache has never seen: the poll notices the file, the swap compiles it.
+    std::fs::copy(HOSTILE_GUEST, &guest).unwrap();
+    log.wait_for("Guest swapped in").await;
+    let pid = child.id().expect("mqhook is running");
+    let swapped_mib = rss_kib(pid) as f64 / 1024.0;
+    let bound_kib = RESIDENT_AFTER_SWAP_BOUND_MIB * 1024;
+    let waited = Instant::now();
+    wait_until("the compile's pages are released", async || rss_kib(pid) <= bound_kib).await;
+    eprintln!(
+        "RSS at the swap {swapped_mib:.1} MiB, {:.1} MiB after {:?}",
+        rss_kib(pid) as f64 / 1024.0,
+        waited.elapsed()
+    );
+    probe_until(&mut stdin, &endpoint, line, |body| body == "swap/x").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -203,6 +203,13 @@ fn run(args: RunArgs) -> Result<()> {
         // Dropped (and so stopped) when the input ends, before the drain.
         let reloader = Reloader::new(&args.config, args.guest.as_deref(), pipeline.active_guest());
         let watching = AbortOnDrop(tokio::spawn(reloader.watch()));
+        // A swap (a reload, the admin API, a rollback) most likely compiled a guest.
+        let mut installed = pipeline.active_guest().subscribe();
+        let _releasing = AbortOnDrop(tokio::spawn(async move {
+            while installed.changed().await.is_ok() {
+                let _ = tokio::task::spawn_blocking(release_clean_pages).await;
+            }
+        }));
         let admin = match args.admin {
             Some(addr) => {
                 let options = AdminOptions { tokens, config_file: std::path::absolute(&args.config).ok() };
@@ -219,11 +226,11 @@ fn run(args: RunArgs) -> Result<()> {
                 let (settings, filter) = bridge;
                 let bridge = mqhook::ingest::bridge::Bridge::new(settings, url, &filter, submitter)
                     .with_context(|| format!("in {}", args.config.display()))?;
-                release_start_up_memory();
+                release_clean_pages();
                 bridge.run(stop_signal()).await?;
             }
             Ingest::Ndjson(source) => {
-                release_start_up_memory();
+                release_clean_pages();
                 // Reading may block on a pipe, so it runs on its own thread and waits for queue room.
                 let reader = tokio::task::spawn_blocking(move || source.read_into(&submitter));
                 tokio::select! {
@@ -269,18 +276,17 @@ async fn serve_broker(
     use mqhook::ingest::broker::{Broker, BrokerConfig};
     let broker = Broker::bind(BrokerConfig { listen, limits }, submitter).await?;
     tracing::info!(listen = %broker.local_addr(), "MQTT broker listening; SIGINT or SIGTERM stops it.");
-    release_start_up_memory();
+    release_clean_pages();
     broker.serve(stop_signal()).await?;
     Ok(())
 }
 
-/// Start-up is over: the pages only it touched are given back (`mqhook::memory`).
-fn release_start_up_memory() {
-    match mqhook::memory::release_start_up_pages() {
-        Ok(released) => {
-            tracing::debug!(mappings = released.mappings, bytes = released.bytes, "Start-up pages released.")
-        }
-        Err(error) => tracing::debug!("Cannot release the start-up pages: {error}."),
+/// Start-up or a guest swap is over: the code pages that ran only for it, and the heap it freed,
+/// are given back (`mqhook::memory`).
+fn release_clean_pages() {
+    match mqhook::memory::release_clean_pages() {
+        Ok(released) => tracing::debug!(mappings = released.mappings, bytes = released.bytes, "Clean pages released."),
+        Err(error) => tracing::debug!("Cannot release the clean pages: {error}."),
     }
 }
 

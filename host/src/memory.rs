@@ -1,10 +1,10 @@
-//! The process's resident memory once start-up is over.
+//! The process's resident memory once start-up, or a guest's compile, is over.
 //!
 //! Starting runs code that steady running never runs again (the command line, the config
 //! parsers, wasmtime's component loading, the broker's set-up), and the kernel maps 64 KiB of
 //! neighbours around each page that faults in, so after a start most of the binary's and libc's
 //! resident pages are ones nothing will run. They are clean copies of files, exactly what the
-//! kernel's own reclaim may drop at any time: [`release_start_up_pages`] drops the process's
+//! kernel's own reclaim may drop at any time: [`release_clean_pages`] drops the process's
 //! mappings of them. The page cache keeps the pages, the ones still in use fault back in (a
 //! minor fault each), and the process's resident set becomes its working set (BENCHMARKS.md:
 //! footprint). It also hands the heap's free memory back to the system.
@@ -15,7 +15,7 @@
 
 use std::path::Path;
 
-/// What [`release_start_up_pages`] gave back.
+/// What [`release_clean_pages`] gave back.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Released {
     /// File mappings whose resident pages were dropped.
@@ -32,7 +32,7 @@ pub struct Released {
 /// `.so` files, never unloaded here), so an address range read from `/proc/self/smaps` cannot be
 /// reused by another mapping before it is released; and only read-only ones without a private
 /// (written) page, whose contents the file gives back exactly.
-pub fn release_start_up_pages() -> std::io::Result<Released> {
+pub fn release_clean_pages() -> std::io::Result<Released> {
     let smaps = std::fs::read_to_string("/proc/self/smaps")?;
     let executable = std::fs::read_link("/proc/self/exe")?;
     let mut released = Released::default();
@@ -229,7 +229,7 @@ Anonymous:             0 kB
     fn the_process_keeps_running_its_code_after_its_pages_are_released() {
         // This test binary's own code and libc: released, then run again (this assertion, the
         // formatting, the allocator) from the pages faulted back in.
-        let released = release_start_up_pages().expect("reading /proc/self/smaps");
+        let released = release_clean_pages().expect("reading /proc/self/smaps");
         assert!(released.mappings >= 2, "{released:?}");
         assert!(released.bytes > 0, "{released:?}");
         let resident_now = Mapping::parse_all(&std::fs::read_to_string("/proc/self/smaps").unwrap())

@@ -29,6 +29,8 @@ struct Shared {
     fallback: RwLock<Option<Fallback>>,
     /// Counts swaps and rollbacks.
     metrics: Arc<Metrics>,
+    /// The generation now in place, for whoever waits for the next swap or rollback.
+    installed: tokio::sync::watch::Sender<u64>,
 }
 
 /// What happens to a failed call's event: the policy, and the built-in guest that makes its body.
@@ -51,6 +53,7 @@ impl ActiveGuest {
             previous: Mutex::default(),
             fallback: RwLock::default(),
             metrics,
+            installed: tokio::sync::watch::Sender::new(0),
         }));
         active.set_fallback(&active.config());
         active
@@ -95,6 +98,11 @@ impl ActiveGuest {
         self.0.generation.load(Ordering::Acquire)
     }
 
+    /// Sees each generation installed from now on (a swap's or a rollback's), after it is in place.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.installed.subscribe()
+    }
+
     /// The guest now running and its generation.
     pub fn current(&self) -> (u64, Arc<GuestModule>) {
         let current = self.0.current.read().unwrap_or_else(PoisonError::into_inner);
@@ -119,6 +127,7 @@ impl ActiveGuest {
         let old_guest = std::mem::replace(&mut *current, guest);
         // Bumped while the write lock is held, so a reader never pairs a new number with an old module.
         let generation = self.0.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.0.installed.send_replace(generation);
         ((old_guest, old_config), generation)
     }
 
