@@ -98,6 +98,15 @@ async fn probe_until(
     .await;
 }
 
+/// The NDJSON event the binary tests below send until the body they wait for arrives.
+const PROBE: &str = r#"{"event":"message_publish","from_client_id":"c","topic":"swap/x","qos":0,"retain":false,"payload":"hello","ts":1}"#;
+
+/// `mqhook run` with `config` and the guest file `guest`, reading NDJSON from its standard input.
+fn ndjson_run(config: &std::path::Path, guest: &std::path::Path) -> Command {
+    let (config, guest) = (config.to_str().unwrap(), guest.to_str().unwrap());
+    mqhook_command(&["run", "--ingest", "ndjson:-", "--config", config, "--guest", guest])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_swaps_on_a_guest_file_change_and_on_sighup() {
     let endpoint = Endpoint::start(Behaviour::default()).await;
@@ -108,22 +117,13 @@ async fn the_binary_swaps_on_a_guest_file_change_and_on_sighup() {
     let config = scratch.file("nanomq.conf", &conf("plain"));
     let guest = scratch.0.path().join("guest.wasm");
     std::fs::copy(env!("MQHOOK_GUEST_BUILTIN"), &guest).unwrap();
-    let mut child = spawn_mqhook(&[
-        "run",
-        "--ingest",
-        "ndjson:-",
-        "--config",
-        config.to_str().unwrap(),
-        "--guest",
-        guest.to_str().unwrap(),
-    ]);
+    let mut child = ndjson_run(&config, &guest).spawn().expect("starting mqhook");
     let mut stdin = child.stdin.take().unwrap();
-    let line = r#"{"event":"message_publish","from_client_id":"c","topic":"swap/x","qos":0,"retain":false,"payload":"hello","ts":1}"#;
-    probe_until(&mut stdin, &endpoint, line, |body| body.ends_with(r#""payload":"hello"}"#)).await;
+    probe_until(&mut stdin, &endpoint, PROBE, |body| body.ends_with(r#""payload":"hello"}"#)).await;
 
     // A config change on disk: the same component, configured for base64.
     std::fs::write(&config, conf("base64")).unwrap();
-    probe_until(&mut stdin, &endpoint, line, |body| body.ends_with(r#""payload":"aGVsbG8="}"#)).await;
+    probe_until(&mut stdin, &endpoint, PROBE, |body| body.ends_with(r#""payload":"aGVsbG8="}"#)).await;
 
     // A broken component never replaces the running one.
     let log = StderrLog::capture(&mut child);
@@ -138,14 +138,14 @@ async fn the_binary_swaps_on_a_guest_file_change_and_on_sighup() {
     sleep(2 * mqhook::reload::POLL_INTERVAL).await;
     // An event now is still filtered by the running (NanoMQ, base64) guest.
     let before = endpoint.recorded().len();
-    stdin.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+    stdin.write_all(format!("{PROBE}\n").as_bytes()).await.unwrap();
     stdin.flush().await.unwrap();
     wait_until("the probe arrives", async || endpoint.recorded().len() > before).await;
     let latest = endpoint.recorded().last().unwrap().body_text();
     assert!(latest.ends_with(r#""payload":"aGVsbG8="}"#), "the hostile guest is active before SIGHUP: {latest}");
     let pid = child.id().unwrap().to_string();
     assert!(Command::new("kill").args(["-HUP", &pid]).status().await.unwrap().success());
-    probe_until(&mut stdin, &endpoint, line, |body| body == "swap/x").await;
+    probe_until(&mut stdin, &endpoint, PROBE, |body| body == "swap/x").await;
 
     drop(stdin);
     let output = timeout(WAIT_LIMIT, child.wait_with_output()).await.expect("mqhook ends with its input").unwrap();
@@ -171,22 +171,13 @@ async fn a_swap_that_compiles_its_guest_does_not_stay_resident() {
     let config = Webhook::new(&endpoint.url()).publishes().write(&scratch, "nanomq.conf");
     let guest = scratch.0.path().join("guest.wasm");
     std::fs::copy(env!("MQHOOK_GUEST_BUILTIN"), &guest).unwrap();
-    let mut child = mqhook_command(&[
-        "run",
-        "--ingest",
-        "ndjson:-",
-        "--config",
-        config.to_str().unwrap(),
-        "--guest",
-        guest.to_str().unwrap(),
-    ])
-    .env("XDG_CACHE_HOME", scratch.0.path().join("cache"))
-    .spawn()
-    .expect("starting mqhook");
+    let mut child = ndjson_run(&config, &guest)
+        .env("XDG_CACHE_HOME", scratch.0.path().join("cache"))
+        .spawn()
+        .expect("starting mqhook");
     let log = StderrLog::capture(&mut child);
     let mut stdin = child.stdin.take().unwrap();
-    let line = r#"{"event":"message_publish","from_client_id":"c","topic":"swap/x","qos":0,"retain":false,"payload":"hello","ts":1}"#;
-    probe_until(&mut stdin, &endpoint, line, |body| body.ends_with(r#""payload":"hello"}"#)).await;
+    probe_until(&mut stdin, &endpoint, PROBE, |body| body.ends_with(r#""payload":"hello"}"#)).await;
 
     // A guest this cache has never seen: the poll notices the file, the swap compiles it.
     std::fs::copy(HOSTILE_GUEST, &guest).unwrap();
@@ -201,7 +192,7 @@ async fn a_swap_that_compiles_its_guest_does_not_stay_resident() {
         rss_kib(pid) as f64 / 1024.0,
         waited.elapsed()
     );
-    probe_until(&mut stdin, &endpoint, line, |body| body == "swap/x").await;
+    probe_until(&mut stdin, &endpoint, PROBE, |body| body == "swap/x").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
