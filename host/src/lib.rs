@@ -11,7 +11,9 @@
 //!    - [`completion`]: the token that tells an ingest when the runtime is done with an event;
 //!    - [`config`]: one typed [`Config`] in sections, from NanoMQ HOCON, NanoMQ's old format, or
 //!      HCL, and the [`LiveConfig`](config::LiveConfig) handle a reload replaces;
-//!    - [`metrics`]: the counters every stage records into.
+//!    - [`metrics`]: the counters every stage records into;
+//!    - [`memory`]: the process's resident pages after a start or a guest swap (it imports
+//!      nothing; the binary calls it).
 //! 2. Stages, in the order of an event's trip (a stage imports no stage after it):
 //!    - [`guest`]: compiling and running the filter component in a capped sandbox, and which
 //!      guest runs now;
@@ -24,8 +26,7 @@
 //!    - [`ingest`]: event sources (the embedded broker, NDJSON, the bridge to a broker you run;
 //!      a broker embeds through [`Submitter`]);
 //!    - [`reload`]: swapping a changed guest or config in while events flow;
-//!    - [`admin`]: the loopback HTTP API to read or upload the guest;
-//!    - [`memory`]: the process's resident pages after start-up (the binary calls it).
+//!    - [`admin`]: the loopback HTTP API to read or upload the guest.
 //! 5. The `mqhook` binary (`main.rs`): the command line over all of it.
 //!
 //! # Embedding

@@ -7,11 +7,13 @@
 //! kernel's own reclaim may drop at any time: [`release_clean_pages`] drops the process's
 //! mappings of them. The page cache keeps the pages, the ones still in use fault back in (a
 //! minor fault each), and the process's resident set becomes its working set (BENCHMARKS.md:
-//! footprint). It also hands the heap's free memory back to the system.
+//! footprint). It also hands the heap's free memory back to the system. Compiling a guest (on a
+//! first start, or for a swap) leaves the same behind: Cranelift's code, its temporaries' heap.
 //!
 //! It owns nothing and receives nothing. It acts on the whole process, so the library never
-//! calls it: the `mqhook` binary does once its ingest is up, and a broker that embeds mqhook may
-//! at the end of its own start.
+//! calls it: the `mqhook` binary does once its ingest is up and after each guest swap
+//! ([`ActiveGuest::subscribe`](crate::guest::ActiveGuest::subscribe)), and a broker that embeds
+//! mqhook may at the end of its own start.
 
 use std::path::Path;
 
