@@ -116,7 +116,7 @@ fn order_fingerprint(workspace: &Path) -> u64 {
 /// - stripped here rather than by the profile, so that `MQHOOK_DIST_SYMBOLS=1` builds the same
 ///   binary with its symbols (the same names: cargo hashes the profile into them), which
 ///   `scripts/dist-symbol-order` runs to write `dist-symbol-order.txt`;
-/// - the functions that a start and the first webhooks run laid out together, in that file's
+/// - the functions that steady running runs laid out together, then the start's, in that file's
 ///   order, so that they fill few pages (with a warning when the file is stale: see
 ///   [`order_fingerprint`]); x86_64 only, where rustc links with rust-lld;
 /// - its relative relocations packed (DT_RELR): at start ld.so reads 14 KiB of them instead of
